@@ -1,0 +1,45 @@
+# Shared by scripts/*: install what pgbootfs and its tests need, and find PostgreSQL.
+# shellcheck shell=bash
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+pg_bindir() {
+  if [ -n "${PGBOOTFS_PG_BIN:-}" ]; then echo "$PGBOOTFS_PG_BIN"; return; fi
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  d=$(command -v initdb 2>/dev/null) && { dirname "$d"; return; }
+  return 1
+}
+
+# ensure_deps [extra apt packages...]: installs PostgreSQL, fuse3 and the clients the
+# tests use, when missing, with apt-get as root. Elsewhere it says what is missing.
+ensure_deps() {
+  local need=()
+  pg_bindir >/dev/null || need+=(postgresql)
+  command -v psql >/dev/null || need+=(postgresql-client)
+  command -v fusermount3 >/dev/null || need+=(fuse3)
+  command -v runuser >/dev/null || need+=(util-linux)
+  for pkg in "$@"; do
+    case "$pkg" in
+      *:*) bin=${pkg%%:*}; pkg=${pkg#*:} ;;
+      *) bin=$pkg ;;
+    esac
+    command -v "$bin" >/dev/null || need+=("$pkg")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing: ${need[*]}"
+    # Only our own throwaway clusters are wanted: no distribution cluster.
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      mkdir -p /etc/postgresql-common
+      echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    say "missing: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})"
+    return 1
+  fi
+}

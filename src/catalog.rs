@@ -1,0 +1,558 @@
+//! The metadata side: an immutable snapshot of the image tree, loaded from the four
+//! MAAS tables over its own small pool and swapped whole on every refresh.
+//!
+//! Inode numbers are stable while the process runs: a directory keeps its number for
+//! its path, a file for its path and content (sha256), so a replaced image gets a new
+//! number and the kernel never serves the old bytes under the new one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use parking_lot::{Mutex, RwLock};
+use postgres::NoTls;
+use r2d2::Pool;
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::db::{DbConfig, DbError, describe_pg_error};
+
+/// An inode number.
+pub type Ino = u64;
+
+/// The root directory's inode number (FUSE requires 1).
+pub const ROOT: Ino = 1;
+
+/// The four tables pgbootfs reads.
+pub const TABLES: [&str; 4] = [
+    "maasserver_bootresource",
+    "maasserver_bootresourceset",
+    "maasserver_bootresourcefile",
+    "maasserver_largefile",
+];
+
+/// An error while loading the catalog.
+#[derive(Debug)]
+pub enum CatalogError {
+    /// Connecting or querying failed.
+    Db(DbError),
+    /// The database lacks some of the MAAS tables.
+    MissingTables {
+        /// The tables that are absent.
+        missing: Vec<String>,
+        /// Where we looked.
+        target: String,
+    },
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogError::Db(e) => e.fmt(f),
+            CatalogError::MissingTables { missing, target } => write!(
+                f,
+                "database {target} is not a MAAS image store: missing table(s) {} \
+                 (create them with `pgbootfs import`, or point --db at the MAAS region database)",
+                missing.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+impl From<DbError> for CatalogError {
+    fn from(e: DbError) -> Self {
+        CatalogError::Db(e)
+    }
+}
+
+/// One image file as the catalog knows it.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// The large object holding the bytes.
+    pub oid: u32,
+    /// Size in bytes (largefile.total_size).
+    pub size: u64,
+    /// Hex sha256 of the content (largefile.sha256).
+    pub sha256: String,
+    /// MAAS file type (bootresourcefile.filetype).
+    pub filetype: String,
+}
+
+/// What a node is.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// A directory and its entries by name.
+    Dir(BTreeMap<String, Ino>),
+    /// A regular file.
+    File(FileInfo),
+}
+
+/// One entry of the tree.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// This node's inode number.
+    pub ino: Ino,
+    /// The parent directory (the root is its own parent).
+    pub parent: Ino,
+    /// Full path from the root, starting with `/` (`/` for the root).
+    pub path: String,
+    /// Modification time, from the rows' `updated`.
+    pub mtime: SystemTime,
+    /// Directory or file.
+    pub kind: NodeKind,
+}
+
+impl Node {
+    /// The file's details, if this is a file.
+    pub fn file(&self) -> Option<&FileInfo> {
+        match &self.kind {
+            NodeKind::File(f) => Some(f),
+            NodeKind::Dir(_) => None,
+        }
+    }
+
+    /// Size in bytes (0 for directories).
+    pub fn size(&self) -> u64 {
+        self.file().map_or(0, |f| f.size)
+    }
+
+    /// The last path component (empty for the root).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or("")
+    }
+}
+
+/// One complete set, as listed in a simplestreams product.
+#[derive(Debug, Clone)]
+pub struct SetInfo {
+    /// os, arch, subarch, series, version.
+    pub os: String,
+    /// Architecture, e.g. `amd64`.
+    pub arch: String,
+    /// Sub-architecture, e.g. `generic` or `ga-20.04`.
+    pub subarch: String,
+    /// Release, e.g. `focal`, or the custom image's name.
+    pub series: String,
+    /// Version, e.g. `20240101`.
+    pub version: String,
+    /// The set's label (`stable`, `uploaded`, ...).
+    pub label: String,
+    /// Files of the set by name, as inode numbers.
+    pub files: BTreeMap<String, Ino>,
+}
+
+/// An immutable snapshot of the whole tree.
+#[derive(Debug, Default)]
+pub struct Tree {
+    nodes: HashMap<Ino, Node>,
+    sets: Vec<SetInfo>,
+    total_bytes: u64,
+    file_count: u64,
+}
+
+impl Tree {
+    /// The node with this inode number.
+    pub fn get(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    /// The entry `name` of directory `parent`.
+    pub fn lookup(&self, parent: Ino, name: &str) -> Option<&Node> {
+        match &self.get(parent)?.kind {
+            NodeKind::Dir(children) => children.get(name).and_then(|ino| self.get(*ino)),
+            NodeKind::File(_) => None,
+        }
+    }
+
+    /// Follows already-decoded path components from the root.
+    pub fn resolve<'a>(&self, components: impl IntoIterator<Item = &'a str>) -> Option<&Node> {
+        let mut node = self.get(ROOT)?;
+        for c in components {
+            node = self.lookup(node.ino, c)?;
+        }
+        Some(node)
+    }
+
+    /// Every complete set, sorted by path.
+    pub fn sets(&self) -> &[SetInfo] {
+        &self.sets
+    }
+
+    /// Number of inodes (directories and files).
+    pub fn node_count(&self) -> u64 {
+        self.nodes.len() as u64
+    }
+
+    /// Number of files.
+    pub fn file_count(&self) -> u64 {
+        self.file_count
+    }
+
+    /// Sum of file sizes.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+}
+
+/// Assigns inode numbers that stay the same across refreshes.
+#[derive(Default)]
+struct InodeTable {
+    by_key: HashMap<String, Ino>,
+    next: Ino,
+}
+
+impl InodeTable {
+    fn ino(&mut self, key: &str) -> Ino {
+        if let Some(ino) = self.by_key.get(key) {
+            return *ino;
+        }
+        self.next = self.next.max(ROOT) + 1;
+        self.by_key.insert(key.to_string(), self.next);
+        self.next
+    }
+}
+
+/// A row of the catalog query: one file of one set.
+struct Row {
+    name: String,
+    architecture: String,
+    version: String,
+    filename: String,
+    oid: u32,
+    total_size: i64,
+    size: i64,
+    sha256: String,
+    set_id: i64,
+    label: String,
+    filetype: String,
+    updated_us: i64,
+}
+
+/// The live catalog: the current tree and the means to reload it.
+pub struct Catalog {
+    pool: Pool<PostgresConnectionManager<NoTls>>,
+    query: String,
+    target: String,
+    current: RwLock<Arc<Tree>>,
+    inodes: Mutex<InodeTable>,
+    warned: Mutex<HashSet<String>>,
+}
+
+impl Catalog {
+    /// Connects, checks that the MAAS tables exist, and loads the first snapshot.
+    pub fn open(db: &DbConfig) -> Result<Catalog, CatalogError> {
+        let pool = db.metadata_pool()?;
+        let target = db.describe();
+        let mut client = pool.get().map_err(|e| DbError::Connect {
+            target: target.clone(),
+            reason: e.to_string(),
+        })?;
+        let missing: Vec<String> = client
+            .query(
+                "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL ORDER BY t",
+                &[&TABLES.to_vec()],
+            )
+            .map_err(|e| DbError::query("checking for the MAAS tables", &e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CatalogError::MissingTables { missing, target });
+        }
+        // MAAS 2.0 and older have no largefile.size: every file counts as complete.
+        let has_size: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute \
+                 WHERE attrelid = 'maasserver_largefile'::regclass \
+                 AND attname = 'size' AND NOT attisdropped)",
+                &[],
+            )
+            .map_err(|e| DbError::query("reading maasserver_largefile's columns", &e))?
+            .get(0);
+        if !has_size {
+            info!(
+                "maasserver_largefile has no size column (MAAS 2.0 or older): all files count as complete"
+            );
+        }
+        drop(client);
+        let catalog = Catalog {
+            pool,
+            query: catalog_query(has_size),
+            target,
+            current: RwLock::new(Arc::new(Tree::default())),
+            inodes: Mutex::new(InodeTable::default()),
+            warned: Mutex::new(HashSet::new()),
+        };
+        catalog.refresh()?;
+        Ok(catalog)
+    }
+
+    /// The current snapshot. Cheap: clones an `Arc`.
+    pub fn snapshot(&self) -> Arc<Tree> {
+        self.current.read().clone()
+    }
+
+    /// Reloads the tree from the database and swaps it in.
+    pub fn refresh(&self) -> Result<(), CatalogError> {
+        let rows = self.load_rows()?;
+        let tree = self.build(rows);
+        let old = std::mem::replace(&mut *self.current.write(), Arc::new(tree));
+        let new = self.snapshot();
+        if old.file_count != new.file_count || old.total_bytes != new.total_bytes {
+            info!(
+                "catalog: {} files in {} sets, {} bytes",
+                new.file_count,
+                new.sets.len(),
+                new.total_bytes
+            );
+        }
+        Ok(())
+    }
+
+    /// Refreshes every `every` in a background thread while the catalog lives.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> std::io::Result<JoinHandle<()>> {
+        let weak: Weak<Catalog> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("catalog-refresh".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(catalog) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = catalog.refresh() {
+                        warn!("catalog refresh failed, keeping the previous tree: {e}");
+                    }
+                }
+            })
+    }
+
+    fn load_rows(&self) -> Result<Vec<Row>, CatalogError> {
+        let mut client = self.pool.get().map_err(|e| DbError::Connect {
+            target: self.target.clone(),
+            reason: e.to_string(),
+        })?;
+        let rows = client
+            .query(self.query.as_str(), &[])
+            .map_err(|e| DbError::Query {
+                what: "loading the image catalog".into(),
+                reason: describe_pg_error(&e),
+            })?;
+        Ok(rows
+            .iter()
+            .map(|r| Row {
+                name: r.get(0),
+                architecture: r.get(1),
+                version: r.get(2),
+                filename: r.get(3),
+                oid: r.get(4),
+                total_size: r.get(5),
+                size: r.get(6),
+                sha256: r.get(7),
+                set_id: r.get(8),
+                label: r.get(9),
+                filetype: r.get(10),
+                updated_us: r.get(11),
+            })
+            .collect())
+    }
+
+    fn build(&self, rows: Vec<Row>) -> Tree {
+        // A set is listed only when every one of its files is complete.
+        let mut incomplete: HashSet<i64> = HashSet::new();
+        for r in &rows {
+            if r.size < r.total_size {
+                incomplete.insert(r.set_id);
+            }
+        }
+        let mut inodes = self.inodes.lock();
+        let mut tree = Tree::default();
+        tree.nodes.insert(ROOT, dir_node(ROOT, ROOT, "/".into()));
+        let mut sets: BTreeMap<String, SetInfo> = BTreeMap::new();
+        let mut skipped_sets: HashSet<i64> = HashSet::new();
+        for r in &rows {
+            if incomplete.contains(&r.set_id) || skipped_sets.contains(&r.set_id) {
+                continue;
+            }
+            let Some(parts) = self.components(r) else {
+                skipped_sets.insert(r.set_id);
+                continue;
+            };
+            let mtime = UNIX_EPOCH + Duration::from_micros(r.updated_us.max(0) as u64);
+            let mut parent = ROOT;
+            let mut path = String::new();
+            for dir in &parts[..5] {
+                path.push('/');
+                path.push_str(dir);
+                parent = tree.ensure_dir(&mut inodes, parent, &path, dir, mtime);
+            }
+            let file_path = format!("{path}/{}", r.filename);
+            let ino = inodes.ino(&format!("{file_path}\0{}", r.sha256));
+            if !tree.add_child(parent, &r.filename, ino) {
+                self.warn_once(&file_path, "two rows map to this path; keeping the first");
+                continue;
+            }
+            let size = r.total_size.max(0) as u64;
+            tree.file_count += 1;
+            tree.total_bytes += size;
+            tree.nodes.insert(
+                ino,
+                Node {
+                    ino,
+                    parent,
+                    path: file_path,
+                    mtime,
+                    kind: NodeKind::File(FileInfo {
+                        oid: r.oid,
+                        size,
+                        sha256: r.sha256.clone(),
+                        filetype: r.filetype.clone(),
+                    }),
+                },
+            );
+            sets.entry(path)
+                .or_insert_with(|| SetInfo {
+                    os: parts[0].to_string(),
+                    arch: parts[1].to_string(),
+                    subarch: parts[2].to_string(),
+                    series: parts[3].to_string(),
+                    version: parts[4].to_string(),
+                    label: r.label.clone(),
+                    files: BTreeMap::new(),
+                })
+                .files
+                .insert(r.filename.clone(), ino);
+        }
+        tree.sets = sets.into_values().collect();
+        debug!("catalog built: {} nodes", tree.nodes.len());
+        tree
+    }
+
+    /// Splits a row into os, arch, subarch, series, version, filename, or warns.
+    fn components<'a>(&self, r: &'a Row) -> Option<[&'a str; 6]> {
+        let (os, series) = r.name.split_once('/').unwrap_or(("custom", &r.name));
+        let Some((arch, subarch)) = r.architecture.split_once('/') else {
+            self.warn_once(
+                &format!("{}:{}", r.name, r.architecture),
+                "architecture is not arch/subarch; skipping its sets",
+            );
+            return None;
+        };
+        let parts = [
+            os,
+            arch,
+            subarch,
+            series,
+            r.version.as_str(),
+            r.filename.as_str(),
+        ];
+        if let Some(bad) = parts.iter().find(|p| !valid_component(p)) {
+            self.warn_once(
+                &format!("{} {} {} {}", r.name, r.architecture, r.version, r.filename),
+                &format!("{bad:?} cannot be a path component; skipping the set"),
+            );
+            return None;
+        }
+        Some(parts)
+    }
+
+    fn warn_once(&self, what: &str, why: &str) {
+        if self.warned.lock().insert(format!("{what}\0{why}")) {
+            warn!("catalog: {what}: {why}");
+        }
+    }
+}
+
+impl Tree {
+    fn ensure_dir(
+        &mut self,
+        inodes: &mut InodeTable,
+        parent: Ino,
+        path: &str,
+        name: &str,
+        mtime: SystemTime,
+    ) -> Ino {
+        let ino = inodes.ino(path);
+        let node = self
+            .nodes
+            .entry(ino)
+            .or_insert_with(|| dir_node(ino, parent, path.to_string()));
+        node.mtime = node.mtime.max(mtime);
+        self.add_child(parent, name, ino);
+        if let Some(root) = self.nodes.get_mut(&ROOT) {
+            root.mtime = root.mtime.max(mtime);
+        }
+        ino
+    }
+
+    /// Adds `name -> ino` to `parent`; false if the name was taken by another inode.
+    fn add_child(&mut self, parent: Ino, name: &str, ino: Ino) -> bool {
+        match self.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(children)) => {
+                *children.entry(name.to_string()).or_insert(ino) == ino
+            }
+            _ => false,
+        }
+    }
+}
+
+fn dir_node(ino: Ino, parent: Ino, path: String) -> Node {
+    Node {
+        ino,
+        parent,
+        path,
+        mtime: UNIX_EPOCH,
+        kind: NodeKind::Dir(BTreeMap::new()),
+    }
+}
+
+/// Whether `name` can be one component of a path.
+pub fn valid_component(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+fn catalog_query(has_size: bool) -> String {
+    // ids cast to bigint and no `extra`: the same query fits MAAS 2.x-3.3 and 3.4.
+    let size = if has_size { "lf.size" } else { "lf.total_size" };
+    format!(
+        "SELECT r.name::text, r.architecture::text, s.version::text, f.filename::text, \
+                lf.content, lf.total_size::int8, {size}::int8, lf.sha256::text, \
+                s.id::int8, s.label::text, f.filetype::text, \
+                (extract(epoch FROM greatest(f.updated, lf.updated)) * 1000000)::int8 \
+         FROM maasserver_bootresourcefile f \
+         JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
+         JOIN maasserver_bootresourceset s ON s.id = f.resource_set_id \
+         JOIN maasserver_bootresource r ON r.id = s.resource_id \
+         ORDER BY r.name, r.architecture, s.version, f.filename"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_rules() {
+        for good in ["ubuntu", "boot-kernel", "20240101.1", "a b", "ga-20.04"] {
+            assert!(valid_component(good), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(!valid_component(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn inode_numbers_are_stable_and_never_reused() {
+        let mut t = InodeTable::default();
+        let a = t.ino("/ubuntu");
+        let b = t.ino("/ubuntu/amd64");
+        assert_ne!(a, ROOT);
+        assert_ne!(a, b);
+        assert_eq!(t.ino("/ubuntu"), a);
+        assert!(t.ino("/x") > b);
+    }
+}

@@ -1,0 +1,326 @@
+//! Where the database is and how pgbootfs connects to it.
+//!
+//! The `postgres` crate reads no libpq environment, so this module does what libpq
+//! would: `--db`, then `DATABASE_URL`, then `PGHOST`, `PGPORT`, `PGUSER`,
+//! `PGPASSWORD` and `PGDATABASE`, with libpq's defaults for what is still missing.
+//! Every description this module prints leaves the password out.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::config::Host;
+use postgres::{Client, Config, NoTls};
+use r2d2::{ManageConnection, Pool};
+use r2d2_postgres::PostgresConnectionManager;
+
+/// A resolved database location: a `postgres::Config` plus where it came from.
+#[derive(Clone)]
+pub struct DbConfig {
+    config: Config,
+    source: &'static str,
+}
+
+/// An error in finding or reaching the database. Never carries a password.
+#[derive(Debug)]
+pub enum DbError {
+    /// The connection string could not be parsed.
+    BadConninfo {
+        /// Which setting held it (`--db`, `DATABASE_URL`, ...).
+        source: &'static str,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The server could not be reached or refused us.
+    Connect {
+        /// host, port, database and user, without the password.
+        target: String,
+        /// The driver's complaint.
+        reason: String,
+    },
+    /// A query failed on a connection that was otherwise fine.
+    Query {
+        /// What was being done.
+        what: String,
+        /// The server's complaint.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbError::BadConninfo { source, reason } => {
+                write!(f, "invalid connection string in {source}: {reason}")
+            }
+            DbError::Connect { target, reason } => {
+                write!(f, "cannot connect to PostgreSQL at {target}: {reason}")
+            }
+            DbError::Query { what, reason } => write!(f, "{what}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl DbError {
+    /// Wraps a driver error met while doing `what`.
+    pub fn query(what: impl Into<String>, err: &postgres::Error) -> DbError {
+        DbError::Query {
+            what: what.into(),
+            reason: describe_pg_error(err),
+        }
+    }
+}
+
+/// The server's message for a database error, or the driver's for anything else.
+pub fn describe_pg_error(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => err.to_string(),
+    }
+}
+
+impl DbConfig {
+    /// Resolves the database from `--db`, else `DATABASE_URL`, else the `PG*` variables.
+    pub fn resolve(db_arg: Option<&str>) -> Result<DbConfig, DbError> {
+        Self::resolve_with(db_arg, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`DbConfig::resolve`], reading the environment through `env` (for tests).
+    pub fn resolve_with(
+        db_arg: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<DbConfig, DbError> {
+        let (text, source) = match (db_arg, env("DATABASE_URL")) {
+            (Some(arg), _) => (arg.to_string(), "--db"),
+            (None, Some(url)) if !url.is_empty() => (url, "DATABASE_URL"),
+            _ => (String::new(), "PG* environment"),
+        };
+        let mut config = if text.trim().is_empty() {
+            Config::new()
+        } else {
+            Config::from_str(&text).map_err(|e| DbError::BadConninfo {
+                source,
+                reason: e.to_string(),
+            })?
+        };
+        // Fill what the string left out as libpq would.
+        if config.get_hosts().is_empty() {
+            let host = env("PGHOST")
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(default_host);
+            for h in host.split(',') {
+                config.host(h);
+            }
+        }
+        if config.get_ports().is_empty()
+            && let Some(port) = env("PGPORT").filter(|p| !p.is_empty())
+        {
+            let port: u16 = port.parse().map_err(|_| DbError::BadConninfo {
+                source: "PGPORT",
+                reason: format!("{port:?} is not a port number"),
+            })?;
+            config.port(port);
+        }
+        if config.get_user().is_none() {
+            let user = env("PGUSER")
+                .filter(|u| !u.is_empty())
+                .or_else(os_user)
+                .unwrap_or_else(|| "postgres".to_string());
+            config.user(&user);
+        }
+        if config.get_password().is_none()
+            && let Some(pw) = env("PGPASSWORD").filter(|p| !p.is_empty())
+        {
+            config.password(pw);
+        }
+        if config.get_dbname().is_none() {
+            let db = env("PGDATABASE")
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
+            config.dbname(&db);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        Ok(DbConfig { config, source })
+    }
+
+    /// `host=… port=… dbname=… user=…`, never the password.
+    pub fn describe(&self) -> String {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = self.config.get_ports().iter().map(u16::to_string).collect();
+        format!(
+            "host={} port={} dbname={} user={}",
+            hosts.join(","),
+            if ports.is_empty() {
+                "5432".to_string()
+            } else {
+                ports.join(",")
+            },
+            self.config.get_dbname().unwrap_or("?"),
+            self.config.get_user().unwrap_or("?"),
+        )
+    }
+
+    /// Which setting the connection string came from.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// The driver configuration, with `application_name` set to `app`.
+    pub fn postgres_config(&self, app: &str) -> Config {
+        let mut config = self.config.clone();
+        config.application_name(app);
+        config
+    }
+
+    /// Opens one plain connection, for commands that need a single session.
+    pub fn connect(&self, app: &str) -> Result<Client, DbError> {
+        self.postgres_config(app)
+            .connect(NoTls)
+            .map_err(|e| self.connect_error(&e))
+    }
+
+    /// The error for a failed connection attempt, naming where we tried to go.
+    pub fn connect_error(&self, err: &postgres::Error) -> DbError {
+        let mut reason = describe_pg_error(err);
+        // The driver's "error connecting to server: <io error>" is clearer unwrapped.
+        if err.as_db_error().is_none()
+            && let Some(src) = std::error::Error::source(err)
+        {
+            reason = src.to_string();
+        }
+        DbError::Connect {
+            target: self.describe(),
+            reason,
+        }
+    }
+
+    /// A small pool for metadata queries (the catalog), separate from handles.
+    pub fn metadata_pool(&self) -> Result<Pool<PostgresConnectionManager<NoTls>>, DbError> {
+        let manager =
+            PostgresConnectionManager::new(self.postgres_config("pgbootfs-catalog"), NoTls);
+        // Connect once now so an unreachable server is reported at start, by name.
+        let mut probe = manager.connect().map_err(|e| self.connect_error(&e))?;
+        manager
+            .is_valid(&mut probe)
+            .map_err(|e| self.connect_error(&e))?;
+        drop(probe);
+        Ok(Pool::builder()
+            .max_size(2)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(30))
+            .build_unchecked(manager))
+    }
+}
+
+fn default_host() -> String {
+    // libpq's compiled-in default on Debian is the socket directory below.
+    if std::path::Path::new("/var/run/postgresql").is_dir() {
+        "/var/run/postgresql".to_string()
+    } else {
+        "localhost".to_string()
+    }
+}
+
+fn os_user() -> Option<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy the
+    // name out at once and do not keep the pointer.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr((*pw).pw_name);
+        Some(name.to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn db_flag_wins_over_environment() {
+        let c = DbConfig::resolve_with(
+            Some("host=/tmp/sock port=6000 user=maas dbname=maasdb password=s3cret"),
+            env_of(&[("DATABASE_URL", "postgres://x@y/z"), ("PGUSER", "other")]),
+        )
+        .unwrap();
+        assert_eq!(c.source(), "--db");
+        assert_eq!(
+            c.describe(),
+            "host=/tmp/sock port=6000 dbname=maasdb user=maas"
+        );
+    }
+
+    #[test]
+    fn url_with_socket_host_and_password_is_not_described_with_password() {
+        let c = DbConfig::resolve_with(
+            None,
+            env_of(&[(
+                "DATABASE_URL",
+                "postgresql://maas:hunter2@%2Fvar%2Frun%2Fpostgresql:5433/maasdb",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.source(), "DATABASE_URL");
+        let d = c.describe();
+        assert!(!d.contains("hunter2"), "{d}");
+        assert_eq!(
+            d,
+            "host=/var/run/postgresql port=5433 dbname=maasdb user=maas"
+        );
+    }
+
+    #[test]
+    fn pg_variables_fill_the_gaps() {
+        let c = DbConfig::resolve_with(
+            None,
+            env_of(&[
+                ("PGHOST", "db.example"),
+                ("PGPORT", "5999"),
+                ("PGUSER", "maas"),
+                ("PGPASSWORD", "pw"),
+                ("PGDATABASE", "maasdb"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.describe(),
+            "host=db.example port=5999 dbname=maasdb user=maas"
+        );
+        assert_eq!(c.config.get_password(), Some(&b"pw"[..]));
+    }
+
+    #[test]
+    fn bad_port_and_bad_string_name_their_source() {
+        let e = DbConfig::resolve_with(None, env_of(&[("PGPORT", "abc")]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("PGPORT"), "{e}");
+        let e = DbConfig::resolve_with(Some("host=a port=notanumber"), env_of(&[]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--db"), "{e}");
+    }
+}

@@ -1,0 +1,474 @@
+//! The FUSE adapter: maps kernel calls to catalog lookups and handle reads, and
+//! errors to errno. It holds no logic of its own beyond the table of open handles.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, WriteFlags,
+};
+use log::{debug, info, warn};
+use parking_lot::Mutex;
+
+use crate::catalog::{Catalog, Node, NodeKind, Tree};
+use crate::handle::{Handle, HandlePool};
+
+/// How long the kernel may cache names and attributes. Files never change under
+/// an inode number, so this bounds only how late a removal is noticed.
+const TTL: Duration = Duration::from_secs(1);
+
+/// A file open through the mount: its handle and the node it was opened as.
+struct OpenFile {
+    handle: Arc<Handle>,
+    node: Node,
+}
+
+/// Every open file and directory of one mount.
+#[derive(Default)]
+pub struct OpenTable {
+    next: AtomicU64,
+    files: Mutex<HashMap<u64, OpenFile>>,
+    dirs: Mutex<HashMap<u64, Arc<Tree>>>,
+}
+
+impl OpenTable {
+    fn next_fh(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ends every open handle's transaction (at shutdown). Later reads get EIO.
+    pub fn close_all(&self) -> usize {
+        let files: Vec<OpenFile> = self.files.lock().drain().map(|(_, f)| f).collect();
+        for f in &files {
+            f.handle.close();
+        }
+        files.len()
+    }
+
+    /// Number of files open now.
+    pub fn open_files(&self) -> usize {
+        self.files.lock().len()
+    }
+}
+
+/// The read-only file system over a catalog.
+pub struct BootFs {
+    catalog: Arc<Catalog>,
+    pool: HandlePool,
+    open: Arc<OpenTable>,
+    uid: u32,
+    gid: u32,
+}
+
+impl BootFs {
+    /// A file system serving `catalog`, opening handles from `pool`.
+    pub fn new(catalog: Arc<Catalog>, pool: HandlePool, open: Arc<OpenTable>) -> BootFs {
+        // SAFETY: geteuid and getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        BootFs {
+            catalog,
+            pool,
+            open,
+            uid,
+            gid,
+        }
+    }
+
+    fn attr(&self, node: &Node) -> FileAttr {
+        let (kind, perm, nlink) = match &node.kind {
+            NodeKind::Dir(children) => (FileType::Directory, 0o555, 2 + children.len() as u32),
+            NodeKind::File(_) => (FileType::RegularFile, 0o444, 1),
+        };
+        let size = node.size();
+        FileAttr {
+            ino: INodeNo(node.ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: node.mtime,
+            mtime: node.mtime,
+            ctime: node.mtime,
+            crtime: node.mtime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+impl Filesystem for BootFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        info!("mounted: {} files", self.catalog.snapshot().file_count());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let tree = self.catalog.snapshot();
+        match name.to_str().and_then(|n| tree.lookup(parent.0, n)) {
+            Some(node) => reply.entry(&TTL, &self.attr(node), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(fh) = fh {
+            // An open file keeps its attributes even after it left the catalog.
+            if let Some(f) = self.open.files.lock().get(&fh.0) {
+                return reply.attr(&TTL, &self.attr(&f.node));
+            }
+        }
+        match self.catalog.snapshot().get(ino.0) {
+            Some(node) => reply.attr(&TTL, &self.attr(node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let tree = self.catalog.snapshot();
+        let Some(node) = tree.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some(file) = node.file() else {
+            return reply.error(Errno::EISDIR);
+        };
+        let handle = Handle::new(&self.pool, file.oid, file.size, &node.path);
+        // Set-up happens here so that failures surface at open, not at first read.
+        if let Err(e) = handle.ensure_open() {
+            warn!("open failed: {e}");
+            return reply.error(errno(e.errno()));
+        }
+        let fh = self.open.next_fh();
+        self.open.files.lock().insert(
+            fh,
+            OpenFile {
+                handle: Arc::new(handle),
+                node: node.clone(),
+            },
+        );
+        debug!("open {} as fh {fh}", node.path);
+        // Content under an inode never changes, so the page cache stays valid.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handle = match self.open.files.lock().get(&fh.0) {
+            Some(f) => f.handle.clone(),
+            None => return reply.error(Errno::EBADF),
+        };
+        let mut reply = Some(reply);
+        let res = handle.read_with(offset, size as usize, |bytes| {
+            if let Some(r) = reply.take() {
+                r.data(bytes);
+            }
+        });
+        if let (Err(e), Some(r)) = (res, reply.take()) {
+            r.error(errno(e.errno()));
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let removed = self.open.files.lock().remove(&fh.0);
+        if let Some(f) = removed {
+            f.handle.close();
+            debug!("release fh {fh:?} ({})", f.node.path);
+        }
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let tree = self.catalog.snapshot();
+        match tree.get(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::Dir(_)) => {
+                let fh = self.open.next_fh();
+                // Keep the snapshot so a listing is consistent across readdir calls.
+                self.open.dirs.lock().insert(fh, tree);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Some(NodeKind::File(_)) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let tree = match self.open.dirs.lock().get(&fh.0) {
+            Some(t) => t.clone(),
+            None => self.catalog.snapshot(),
+        };
+        let Some(node) = tree.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let NodeKind::Dir(children) = &node.kind else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let dots = [
+            (node.ino, FileType::Directory, "."),
+            (node.parent, FileType::Directory, ".."),
+        ];
+        let entries = dots
+            .into_iter()
+            .chain(children.iter().filter_map(|(name, ino)| {
+                let kind = match tree.get(*ino)?.kind {
+                    NodeKind::Dir(_) => FileType::Directory,
+                    NodeKind::File(_) => FileType::RegularFile,
+                };
+                Some((*ino, kind, name.as_str()))
+            }));
+        for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.open.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let tree = self.catalog.snapshot();
+        let blocks = tree.total_bytes().div_ceil(4096);
+        reply.statfs(blocks, 0, 0, tree.node_count(), 0, 4096, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if self.catalog.snapshot().get(ino.0).is_none() {
+            reply.error(Errno::ENOENT)
+        } else if mask.contains(AccessFlags::W_OK) {
+            reply.error(Errno::EROFS)
+        } else {
+            reply.ok()
+        }
+    }
+
+    // Every call that would change the tree: the file system is read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

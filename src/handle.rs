@@ -1,0 +1,401 @@
+//! One open image: its own pooled connection, its own read-only transaction, and
+//! read-ahead. This is the only code that reads image bytes; FUSE and HTTP share it.
+//!
+//! The rule (from MAAS's 2014 fix): a handle never shares its connection, sets up its
+//! transaction lazily and idempotently, and ends the transaction before the connection
+//! goes back to the pool. r2d2 would otherwise hand the next borrower a connection
+//! still inside our transaction, so [`HandleManager::has_broken`] discards any
+//! connection returned while a transaction is open.
+
+use std::fmt;
+use std::time::Duration;
+
+use log::{debug, error, warn};
+use parking_lot::Mutex;
+use postgres::{Client, NoTls, Statement};
+use r2d2::{ManageConnection, Pool, PooledConnection};
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::db::{DbConfig, describe_pg_error};
+
+/// Bytes fetched from the server per call: the field notes measured lo_get in a
+/// repeatable-read transaction best between 256 KiB and 1 MiB.
+pub const CHUNK: u64 = 1 << 20;
+
+/// An error on an open handle. Display names the image path.
+#[derive(Debug)]
+pub struct HandleError {
+    /// The image path, for the message.
+    pub path: String,
+    /// What went wrong.
+    pub kind: HandleErrorKind,
+}
+
+/// What went wrong on a handle.
+#[derive(Debug)]
+pub enum HandleErrorKind {
+    /// Every handle connection is in use and none came free in time.
+    PoolExhausted(Duration),
+    /// The database could not be reached.
+    Connect(String),
+    /// A query failed (includes a missing large object).
+    Db(String),
+    /// The large object is shorter than the catalog says.
+    Truncated {
+        /// Bytes the catalog promises.
+        expected: u64,
+        /// Bytes the large object holds.
+        actual: u64,
+    },
+    /// An earlier error ended this handle's transaction; its snapshot is gone.
+    Failed,
+}
+
+impl HandleError {
+    /// The errno a file system should report for this error.
+    pub fn errno(&self) -> i32 {
+        match self.kind {
+            HandleErrorKind::PoolExhausted(_) => libc::EAGAIN,
+            _ => libc::EIO,
+        }
+    }
+}
+
+impl fmt::Display for HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = &self.path;
+        match &self.kind {
+            HandleErrorKind::PoolExhausted(t) => write!(
+                f,
+                "{path}: all handle connections busy for {}s (raise --max-handles or --pool-timeout)",
+                t.as_secs()
+            ),
+            HandleErrorKind::Connect(e) => write!(f, "{path}: cannot connect: {e}"),
+            HandleErrorKind::Db(e) => write!(f, "{path}: database error: {e}"),
+            HandleErrorKind::Truncated { expected, actual } => write!(
+                f,
+                "{path}: large object holds {actual} bytes but the catalog says {expected}"
+            ),
+            HandleErrorKind::Failed => write!(f, "{path}: handle failed earlier; reopen the file"),
+        }
+    }
+}
+
+impl std::error::Error for HandleError {}
+
+/// A pooled connection reserved for handles, with its statements prepared once.
+pub struct HandleConn {
+    client: Client,
+    read: Statement,
+    open: Statement,
+    in_txn: bool,
+}
+
+/// Makes handle connections: no idle-in-transaction timeout, statements prepared.
+#[derive(Debug)]
+pub struct HandleManager {
+    inner: PostgresConnectionManager<NoTls>,
+}
+
+impl ManageConnection for HandleManager {
+    type Connection = HandleConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<HandleConn, postgres::Error> {
+        let mut client = self.inner.connect()?;
+        // A reader may pause for a long time; the server must not end its transaction.
+        client.batch_execute("SET idle_in_transaction_session_timeout = 0")?;
+        let read = client.prepare("SELECT lo_get($1::oid, $2::int8, $3::int4)")?;
+        // lo_open pins the snapshot and checks existence and permission; the seek
+        // to the end gives the real size.
+        let open = client.prepare("SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2)")?;
+        Ok(HandleConn {
+            client,
+            read,
+            open,
+            in_txn: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut HandleConn) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut HandleConn) -> bool {
+        // Never let a connection go back inside a transaction.
+        conn.in_txn || conn.client.is_closed()
+    }
+}
+
+/// The pool of connections that handles draw from; cheap to clone.
+#[derive(Clone)]
+pub struct HandlePool {
+    pool: Pool<HandleManager>,
+    timeout: Duration,
+}
+
+impl HandlePool {
+    /// A pool of at most `max` connections; an open waits `timeout` for one.
+    pub fn new(db: &DbConfig, max: u32, timeout: Duration) -> HandlePool {
+        let manager = HandleManager {
+            inner: PostgresConnectionManager::new(db.postgres_config("pgbootfs-handle"), NoTls),
+        };
+        let pool = Pool::builder()
+            .max_size(max.max(1))
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(timeout.max(Duration::from_millis(1)))
+            .build_unchecked(manager);
+        HandlePool { pool, timeout }
+    }
+
+    /// Connections open now (in use and idle).
+    pub fn connections(&self) -> u32 {
+        self.pool.state().connections
+    }
+
+    fn get(&self, path: &str) -> Result<PooledConnection<HandleManager>, HandleError> {
+        self.pool.get_timeout(self.timeout).map_err(|e| {
+            let state = self.pool.state();
+            let kind = if state.connections >= self.pool.max_size() && state.idle_connections == 0 {
+                HandleErrorKind::PoolExhausted(self.timeout)
+            } else {
+                HandleErrorKind::Connect(e.to_string())
+            };
+            HandleError {
+                path: path.to_string(),
+                kind,
+            }
+        })
+    }
+}
+
+/// One open image.
+pub struct Handle {
+    pool: HandlePool,
+    oid: u32,
+    size: u64,
+    path: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<PooledConnection<HandleManager>>,
+    failed: bool,
+    closed: bool,
+    /// The last chunk fetched and where it starts.
+    chunk: Vec<u8>,
+    chunk_start: u64,
+}
+
+impl Handle {
+    /// A handle on large object `oid` of `size` bytes, shown as `path` in messages.
+    /// Touches no database until [`Handle::ensure_open`] or the first read.
+    pub fn new(pool: &HandlePool, oid: u32, size: u64, path: &str) -> Handle {
+        Handle {
+            pool: pool.clone(),
+            oid,
+            size,
+            path: path.to_string(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The image path this handle reads.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Takes a connection and begins the snapshot transaction, once. Safe to call
+    /// before every read.
+    pub fn ensure_open(&self) -> Result<(), HandleError> {
+        let mut st = self.state.lock();
+        self.open_locked(&mut st).map(|_| ())
+    }
+
+    /// Calls `f` with the bytes at `offset..offset+len` (fewer at the end of the file).
+    pub fn read_with<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, HandleError> {
+        let end = offset.saturating_add(len as u64).min(self.size);
+        if offset >= end {
+            return Ok(f(&[]));
+        }
+        let mut st = self.state.lock();
+        let first = offset - offset % CHUNK;
+        let last = (end - 1) - (end - 1) % CHUNK;
+        if first == last {
+            self.load_chunk(&mut st, first)?;
+            let at = (offset - st.chunk_start) as usize;
+            return Ok(f(&st.chunk[at..at + (end - offset) as usize]));
+        }
+        // The request spans chunks: gather it (rare with aligned kernel requests).
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let start = pos - pos % CHUNK;
+            self.load_chunk(&mut st, start)?;
+            let at = (pos - start) as usize;
+            let take = ((end - pos) as usize).min(st.chunk.len() - at);
+            out.extend_from_slice(&st.chunk[at..at + take]);
+            pos += take as u64;
+        }
+        Ok(f(&out))
+    }
+
+    /// Copies the bytes at `offset` into `buf`; returns how many (0 at the end).
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, HandleError> {
+        self.read_with(offset, buf.len(), |bytes| {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        })
+    }
+
+    /// Ends the transaction and gives the connection back. Idempotent; later reads fail.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        finish(&mut st);
+    }
+
+    fn open_locked<'a>(&self, st: &'a mut State) -> Result<&'a mut HandleConn, HandleError> {
+        if st.failed || st.closed {
+            return Err(self.error(HandleErrorKind::Failed));
+        }
+        if st.conn.is_none() {
+            let conn = self.begin()?;
+            st.conn = Some(conn);
+        }
+        match st.conn.as_deref_mut() {
+            Some(conn) => Ok(conn),
+            None => Err(self.error(HandleErrorKind::Failed)),
+        }
+    }
+
+    fn begin(&self) -> Result<PooledConnection<HandleManager>, HandleError> {
+        // An idle pooled connection may have died (server restart): retry once.
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.pool.get(&self.path)?;
+            conn.in_txn = true;
+            let res = conn
+                .client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .and_then(|_| {
+                    let open = conn.open.clone();
+                    conn.client.query_one(&open, &[&self.oid])
+                });
+            match res {
+                Ok(row) => {
+                    let actual: i64 = row.get(0);
+                    let actual = actual.max(0) as u64;
+                    if actual < self.size {
+                        end_txn(&mut conn);
+                        return Err(self.error(HandleErrorKind::Truncated {
+                            expected: self.size,
+                            actual,
+                        }));
+                    }
+                    if actual > self.size {
+                        warn!(
+                            "{}: large object {} holds {actual} bytes, catalog says {}; serving {}",
+                            self.path, self.oid, self.size, self.size
+                        );
+                    }
+                    debug!("{}: opened large object {}", self.path, self.oid);
+                    return Ok(conn);
+                }
+                Err(e) if conn.client.is_closed() && attempt == 0 => {
+                    debug!("{}: pooled connection was dead ({e}); retrying", self.path);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    end_txn(&mut conn);
+                    return Err(self.error(HandleErrorKind::Db(describe_pg_error(&e))));
+                }
+            }
+        }
+    }
+
+    fn load_chunk(&self, st: &mut State, start: u64) -> Result<(), HandleError> {
+        if st.chunk_start == start && !st.chunk.is_empty() {
+            return Ok(());
+        }
+        let len = CHUNK.min(self.size - start) as i32;
+        let conn = self.open_locked(st)?;
+        let read = conn.read.clone();
+        let res = conn
+            .client
+            .query_one(&read, &[&self.oid, &(start as i64), &len]);
+        match res {
+            Ok(row) => {
+                let bytes: &[u8] = row.get(0);
+                if bytes.len() != len as usize {
+                    let err = self.error(HandleErrorKind::Truncated {
+                        expected: start + len as u64,
+                        actual: start + bytes.len() as u64,
+                    });
+                    self.fail(st, &err);
+                    return Err(err);
+                }
+                st.chunk.clear();
+                st.chunk.extend_from_slice(bytes);
+                st.chunk_start = start;
+                Ok(())
+            }
+            Err(e) => {
+                let err = self.error(HandleErrorKind::Db(describe_pg_error(&e)));
+                self.fail(st, &err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Logs `err`, ends the transaction and marks the handle failed.
+    fn fail(&self, st: &mut State, err: &HandleError) {
+        error!("read failed: {err}");
+        st.failed = true;
+        finish(st);
+    }
+
+    fn error(&self, kind: HandleErrorKind) -> HandleError {
+        HandleError {
+            path: self.path.clone(),
+            kind,
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        finish(self.state.get_mut());
+    }
+}
+
+/// Ends the handle's transaction and drops its connection and buffer.
+fn finish(st: &mut State) {
+    if let Some(mut conn) = st.conn.take() {
+        end_txn(&mut conn);
+    }
+    st.chunk = Vec::new();
+}
+
+/// Ends the transaction; a connection where that fails stays marked and is discarded.
+fn end_txn(conn: &mut HandleConn) {
+    if !conn.in_txn {
+        return;
+    }
+    match conn.client.batch_execute("ROLLBACK") {
+        Ok(()) => conn.in_txn = false,
+        Err(e) => debug!("ending a handle transaction failed, discarding the connection: {e}"),
+    }
+}

@@ -1,0 +1,541 @@
+//! Test harness: a real PostgreSQL cluster per test (started from a cached initdb
+//! template, on a unix socket in a temp dir), helpers that write image rows the way
+//! MAAS does, and a real `pgbootfs mount` process. Everything started here is
+//! stopped in `Drop`, so a failing test cleans up too.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use sha2::{Digest, Sha256};
+
+/// The schema as shipped with the project.
+pub const SCHEMA: &str = include_str!("../../schema/maas-schema.sql");
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Directory holding initdb and pg_ctl: $PGBOOTFS_PG_BIN, the newest
+/// /usr/lib/postgresql/*/bin, or whatever PATH finds.
+pub fn pg_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("PGBOOTFS_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return bin;
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .expect("sh");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty(),
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/test, which installs them"
+    );
+    Path::new(&path).parent().unwrap().to_path_buf()
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root.
+fn pg_command(tool: &str) -> Command {
+    let bin = pg_bin().join(tool);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {}", path.display());
+    }
+}
+
+fn run_ok(mut cmd: Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A data directory made by initdb once and copied for every cluster.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let base = std::env::temp_dir().join("pgbootfs-test-template");
+        fs::create_dir_all(&base).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        let ver = pg_bin().display().to_string().replace('/', "_");
+        let ready = base.join(format!("data{ver}"));
+        if ready.join("PG_VERSION").exists() {
+            return ready;
+        }
+        let work = base.join(format!("work-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        chown_postgres(&work);
+        let mut c = pg_command("initdb");
+        c.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(work.join("d"));
+        run_ok(c, "initdb");
+        // Another test process may have won the race; either copy is fine.
+        if fs::rename(work.join("d"), &ready).is_err() {
+            let _ = fs::remove_dir_all(work.join("d"));
+        }
+        let _ = fs::remove_dir_all(&work);
+        ready
+    })
+}
+
+/// A running PostgreSQL cluster, stopped and deleted on drop.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("pgbt-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        run_ok(
+            {
+                let mut c = Command::new("cp");
+                c.arg("-a").arg(template()).arg(&data);
+                c
+            },
+            "copy template",
+        );
+        chown_postgres(dir.path());
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=300",
+                dir.path().display()
+            ))
+            .arg("start");
+        let out = c.output().unwrap();
+        if !out.status.success() {
+            let log = fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+            panic!(
+                "pg_ctl start failed: {}{}\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Cluster { dir }
+    }
+
+    /// The socket directory.
+    pub fn host(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A conninfo for `dbname` as the superuser.
+    pub fn conninfo(&self, dbname: &str) -> String {
+        format!(
+            "host={} port=5432 user=postgres dbname={dbname}",
+            self.host().display()
+        )
+    }
+
+    pub fn client(&self, dbname: &str) -> Client {
+        Client::connect(&self.conninfo(dbname), NoTls).unwrap()
+    }
+
+    /// Creates a database and returns its conninfo.
+    pub fn create_db(&self, name: &str) -> String {
+        self.client("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        self.conninfo(name)
+    }
+
+    pub fn server_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = c.status();
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes rows into the MAAS tables the way MAAS does, for tests.
+pub struct Maas<'a> {
+    pub client: &'a mut Client,
+}
+
+impl<'a> Maas<'a> {
+    /// Creates the four tables from the shipped schema.
+    pub fn create_schema(client: &mut Client) {
+        client.batch_execute(SCHEMA).unwrap();
+    }
+
+    /// The MAAS 3.4 variant: bigint ids and jsonb `extra`.
+    pub fn create_schema_34(client: &mut Client) {
+        let s = SCHEMA
+            .replace("serial PRIMARY KEY", "bigserial PRIMARY KEY")
+            .replace(
+                "integer NOT NULL\n        REFERENCES",
+                "bigint NOT NULL\n        REFERENCES",
+            )
+            .replace(
+                "extra           text NOT NULL",
+                "extra           jsonb NOT NULL",
+            )
+            .replace("extra text NOT NULL", "extra jsonb NOT NULL");
+        assert!(
+            s.contains("bigint NOT NULL\n        REFERENCES"),
+            "schema variant"
+        );
+        assert!(s.contains("jsonb"), "schema variant");
+        client.batch_execute(&s).unwrap();
+    }
+
+    /// Returns the bootresource id for (name, arch), creating it.
+    pub fn resource(&mut self, name: &str, arch: &str) -> i64 {
+        let row = self
+            .client
+            .query_one(
+                "INSERT INTO maasserver_bootresource \
+                 (created, updated, rtype, name, architecture, extra, rolling, base_image) \
+                 VALUES (now(), now(), 2, $1, $2, '{}', false, '') \
+                 ON CONFLICT (name, architecture) DO UPDATE SET updated = now() \
+                 RETURNING id::int8",
+                &[&name, &arch],
+            )
+            .unwrap();
+        row.get(0)
+    }
+
+    pub fn set(&mut self, name: &str, arch: &str, version: &str) -> i64 {
+        let rid = self.resource(name, arch);
+        self.client
+            .query_one(
+                "INSERT INTO maasserver_bootresourceset \
+                 (created, updated, version, label, resource_id) \
+                 VALUES (now(), now(), $1, 'stable', $2::int8) RETURNING id::int8",
+                &[&version, &rid],
+            )
+            .unwrap()
+            .get(0)
+    }
+
+    /// Stores `data` as a large object and a largefile row (shared by sha256);
+    /// `written` < data.len() makes it an unfinished download.
+    pub fn largefile(&mut self, data: &[u8], written: Option<i64>) -> (i64, u32) {
+        let sha = sha256_hex(data);
+        if let Some(row) = self
+            .client
+            .query_opt(
+                "SELECT id::int8, content FROM maasserver_largefile WHERE sha256 = $1",
+                &[&sha],
+            )
+            .unwrap()
+        {
+            return (row.get(0), row.get(1));
+        }
+        let oid: u32 = self
+            .client
+            .query_one("SELECT lo_create(0)", &[])
+            .unwrap()
+            .get(0);
+        for (i, part) in data.chunks(8 << 20).enumerate() {
+            self.client
+                .execute(
+                    "SELECT lo_put($1, $2, $3)",
+                    &[&oid, &((i as i64) * (8 << 20)), &part],
+                )
+                .unwrap();
+        }
+        let size = written.unwrap_or(data.len() as i64);
+        let id: i64 = self
+            .client
+            .query_one(
+                "INSERT INTO maasserver_largefile \
+                 (created, updated, sha256, total_size, content, size) \
+                 VALUES (now(), now(), $1, $2, $3, $4) RETURNING id::int8",
+                &[&sha, &(data.len() as i64), &oid, &size],
+            )
+            .unwrap()
+            .get(0);
+        (id, oid)
+    }
+
+    pub fn file(&mut self, set_id: i64, filename: &str, data: &[u8]) -> u32 {
+        self.file_partial(set_id, filename, data, None)
+    }
+
+    pub fn file_partial(
+        &mut self,
+        set_id: i64,
+        filename: &str,
+        data: &[u8],
+        written: Option<i64>,
+    ) -> u32 {
+        let (lf, oid) = self.largefile(data, written);
+        // Works for integer and bigint columns alike.
+        self.client
+            .execute(
+                "INSERT INTO maasserver_bootresourcefile \
+                 (created, updated, filename, filetype, extra, largefile_id, resource_set_id) \
+                 VALUES (now(), now(), $1, 'root-image', '{}', $2::int8, $3::int8)",
+                &[&filename, &lf, &set_id],
+            )
+            .unwrap();
+        oid
+    }
+}
+
+/// Whether FUSE tests can run. Under CI=true a missing FUSE fails the test.
+pub fn fuse_or_skip(test: &str) -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !ok {
+        assert!(
+            !in_ci(),
+            "{test}: /dev/fuse is not usable but CI=true: FUSE tests must run in CI"
+        );
+        eprintln!("\n*** SKIPPING {test}: /dev/fuse is not usable on this machine ***\n");
+    }
+    ok
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pgbootfs")
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let want = dir.to_string_lossy().to_string();
+    fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// A running `pgbootfs mount`, stopped (and its mount removed) on drop.
+pub struct Mount {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Starts `pgbootfs mount` on `conninfo` with extra args and waits until mounted.
+    pub fn start(conninfo: &str, extra: &[&str]) -> Mount {
+        let tmp = tempfile::Builder::new()
+            .prefix("pgbt-mnt-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().join("mnt");
+        fs::create_dir(&dir).unwrap();
+        Self::start_at(tmp, dir, conninfo, extra)
+    }
+
+    pub fn start_at(tmp: tempfile::TempDir, dir: PathBuf, conninfo: &str, extra: &[&str]) -> Mount {
+        let log = tmp.path().join("pgbootfs.log");
+        let child = Command::new(bin())
+            .args(["--db", conninfo, "mount"])
+            .arg(&dir)
+            .args(extra)
+            .env("RUST_LOG", "pgbootfs=debug,info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            child: Some(child),
+            dir,
+            log,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Mounted and answering (a stale mount is listed but fails with ENOTCONN).
+        while !(is_mounted(&m.dir) && fs::metadata(&m.dir).is_ok()) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("pgbootfs exited early ({st}):\n{}", m.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not mounted in time:\n{}",
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel.trim_start_matches('/'))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends `sig` and waits for the exit.
+    pub fn stop_with(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pgbootfs did not exit after signal {sig}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.dir) {
+            let c = std::ffi::CString::new(self.dir.to_string_lossy().as_bytes()).unwrap();
+            // SAFETY: valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.dir)
+                .status();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- pgbootfs log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Reads a whole file.
+pub fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a shell command, returning stdout; panics with stderr on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
