@@ -43,3 +43,15 @@ ensure_deps() {
     return 1
   fi
 }
+
+# ensure_sstream: installs sstream-mirror (PyPI python-simplestreams) when missing and
+# prints its path. Tests find it through $PGBOOTFS_SSTREAM_MIRROR.
+ensure_sstream() {
+  local scripts
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  if [ ! -x "$scripts/sstream-mirror" ] && ! command -v sstream-mirror >/dev/null; then
+    say "installing python-simplestreams (sstream-mirror) from PyPI"
+    python3 -m pip install -q --disable-pip-version-check python-simplestreams >&2
+  fi
+  if [ -x "$scripts/sstream-mirror" ]; then echo "$scripts/sstream-mirror"; else command -v sstream-mirror; fi
+}
