@@ -7,6 +7,7 @@
 //! still inside our transaction, so [`HandleManager::has_broken`] discards any
 //! connection returned while a transaction is open.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -17,10 +18,16 @@ use r2d2::{ManageConnection, Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::db::{DbConfig, describe_pg_error};
+use crate::stream::Streamer;
 
-/// Bytes fetched from the server per call: the field notes measured lo_get in a
-/// repeatable-read transaction best between 256 KiB and 1 MiB.
-pub const CHUNK: u64 = 1 << 20;
+/// Bytes fetched per round trip for a random read: small enough to answer fast.
+const RANDOM_CHUNK: u64 = 256 << 10;
+
+/// How many served chunks a handle keeps for out-of-order kernel requests.
+const RECENT: usize = 2;
+
+/// A read this far ahead of the stream still counts as sequential.
+const STREAM_SKIP: u64 = 16 << 20;
 
 /// An error on an open handle. Display names the image path.
 #[derive(Debug)]
@@ -85,7 +92,7 @@ impl std::error::Error for HandleError {}
 
 /// A pooled connection reserved for handles, with its statements prepared once.
 pub struct HandleConn {
-    client: Client,
+    pub(crate) client: Client,
     read: Statement,
     open: Statement,
     in_txn: bool,
@@ -179,14 +186,41 @@ pub struct Handle {
     state: Mutex<State>,
 }
 
+/// Bytes of the image starting at `start`.
+pub(crate) struct Chunk {
+    pub(crate) start: u64,
+    pub(crate) data: Vec<u8>,
+}
+
+impl Chunk {
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+}
+
 #[derive(Default)]
 struct State {
+    /// The handle's connection, while no streamer holds it.
     conn: Option<PooledConnection<HandleManager>>,
+    /// Read-ahead for a sequential reader; owns the connection while it runs.
+    streamer: Option<Streamer>,
+    /// The last chunks served, oldest first: the kernel's parallel read-ahead
+    /// requests arrive slightly out of order.
+    recent: VecDeque<Chunk>,
     failed: bool,
     closed: bool,
-    /// The last chunk fetched and where it starts.
-    chunk: Vec<u8>,
-    chunk_start: u64,
+}
+
+impl State {
+    fn remember(&mut self, chunk: Chunk) {
+        if self.recent.len() >= RECENT {
+            let old = self.recent.pop_front();
+            if let (Some(old), Some(s)) = (old, self.streamer.as_ref()) {
+                let _ = s.recycle.send(old.data);
+            }
+        }
+        self.recent.push_back(chunk);
+    }
 }
 
 impl Handle {
@@ -231,22 +265,21 @@ impl Handle {
             return Ok(f(&[]));
         }
         let mut st = self.state.lock();
-        let first = offset - offset % CHUNK;
-        let last = (end - 1) - (end - 1) % CHUNK;
-        if first == last {
-            self.load_chunk(&mut st, first)?;
-            let at = (offset - st.chunk_start) as usize;
-            return Ok(f(&st.chunk[at..at + (end - offset) as usize]));
+        let idx = self.locate(&mut st, offset)?;
+        let c = &st.recent[idx];
+        if end <= c.end() {
+            let at = (offset - c.start) as usize;
+            return Ok(f(&c.data[at..at + (end - offset) as usize]));
         }
-        // The request spans chunks: gather it (rare with aligned kernel requests).
+        // The request spans chunks: gather it.
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
-            let start = pos - pos % CHUNK;
-            self.load_chunk(&mut st, start)?;
-            let at = (pos - start) as usize;
-            let take = ((end - pos) as usize).min(st.chunk.len() - at);
-            out.extend_from_slice(&st.chunk[at..at + take]);
+            let idx = self.locate(&mut st, pos)?;
+            let c = &st.recent[idx];
+            let at = (pos - c.start) as usize;
+            let take = ((end - pos) as usize).min(c.data.len() - at);
+            out.extend_from_slice(&c.data[at..at + take]);
             pos += take as u64;
         }
         Ok(f(&out))
@@ -267,11 +300,97 @@ impl Handle {
         finish(&mut st);
     }
 
+    /// Makes sure a recent chunk holds `offset` and returns its index.
+    fn locate(&self, st: &mut State, offset: u64) -> Result<usize, HandleError> {
+        if let Some(i) = st
+            .recent
+            .iter()
+            .position(|c| c.start <= offset && offset < c.end())
+        {
+            return Ok(i);
+        }
+        // Sequential: the stream is about to deliver `offset`, or it continues the
+        // last chunk fetched. Anything else is a random read and stops the stream.
+        let streaming = st
+            .streamer
+            .as_ref()
+            .is_some_and(|s| offset >= s.next && offset < s.next + STREAM_SKIP);
+        let continues = st.recent.back().is_some_and(|c| c.end() == offset);
+        if streaming || continues {
+            if st.streamer.is_none() {
+                self.open_locked(st)?;
+                if let Some(conn) = st.conn.take() {
+                    match Streamer::start(conn, self.oid, offset, self.size) {
+                        Ok(s) => st.streamer = Some(s),
+                        Err(msg) => {
+                            let err = self.error(HandleErrorKind::Db(msg));
+                            self.fail(st, &err);
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            return self.pull(st, offset);
+        }
+        self.stop_stream(st)?;
+        let chunk = self.fetch(st, offset - offset % RANDOM_CHUNK, RANDOM_CHUNK)?;
+        st.remember(chunk);
+        Ok(st.recent.len() - 1)
+    }
+
+    /// Takes chunks from the stream until one holds `offset`.
+    fn pull(&self, st: &mut State, offset: u64) -> Result<usize, HandleError> {
+        loop {
+            let Some(s) = st.streamer.as_mut() else {
+                return Err(self.error(HandleErrorKind::Failed));
+            };
+            match s.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    s.next = chunk.end();
+                    let hit = chunk.start <= offset && offset < chunk.end();
+                    if hit || chunk.end() > offset {
+                        st.remember(chunk);
+                        if hit {
+                            return Ok(st.recent.len() - 1);
+                        }
+                    } else {
+                        let _ = s.recycle.send(chunk.data);
+                    }
+                }
+                Ok(Err(msg)) => {
+                    let err = self.error(HandleErrorKind::Db(msg));
+                    self.fail(st, &err);
+                    return Err(err);
+                }
+                Err(_) => {
+                    let err = self.error(HandleErrorKind::Db("read-ahead stopped".into()));
+                    self.fail(st, &err);
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Stops read-ahead and takes the connection back.
+    fn stop_stream(&self, st: &mut State) -> Result<(), HandleError> {
+        if let Some(s) = st.streamer.take() {
+            match s.stop() {
+                Some(conn) => st.conn = Some(conn),
+                None => {
+                    let err = self.error(HandleErrorKind::Db("read-ahead thread failed".into()));
+                    self.fail(st, &err);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn open_locked<'a>(&self, st: &'a mut State) -> Result<&'a mut HandleConn, HandleError> {
         if st.failed || st.closed {
             return Err(self.error(HandleErrorKind::Failed));
         }
-        if st.conn.is_none() {
+        if st.conn.is_none() && st.streamer.is_none() {
             let conn = self.begin()?;
             st.conn = Some(conn);
         }
@@ -326,38 +445,32 @@ impl Handle {
         }
     }
 
-    fn load_chunk(&self, st: &mut State, start: u64) -> Result<(), HandleError> {
-        if st.chunk_start == start && !st.chunk.is_empty() {
-            return Ok(());
-        }
-        let len = CHUNK.min(self.size - start) as i32;
+    /// One round trip: `len` bytes at `start` (fewer at the end).
+    fn fetch(&self, st: &mut State, start: u64, len: u64) -> Result<Chunk, HandleError> {
+        let len = len.min(self.size - start);
         let conn = self.open_locked(st)?;
         let read = conn.read.clone();
         let res = conn
             .client
-            .query_one(&read, &[&self.oid, &(start as i64), &len]);
-        match res {
+            .query_one(&read, &[&self.oid, &(start as i64), &(len as i32)]);
+        let err = match res {
             Ok(row) => {
                 let bytes: &[u8] = row.get(0);
-                if bytes.len() != len as usize {
-                    let err = self.error(HandleErrorKind::Truncated {
-                        expected: start + len as u64,
-                        actual: start + bytes.len() as u64,
+                if bytes.len() as u64 == len {
+                    return Ok(Chunk {
+                        start,
+                        data: bytes.to_vec(),
                     });
-                    self.fail(st, &err);
-                    return Err(err);
                 }
-                st.chunk.clear();
-                st.chunk.extend_from_slice(bytes);
-                st.chunk_start = start;
-                Ok(())
+                self.error(HandleErrorKind::Truncated {
+                    expected: start + len,
+                    actual: start + bytes.len() as u64,
+                })
             }
-            Err(e) => {
-                let err = self.error(HandleErrorKind::Db(describe_pg_error(&e)));
-                self.fail(st, &err);
-                Err(err)
-            }
-        }
+            Err(e) => self.error(HandleErrorKind::Db(describe_pg_error(&e))),
+        };
+        self.fail(st, &err);
+        Err(err)
     }
 
     /// Logs `err`, ends the transaction and marks the handle failed.
@@ -381,12 +494,17 @@ impl Drop for Handle {
     }
 }
 
-/// Ends the handle's transaction and drops its connection and buffer.
+/// Stops read-ahead, ends the handle's transaction and drops its connection and buffers.
 fn finish(st: &mut State) {
+    if let Some(s) = st.streamer.take()
+        && let Some(conn) = s.stop()
+    {
+        st.conn = Some(conn);
+    }
     if let Some(mut conn) = st.conn.take() {
         end_txn(&mut conn);
     }
-    st.chunk = Vec::new();
+    st.recent.clear();
 }
 
 /// Ends the transaction; a connection where that fails stays marked and is discarded.

@@ -13,3 +13,4 @@ pub mod db;
 pub mod fs;
 pub mod handle;
 pub mod mount;
+mod stream;

@@ -48,6 +48,9 @@ struct MountArgs {
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
     allow_other: bool,
+    /// Kernel read-ahead for the mount in KiB (root only; larger means bigger reads).
+    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    read_ahead_kb: u32,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
                     max_handles: args.max_handles,
                     threads: args.threads,
                     allow_other: args.allow_other,
+                    read_ahead_kb: args.read_ahead_kb,
                 };
                 mount::run(&db, &opts).map_err(|e| e.to_string())
             }

@@ -1,0 +1,117 @@
+//! The handle type on its own, against a real PostgreSQL: every access pattern the
+//! kernel or an HTTP client produces must return the stored bytes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pgbootfs::db::DbConfig;
+use pgbootfs::handle::{Handle, HandlePool};
+
+fn setup(data: &[u8]) -> (Cluster, HandlePool, u32) {
+    let pg = Cluster::start();
+    let mut c = pg.client("postgres");
+    Maas::create_schema(&mut c);
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let oid = m.file(s, "squashfs", data);
+    let db = DbConfig::resolve(Some(&pg.conninfo("postgres"))).unwrap();
+    let pool = HandlePool::new(&db, 4, Duration::from_secs(5));
+    (pg, pool, oid)
+}
+
+fn read(h: &Handle, off: u64, len: usize) -> Vec<u8> {
+    h.read_with(off, len, |b| b.to_vec()).unwrap()
+}
+
+fn expect(data: &[u8], off: u64, len: usize) -> &[u8] {
+    let s = (off as usize).min(data.len());
+    &data[s..(s + len).min(data.len())]
+}
+
+#[test]
+fn sequential_out_of_order_and_seeking_reads_return_the_stored_bytes() {
+    let data = bytes(1, 40 * (1 << 20) + 4321);
+    let (_pg, pool, oid) = setup(&data);
+    let h = Handle::new(&pool, oid, data.len() as u64, "/t/squashfs");
+    h.ensure_open().unwrap();
+    h.ensure_open().unwrap(); // idempotent
+
+    // A sequential reader in kernel-sized requests, with neighbours swapped as the
+    // kernel's parallel read-ahead does.
+    let step = 128 << 10;
+    let mut off = 0u64;
+    let mut got = Vec::new();
+    while off < data.len() as u64 {
+        let next = off + step as u64;
+        if next < data.len() as u64 && (off / step as u64) % 3 == 1 {
+            let b = read(&h, next, step);
+            assert_eq!(b, expect(&data, next, step), "ahead at {next}");
+        }
+        got.extend(read(&h, off, step));
+        off = next;
+    }
+    assert_eq!(sha256_hex(&got), sha256_hex(&data), "whole file");
+
+    // Seeks back and forth, reads spanning chunk boundaries, reads past the end.
+    for (off, len) in [
+        (0u64, 10usize),
+        (30 << 20, 3 << 20),
+        (1 << 20, 1 << 20),
+        ((1 << 20) - 7, 14),
+        (5 << 20, 1),
+        (data.len() as u64 - 3, 100),
+        (data.len() as u64, 10),
+        (data.len() as u64 + 5, 10),
+        (12 << 20, 5 << 20),
+        ((13 << 20) + 999, 128 << 10),
+    ] {
+        assert_eq!(
+            read(&h, off, len),
+            expect(&data, off, len),
+            "at {off}+{len}"
+        );
+    }
+    let mut buf = vec![0u8; 1000];
+    assert_eq!(h.read_into(data.len() as u64 - 10, &mut buf).unwrap(), 10);
+    assert_eq!(&buf[..10], &data[data.len() - 10..]);
+    h.close();
+    assert!(
+        h.read_with(0, 10, |b| b.len()).is_err(),
+        "closed handle refuses reads"
+    );
+}
+
+#[test]
+fn many_handles_read_in_parallel_and_give_their_connections_back() {
+    let data = bytes(2, 9 * (1 << 20) + 5);
+    let (pg, pool, oid) = setup(&data);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (pool, data) = (&pool, &data);
+            s.spawn(move || {
+                for round in 0..3u64 {
+                    let h = Handle::new(pool, oid, data.len() as u64, "/t/squashfs");
+                    // Each thread starts at a different place and streams on.
+                    let mut off = (t * 2 + round) << 20;
+                    while off < data.len() as u64 {
+                        assert_eq!(read(&h, off, 1 << 20), expect(data, off, 1 << 20));
+                        off += 1 << 20;
+                    }
+                }
+            });
+        }
+    });
+    let mut c = pg.client("postgres");
+    let in_txn: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbootfs-handle' \
+             AND xact_start IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(in_txn, 0, "every handle ended its transaction");
+    assert!(pool.connections() <= 4);
+}
