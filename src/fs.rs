@@ -10,15 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, WriteFlags,
 };
 use log::{debug, info, warn};
 use parking_lot::Mutex;
 
 use crate::catalog::{Catalog, Node, NodeKind, Tree};
-use crate::handle::{Handle, HandlePool};
+use crate::handle::{Handle, HandlePool, READ_CHUNK};
 
 /// How long the kernel may cache names and attributes. Files never change under
 /// an inode number, so this bounds only how late a removal is noticed.
@@ -81,6 +81,14 @@ impl BootFs {
         }
     }
 
+    /// The snapshot an open directory handle lists from.
+    fn dir_snapshot(&self, fh: FileHandle) -> Arc<Tree> {
+        match self.open.dirs.lock().get(&fh.0) {
+            Some(t) => t.clone(),
+            None => self.catalog.snapshot(),
+        }
+    }
+
     fn attr(&self, node: &Node) -> FileAttr {
         let (kind, perm, nlink) = match &node.kind {
             NodeKind::Dir(children) => (FileType::Directory, 0o555, 2 + children.len() as u32),
@@ -107,12 +115,43 @@ impl BootFs {
     }
 }
 
+/// A directory's entries, `.` and `..` first.
+fn entries(tree: &Tree, ino: u64) -> Result<Vec<(&str, &Node)>, Errno> {
+    let node = tree.get(ino).ok_or(Errno::ENOENT)?;
+    let NodeKind::Dir(children) = &node.kind else {
+        return Err(Errno::ENOTDIR);
+    };
+    let parent = tree.get(node.parent).unwrap_or(node);
+    let mut list = vec![(".", node), ("..", parent)];
+    list.extend(
+        children
+            .iter()
+            .filter_map(|(name, ino)| Some((name.as_str(), tree.get(*ino)?))),
+    );
+    Ok(list)
+}
+
+fn kind_of(node: &Node) -> FileType {
+    match node.kind {
+        NodeKind::Dir(_) => FileType::Directory,
+        NodeKind::File(_) => FileType::RegularFile,
+    }
+}
+
 fn errno(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
 impl Filesystem for BootFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Listings carry attributes (no lookup per entry for `ls -l` or `find`).
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if config.add_capabilities(plus).is_err() {
+            debug!("kernel lacks readdirplus");
+        }
+        // fuser derives the largest read request from max_write: match the handle's
+        // chunk, so aligned requests never straddle two chunks.
+        let _ = config.set_max_write(READ_CHUNK as u32);
         info!("mounted: {} files", self.catalog.snapshot().file_count());
         Ok(())
     }
@@ -264,35 +303,48 @@ impl Filesystem for BootFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let tree = match self.open.dirs.lock().get(&fh.0) {
-            Some(t) => t.clone(),
-            None => self.catalog.snapshot(),
-        };
-        let Some(node) = tree.get(ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let NodeKind::Dir(children) = &node.kind else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let dots = [
-            (node.ino, FileType::Directory, "."),
-            (node.parent, FileType::Directory, ".."),
-        ];
-        let entries = dots
-            .into_iter()
-            .chain(children.iter().filter_map(|(name, ino)| {
-                let kind = match tree.get(*ino)?.kind {
-                    NodeKind::Dir(_) => FileType::Directory,
-                    NodeKind::File(_) => FileType::RegularFile,
-                };
-                Some((*ino, kind, name.as_str()))
-            }));
-        for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
-                break;
+        let tree = self.dir_snapshot(fh);
+        match entries(&tree, ino.0) {
+            Ok(list) => {
+                for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(node.ino), i as u64 + 1, kind_of(node), name) {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(e) => reply.error(e),
         }
-        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let tree = self.dir_snapshot(fh);
+        match entries(&tree, ino.0) {
+            Ok(list) => {
+                for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {
+                    let attr = self.attr(node);
+                    if reply.add(
+                        INodeNo(node.ino),
+                        i as u64 + 1,
+                        name,
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn releasedir(

@@ -20,11 +20,15 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::db::{DbConfig, describe_pg_error};
 use crate::stream::Streamer;
 
+/// Size and alignment of the chunks a sequential reader is served from; the mount
+/// caps kernel read requests at this size.
+pub const READ_CHUNK: u64 = crate::stream::CHUNK;
+
 /// Bytes fetched per round trip for a random read: small enough to answer fast.
 const RANDOM_CHUNK: u64 = 256 << 10;
 
-/// How many served chunks a handle keeps for out-of-order kernel requests.
-const RECENT: usize = 2;
+/// Most chunks a handle keeps waiting for out-of-order kernel requests.
+const RECENT: usize = 6;
 
 /// A read this far ahead of the stream still counts as sequential.
 const STREAM_SKIP: u64 = 16 << 20;
@@ -204,22 +208,48 @@ struct State {
     conn: Option<PooledConnection<HandleManager>>,
     /// Read-ahead for a sequential reader; owns the connection while it runs.
     streamer: Option<Streamer>,
-    /// The last chunks served, oldest first: the kernel's parallel read-ahead
-    /// requests arrive slightly out of order.
-    recent: VecDeque<Chunk>,
+    /// Chunks fetched but not yet wholly served, oldest first: the kernel sends its
+    /// read-ahead requests in parallel, so they arrive slightly out of order.
+    recent: VecDeque<Served>,
+    /// End of the last chunk fetched: a miss here continues a sequential read.
+    last_end: u64,
     failed: bool,
     closed: bool,
 }
 
+/// A chunk and how many of its bytes were served.
+struct Served {
+    chunk: Chunk,
+    served: u64,
+}
+
 impl State {
-    fn remember(&mut self, chunk: Chunk) {
+    fn remember(&mut self, chunk: Chunk) -> usize {
         if self.recent.len() >= RECENT {
             let old = self.recent.pop_front();
-            if let (Some(old), Some(s)) = (old, self.streamer.as_ref()) {
-                let _ = s.recycle.send(old.data);
-            }
+            self.recycle(old);
         }
-        self.recent.push_back(chunk);
+        self.last_end = chunk.end();
+        self.recent.push_back(Served { chunk, served: 0 });
+        self.recent.len() - 1
+    }
+
+    /// Counts `n` bytes served from chunk `idx`, dropping it once all were.
+    fn served(&mut self, idx: usize, n: u64) {
+        let Some(s) = self.recent.get_mut(idx) else {
+            return;
+        };
+        s.served += n;
+        if s.served >= s.chunk.data.len() as u64 {
+            let done = self.recent.remove(idx);
+            self.recycle(done);
+        }
+    }
+
+    fn recycle(&self, old: Option<Served>) {
+        if let (Some(old), Some(s)) = (old, self.streamer.as_ref()) {
+            let _ = s.recycle.send(old.chunk.data);
+        }
     }
 }
 
@@ -266,20 +296,23 @@ impl Handle {
         }
         let mut st = self.state.lock();
         let idx = self.locate(&mut st, offset)?;
-        let c = &st.recent[idx];
+        let c = &st.recent[idx].chunk;
         if end <= c.end() {
             let at = (offset - c.start) as usize;
-            return Ok(f(&c.data[at..at + (end - offset) as usize]));
+            let r = f(&c.data[at..at + (end - offset) as usize]);
+            st.served(idx, end - offset);
+            return Ok(r);
         }
         // The request spans chunks: gather it.
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
             let idx = self.locate(&mut st, pos)?;
-            let c = &st.recent[idx];
+            let c = &st.recent[idx].chunk;
             let at = (pos - c.start) as usize;
             let take = ((end - pos) as usize).min(c.data.len() - at);
             out.extend_from_slice(&c.data[at..at + take]);
+            st.served(idx, take as u64);
             pos += take as u64;
         }
         Ok(f(&out))
@@ -305,7 +338,7 @@ impl Handle {
         if let Some(i) = st
             .recent
             .iter()
-            .position(|c| c.start <= offset && offset < c.end())
+            .position(|s| s.chunk.start <= offset && offset < s.chunk.end())
         {
             return Ok(i);
         }
@@ -315,8 +348,7 @@ impl Handle {
             .streamer
             .as_ref()
             .is_some_and(|s| offset >= s.next && offset < s.next + STREAM_SKIP);
-        let continues = st.recent.back().is_some_and(|c| c.end() == offset);
-        if streaming || continues {
+        if streaming || (offset == st.last_end && offset > 0) {
             if st.streamer.is_none() {
                 self.open_locked(st)?;
                 if let Some(conn) = st.conn.take() {
@@ -334,11 +366,11 @@ impl Handle {
         }
         self.stop_stream(st)?;
         let chunk = self.fetch(st, offset - offset % RANDOM_CHUNK, RANDOM_CHUNK)?;
-        st.remember(chunk);
-        Ok(st.recent.len() - 1)
+        Ok(st.remember(chunk))
     }
 
-    /// Takes chunks from the stream until one holds `offset`.
+    /// Takes chunks from the stream until one holds `offset`; the ones before it stay
+    /// for requests still on their way.
     fn pull(&self, st: &mut State, offset: u64) -> Result<usize, HandleError> {
         loop {
             let Some(s) = st.streamer.as_mut() else {
@@ -348,13 +380,9 @@ impl Handle {
                 Ok(Ok(chunk)) => {
                     s.next = chunk.end();
                     let hit = chunk.start <= offset && offset < chunk.end();
-                    if hit || chunk.end() > offset {
-                        st.remember(chunk);
-                        if hit {
-                            return Ok(st.recent.len() - 1);
-                        }
-                    } else {
-                        let _ = s.recycle.send(chunk.data);
+                    let idx = st.remember(chunk);
+                    if hit {
+                        return Ok(idx);
                     }
                 }
                 Ok(Err(msg)) => {

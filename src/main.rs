@@ -49,7 +49,7 @@ struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// Kernel read-ahead for the mount in KiB (root only; larger means bigger reads).
-    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    #[arg(long, default_value_t = 2048, value_name = "KIB")]
     read_ahead_kb: u32,
 }
 

@@ -18,8 +18,9 @@ use crate::db::describe_pg_error;
 use crate::handle::{Chunk, HandleManager};
 
 /// Chunks handed to the reader are cut at multiples of this, so aligned kernel
-/// requests (up to 1 MiB) fall inside one chunk.
-pub(crate) const CHUNK: u64 = 1 << 20;
+/// requests (capped at this size by the mount) fall inside one chunk. 512 KiB keeps
+/// a streaming handle's buffers near 4 MiB.
+pub(crate) const CHUNK: u64 = 512 << 10;
 
 /// One `lo_get` row of the COPY: the field notes' best row size.
 const ROW: u64 = 256 << 10;
