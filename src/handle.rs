@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, error, warn};
@@ -217,10 +218,18 @@ struct State {
     closed: bool,
 }
 
-/// A chunk and how many of its bytes were served.
+/// A fetched chunk and how many of its bytes were served. Shared, so a reply can be
+/// sent without holding the handle's lock.
 struct Served {
-    chunk: Chunk,
+    start: u64,
+    data: Arc<Vec<u8>>,
     served: u64,
+}
+
+impl Served {
+    fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
 }
 
 impl State {
@@ -230,25 +239,33 @@ impl State {
             self.recycle(old);
         }
         self.last_end = chunk.end();
-        self.recent.push_back(Served { chunk, served: 0 });
+        self.recent.push_back(Served {
+            start: chunk.start,
+            data: Arc::new(chunk.data),
+            served: 0,
+        });
         self.recent.len() - 1
     }
 
-    /// Counts `n` bytes served from chunk `idx`, dropping it once all were.
-    fn served(&mut self, idx: usize, n: u64) {
-        let Some(s) = self.recent.get_mut(idx) else {
+    /// Counts `n` bytes served from the chunk at `start`, dropping it once all were.
+    fn served(&mut self, start: u64, n: u64) {
+        let Some(idx) = self.recent.iter().position(|s| s.start == start) else {
             return;
         };
+        let s = &mut self.recent[idx];
         s.served += n;
-        if s.served >= s.chunk.data.len() as u64 {
+        if s.served >= s.data.len() as u64 {
             let done = self.recent.remove(idx);
             self.recycle(done);
         }
     }
 
+    /// Hands a finished buffer back to the read-ahead thread for reuse.
     fn recycle(&self, old: Option<Served>) {
-        if let (Some(old), Some(s)) = (old, self.streamer.as_ref()) {
-            let _ = s.recycle.send(old.chunk.data);
+        if let (Some(old), Some(s)) = (old, self.streamer.as_ref())
+            && let Ok(data) = Arc::try_unwrap(old.data)
+        {
+            let _ = s.recycle.send(data);
         }
     }
 }
@@ -296,11 +313,15 @@ impl Handle {
         }
         let mut st = self.state.lock();
         let idx = self.locate(&mut st, offset)?;
-        let c = &st.recent[idx].chunk;
+        let c = &st.recent[idx];
         if end <= c.end() {
-            let at = (offset - c.start) as usize;
-            let r = f(&c.data[at..at + (end - offset) as usize]);
-            st.served(idx, end - offset);
+            // Reply without the lock, so requests for other chunks proceed meanwhile.
+            let (start, data) = (c.start, c.data.clone());
+            drop(st);
+            let at = (offset - start) as usize;
+            let r = f(&data[at..at + (end - offset) as usize]);
+            drop(data);
+            self.state.lock().served(start, end - offset);
             return Ok(r);
         }
         // The request spans chunks: gather it.
@@ -308,11 +329,12 @@ impl Handle {
         let mut pos = offset;
         while pos < end {
             let idx = self.locate(&mut st, pos)?;
-            let c = &st.recent[idx].chunk;
+            let c = &st.recent[idx];
             let at = (pos - c.start) as usize;
             let take = ((end - pos) as usize).min(c.data.len() - at);
             out.extend_from_slice(&c.data[at..at + take]);
-            st.served(idx, take as u64);
+            let start = c.start;
+            st.served(start, take as u64);
             pos += take as u64;
         }
         Ok(f(&out))
@@ -338,7 +360,7 @@ impl Handle {
         if let Some(i) = st
             .recent
             .iter()
-            .position(|s| s.chunk.start <= offset && offset < s.chunk.end())
+            .position(|s| s.start <= offset && offset < s.end())
         {
             return Ok(i);
         }
