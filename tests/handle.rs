@@ -10,9 +10,7 @@ use pgbootfs::db::DbConfig;
 use pgbootfs::handle::{Handle, HandlePool};
 
 fn setup(data: &[u8]) -> (Cluster, HandlePool, u32) {
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     let oid = m.file(s, "squashfs", data);

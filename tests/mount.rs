@@ -51,9 +51,7 @@ fn tree_names_and_sizes_match_the_rows() {
     if !fuse_or_skip("tree_names_and_sizes_match_the_rows") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
     m.file(s, "boot-kernel", &bytes(1, 1000));
@@ -152,9 +150,7 @@ fn content_matches_for_edge_sizes_with_sha256sum_and_cmp() {
     if !fuse_or_skip("content_matches_for_edge_sizes_with_sha256sum_and_cmp") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     let files: Vec<(&str, Vec<u8>)> = vec![
@@ -188,9 +184,7 @@ fn reads_at_random_offsets_match() {
     if !fuse_or_skip("reads_at_random_offsets_match") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     let data = bytes(31, 9 * (1 << 20) + 777);
@@ -239,9 +233,7 @@ fn writes_get_erofs_and_missing_paths_get_enoent() {
     if !fuse_or_skip("writes_get_erofs_and_missing_paths_get_enoent") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "boot-kernel", &bytes(41, 100));
@@ -283,9 +275,7 @@ fn each_open_file_has_its_own_backend_and_transaction() {
     if !fuse_or_skip("each_open_file_has_its_own_backend_and_transaction") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "a", &bytes(51, 3 << 20));
@@ -340,9 +330,7 @@ fn open_reader_keeps_its_snapshot_after_replace_and_unlink() {
     if !fuse_or_skip("open_reader_keeps_its_snapshot_after_replace_and_unlink") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     let original = bytes(61, 8 << 20);
@@ -385,9 +373,7 @@ fn images_added_and_removed_show_within_the_refresh_interval() {
     if !fuse_or_skip("images_added_and_removed_show_within_the_refresh_interval") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
     assert!(walk(&mnt.dir).is_empty());
     let mut m = Maas { client: &mut c };
@@ -416,9 +402,7 @@ fn sigterm_unmounts_ends_transactions_and_exits_zero() {
     if !fuse_or_skip("sigterm_unmounts_ends_transactions_and_exits_zero") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "a", &bytes(81, 2 << 20));
@@ -453,9 +437,7 @@ fn stale_mount_from_a_killed_run_is_cleaned_up() {
     if !fuse_or_skip("stale_mount_from_a_killed_run_is_cleaned_up") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "a", &bytes(91, 1000));
@@ -545,9 +527,7 @@ fn exhausted_pool_gives_eagain_and_missing_object_gives_eio() {
     if !fuse_or_skip("exhausted_pool_gives_eagain_and_missing_object_gives_eio") {
         return;
     }
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+    let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "a", &bytes(101, 1000));

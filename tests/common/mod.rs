@@ -219,6 +219,14 @@ impl Drop for Cluster {
     }
 }
 
+/// A fresh cluster whose `postgres` database has the MAAS tables, and a client on it.
+pub fn store() -> (Cluster, Client) {
+    let pg = Cluster::start();
+    let mut c = pg.client("postgres");
+    Maas::create_schema(&mut c);
+    (pg, c)
+}
+
 /// Deterministic pseudo-random bytes (xorshift), different per seed.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
