@@ -42,8 +42,9 @@ struct MountArgs {
     /// Most files open at once (each holds one database connection).
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_handles: u32,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// FUSE worker threads. A request waiting on the database holds its thread, so
+    /// more threads than cores keep other files moving.
+    #[arg(long, default_value_t = 16, value_name = "N")]
     threads: usize,
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
