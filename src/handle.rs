@@ -398,8 +398,8 @@ impl Handle {
             let Some(s) = st.streamer.as_mut() else {
                 return Err(self.error(HandleErrorKind::Failed));
             };
-            match s.rx.recv() {
-                Ok(Ok(chunk)) => {
+            match s.recv() {
+                Some(Ok(chunk)) => {
                     s.next = chunk.end();
                     let hit = chunk.start <= offset && offset < chunk.end();
                     let idx = st.remember(chunk);
@@ -407,12 +407,12 @@ impl Handle {
                         return Ok(idx);
                     }
                 }
-                Ok(Err(msg)) => {
+                Some(Err(msg)) => {
                     let err = self.error(HandleErrorKind::Db(msg));
                     self.fail(st, &err);
                     return Err(err);
                 }
-                Err(_) => {
+                None => {
                     let err = self.error(HandleErrorKind::Db("read-ahead stopped".into()));
                     self.fail(st, &err);
                     return Err(err);

@@ -3,11 +3,12 @@
 //! TO STDOUT (FORMAT binary)` in windows that grow from 4 to 32 MiB. One statement
 //! per window avoids a round trip per chunk (the field notes measured such a COPY near
 //! 1000 MB/s against about 650 for 1 MiB lo_get calls), and a bounded window bounds
-//! what a seek wastes. Chunks go to the reader through a small bounded channel.
+//! what a seek wastes. Chunks go to the reader through a queue whose depth shrinks as
+//! more streams run, so memory stays bounded however many files are read at once.
 
 use std::io::BufRead;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 use std::thread::JoinHandle;
 
@@ -25,8 +26,21 @@ pub(crate) const CHUNK: u64 = 512 << 10;
 /// One `lo_get` row of the COPY: the field notes' best row size.
 const ROW: u64 = 256 << 10;
 
-/// Chunks queued ahead of the reader.
-const DEPTH: usize = 2;
+/// Bytes all streams together may queue ahead of their readers. A lone stream may
+/// run up to 16 MiB ahead, which bridges the gaps between the kernel's read-ahead
+/// batches; with many streams each gets its share, but never less than 2 chunks.
+const QUEUE_BUDGET: u64 = 48 << 20;
+const MIN_QUEUE: usize = 2;
+const MAX_QUEUE: usize = 32;
+
+/// Streams running now, in this process.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// How many chunks one stream may queue now.
+fn queue_limit() -> usize {
+    let active = ACTIVE.load(Ordering::Relaxed).max(1) as u64;
+    ((QUEUE_BUDGET / active / CHUNK) as usize).clamp(MIN_QUEUE, MAX_QUEUE)
+}
 
 const FIRST_WINDOW: u64 = 4 << 20;
 const MAX_WINDOW: u64 = 32 << 20;
@@ -36,11 +50,12 @@ type Conn = PooledConnection<HandleManager>;
 /// A running read-ahead thread and the reader's ends of its channels.
 pub(crate) struct Streamer {
     /// Chunks in file order, or the error that ended the stream.
-    pub(crate) rx: Receiver<Result<Chunk, String>>,
+    rx: Receiver<Result<Chunk, String>>,
     /// Buffers the reader is done with, for reuse.
     pub(crate) recycle: Sender<Vec<u8>>,
     /// Offset of the next chunk the stream will deliver.
     pub(crate) next: u64,
+    queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Conn>>,
 }
@@ -50,27 +65,45 @@ impl Streamer {
     /// to a row) on `conn`, which is inside the handle's transaction.
     pub(crate) fn start(conn: Conn, oid: u32, from: u64, size: u64) -> Result<Streamer, String> {
         let from = from - from % ROW;
-        let (tx, rx) = sync_channel(DEPTH);
+        let (tx, rx) = sync_channel(MAX_QUEUE);
         let (recycle, recycled) = channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             oid,
             size,
             stop: stop.clone(),
+            queued: queued.clone(),
             tx,
             recycled,
         };
         let thread = std::thread::Builder::new()
             .name("read-ahead".into())
-            .spawn(move || worker.run(conn, from))
+            .spawn(move || {
+                ACTIVE.fetch_add(1, Ordering::Relaxed);
+                let conn = worker.run(conn, from);
+                ACTIVE.fetch_sub(1, Ordering::Relaxed);
+                conn
+            })
             .map_err(|e| format!("cannot start read-ahead: {e}"))?;
         Ok(Streamer {
             rx,
             recycle,
             next: from,
+            queued,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Takes the next chunk, waiting for it; `None` when the stream ended.
+    pub(crate) fn recv(&mut self) -> Option<Result<Chunk, String>> {
+        let item = self.rx.recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+        Some(item)
     }
 
     /// Stops the thread and returns the connection, still in its transaction (the
@@ -78,6 +111,9 @@ impl Streamer {
     /// thread panicked.
     pub(crate) fn stop(mut self) -> Option<Conn> {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
         // Dropping the receiver unblocks a thread waiting to send.
         drop(std::mem::replace(&mut self.rx, sync_channel(0).1));
         self.thread.take()?.join().ok()
@@ -94,6 +130,7 @@ struct Worker {
     oid: u32,
     size: u64,
     stop: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
     tx: SyncSender<Result<Chunk, String>>,
     recycled: Receiver<Vec<u8>>,
 }
@@ -176,11 +213,18 @@ impl Worker {
         Ok(self.send(cur.take()))
     }
 
+    /// Queues a chunk once the queue has room; false when the reader went away.
     fn send(&self, chunk: Option<Chunk>) -> bool {
-        match chunk {
-            Some(c) => self.tx.send(Ok(c)).is_ok(),
-            None => true,
+        let Some(c) = chunk else { return true };
+        while self.queued.load(Ordering::Relaxed) >= queue_limit() {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            // The reader unparks us after each chunk it takes.
+            std::thread::park_timeout(std::time::Duration::from_millis(50));
         }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Ok(c)).is_ok()
     }
 
     fn buffer(&self) -> Vec<u8> {
