@@ -387,7 +387,8 @@ fn store_content(
         return Err(StoreError::Checksum {
             path: f.path.clone(),
             detail: format!(
-                "changed while importing ({} bytes when checked, {size} read)",
+                "changed while importing ({} bytes when checked, {size} read): import again \
+                 once nothing writes to it",
                 f.size
             ),
         });
@@ -397,7 +398,9 @@ fn store_content(
     {
         return Err(StoreError::Checksum {
             path: f.path.clone(),
-            detail: format!("sha256 is {sha}, the mirror's index says {want}"),
+            detail: format!(
+                "sha256 is {sha}, the mirror's index says {want} (re-fetch the mirror)"
+            ),
         });
     }
     if let Some(id) = reuse(txn, stmts, &sha, &shown)? {

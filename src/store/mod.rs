@@ -110,7 +110,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::Checksum { path, detail } => write!(
                 f,
-                "{}: {detail}; its version was not imported (re-fetch the mirror)",
+                "{}: {detail}; its version was not imported",
                 path.display()
             ),
             StoreError::BadPath { path, reason } => write!(f, "invalid path {path:?}: {reason}"),
@@ -231,8 +231,20 @@ pub(crate) fn ensure_schema(client: &mut Client) -> Result<Columns, StoreError> 
         .map_err(|e| db_err("starting a transaction", &e))?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .map_err(|e| db_err("taking the store's write lock", &e))?;
-    txn.batch_execute(SCHEMA)
-        .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
+    let missing: i64 = txn
+        .query_one(
+            "SELECT count(*) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
+            &[&crate::catalog::TABLES.to_vec()],
+        )
+        .map_err(|e| db_err("checking for the MAAS tables", &e))?
+        .get(0);
+    if missing > 0 {
+        // The server's "already exists, skipping" notices would only be noise.
+        txn.batch_execute("SET LOCAL client_min_messages = warning")
+            .and_then(|_| txn.batch_execute(SCHEMA))
+            .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
+        log::info!("created the MAAS tables that were absent ({missing} of 4)");
+    }
     txn.commit()
         .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
     column_info(client)
