@@ -180,14 +180,16 @@ fn import_set(
         let stored = stored_files(&mut txn, set_id)?;
         let differences = compare(set, kind, &stored, progress)?;
         if differences.is_empty() {
-            info!("import: {path}: already stored, unchanged");
+            progress.info(&format!("import: {path}: already stored, unchanged"));
             summary.sets_unchanged += 1;
             return Ok(());
         }
         if !opts.replace {
             return Err(StoreError::Conflict { path, differences });
         }
-        info!("import: {path}: replacing the stored version (--replace)");
+        progress.info(&format!(
+            "import: {path}: replacing the stored version (--replace)"
+        ));
         replaced = true;
         old_largefiles = delete_set_rows(&mut txn, &[set_id])?;
     }
@@ -233,7 +235,10 @@ fn import_set(
     }
     txn.commit()
         .map_err(|e| db_err(format!("committing {path}"), &e))?;
-    info!("import: {path}: committed ({} file(s))", set.files.len());
+    progress.info(&format!(
+        "import: {path}: committed ({} file(s))",
+        set.files.len()
+    ));
     if replaced {
         summary.sets_replaced += 1;
     } else {

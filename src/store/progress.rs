@@ -26,7 +26,7 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
@@ -48,12 +48,19 @@ impl Progress {
     /// A new file begins; logged as one line either way.
     pub fn start_file(&mut self, path: &str, size: u64) {
         self.file = path.to_string();
+        if let Some(bar) = &self.bar {
+            // The last components: the whole path may not fit beside the bar.
+            let short: Vec<&str> = path.rsplit('/').take(2).collect();
+            bar.set_message(format!("{}/{}", short.get(1).unwrap_or(&""), short[0]));
+        }
+        self.info(&format!("{}: {path} ({size} bytes)", self.verb));
+    }
+
+    /// Logs one line at info level without tearing the bar.
+    pub fn info(&self, msg: &str) {
         match &self.bar {
-            Some(bar) => {
-                bar.set_message(path.to_string());
-                bar.suspend(|| info!("{}: {path} ({size} bytes)", self.verb));
-            }
-            None => info!("{}: {path} ({size} bytes)", self.verb),
+            Some(bar) => bar.suspend(|| info!("{msg}")),
+            None => info!("{msg}"),
         }
     }
 
