@@ -689,3 +689,42 @@ fn a_mirror_file_with_a_wrong_checksum_or_size_is_refused() {
     let mut c = pg.client("truncated");
     assert!(!tables_exist(&mut c));
 }
+
+#[test]
+fn remove_leaves_open_readers_their_snapshot() {
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    let src = SrcTree::new();
+    let data = bytes(90, 3 << 20);
+    src.add(&format!("{JAMMY}/20240101/squashfs"), &data);
+    import(&db, &src);
+    let mut c = pg.client("postgres");
+    let oid: u32 = c
+        .query_one("SELECT content FROM maasserver_largefile", &[])
+        .unwrap()
+        .get(0);
+    // The mount's own handle type, opened before the removal.
+    let cfg = pgbootfs::db::DbConfig::resolve(Some(&db)).unwrap();
+    let pool = pgbootfs::handle::HandlePool::new(&cfg, 2, Duration::from_secs(10));
+    let h = pgbootfs::handle::Handle::new(&pool, oid, data.len() as u64, "squashfs");
+    h.ensure_open().unwrap();
+    pgbootfs_ok(&db, &["remove", &format!("{JAMMY}/20240101")]);
+    assert_eq!(
+        counts(&mut c).large_objects,
+        0,
+        "unlinked for everyone else"
+    );
+    let mut got = vec![0u8; data.len()];
+    let mut off = 0;
+    while off < data.len() {
+        let n = h.read_into(off as u64, &mut got[off..]).unwrap();
+        assert!(n > 0, "short read at {off}");
+        off += n;
+    }
+    h.close();
+    assert_eq!(
+        sha256_hex(&got),
+        sha256_hex(&data),
+        "the reader kept its snapshot"
+    );
+}
