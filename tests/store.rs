@@ -214,6 +214,11 @@ fn shared_content_is_stored_once_and_reimport_is_a_no_op() {
     src.add("ubuntu/arm64/generic/noble/1/boot-initrd", &kernel);
     let out = import(&db, &src);
     assert!(out.contains("3 version(s) new"), "{out}");
+    // Duplicates are found before writing: only the distinct bytes are written.
+    assert!(
+        out.contains("3 file(s) written (4194304 bytes), 3 already stored"),
+        "{out}"
+    );
     let mut c = pg.client("postgres");
     let first = counts(&mut c);
     assert_eq!(first.files, 6);
