@@ -733,3 +733,54 @@ fn remove_leaves_open_readers_their_snapshot() {
         "the reader kept its snapshot"
     );
 }
+
+#[test]
+fn a_lost_connection_mid_import_leaves_nothing_and_says_so() {
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    let src = SrcTree::new();
+    for (i, name) in ["boot-initrd", "boot-kernel", "squashfs"]
+        .iter()
+        .enumerate()
+    {
+        src.add(
+            &format!("{JAMMY}/20240101/{name}"),
+            &bytes(100 + i as u64, 40 << 20),
+        );
+    }
+    let mut c = pg.client("postgres");
+    let mut run = Running::start(&db, &["import", src.path().to_str().unwrap()]);
+    run.wait_for_log(
+        &format!("{JAMMY}/20240101/boot-kernel"),
+        Duration::from_secs(120),
+    );
+    c.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'pgbootfs-import'",
+        &[],
+    )
+    .unwrap();
+    let st = run.wait_exit(Duration::from_secs(60));
+    assert!(!st.success(), "import must fail:\n{}", run.log());
+    let log = run.log();
+    assert!(log.contains("pgbootfs: error:"), "{log}");
+    assert!(
+        log.contains(&format!("{JAMMY}/20240101")),
+        "names the file: {log}"
+    );
+    wait_backends_gone(&mut c, "pgbootfs-import");
+    let n = counts(&mut c);
+    assert_eq!(
+        (n.sets, n.files, n.largefiles, n.large_objects),
+        (0, 0, 0, 0),
+        "{n:?}"
+    );
+    // The next run does the whole job.
+    let out = import(&db, &src);
+    assert!(out.contains("1 version(s) new"), "{out}");
+    assert!(
+        inconsistencies(&mut c).is_empty(),
+        "{:?}",
+        inconsistencies(&mut c)
+    );
+}
