@@ -4,7 +4,8 @@
 //! Layout: [`db`] finds the database; [`catalog`] holds the metadata snapshot of the
 //! tree; [`handle`] is one open large object with its own connection and
 //! transaction, the only reader of image bytes; [`fs`] adapts the kernel's FUSE
-//! calls to those; [`mount`] wires it up and runs its lifecycle.
+//! calls to those; [`mount`] wires it up and runs its lifecycle. [`store`] is the
+//! writing side: import, ls, verify and remove.
 
 #![warn(missing_docs)]
 
@@ -13,4 +14,5 @@ pub mod db;
 pub mod fs;
 pub mod handle;
 pub mod mount;
+pub mod store;
 mod stream;

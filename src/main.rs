@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use pgbootfs::db::DbConfig;
 use pgbootfs::mount::{self, MountOptions};
+use pgbootfs::store;
 
 /// Serve MAAS boot images stored as PostgreSQL large objects.
 #[derive(Parser)]
@@ -27,6 +28,47 @@ struct Cli {
 enum Command {
     /// Mount the image store read-only at MOUNTPOINT (runs in the foreground).
     Mount(MountArgs),
+    /// Import a directory os/arch/subarch/series/version/filename or a simplestreams
+    /// mirror (streams/v1/index.json), one version per transaction.
+    Import(ImportArgs),
+    /// List the store (or the subtree at PATH) with sizes, sha256 and completeness.
+    Ls(LsArgs),
+    /// Re-read every large object under PATH and compare size and sha256 with the rows.
+    Verify(PathArg),
+    /// Remove a version, a series or a subarch with the large objects nothing else uses.
+    Remove(RemoveArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// Directory to import (a tree of images or a simplestreams mirror).
+    src: PathBuf,
+    /// Replace stored versions whose content differs instead of refusing.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(clap::Args)]
+struct LsArgs {
+    /// Subtree to list, e.g. ubuntu/amd64 (default: everything).
+    #[arg(default_value = "")]
+    path: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct PathArg {
+    /// Subtree, e.g. ubuntu/amd64/ga-22.04 (default: everything).
+    #[arg(default_value = "")]
+    path: String,
+}
+
+#[derive(clap::Args)]
+struct RemoveArgs {
+    /// os/arch/subarch[/series[/version]].
+    path: String,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +116,35 @@ fn main() -> ExitCode {
                 };
                 mount::run(&db, &opts).map_err(|e| e.to_string())
             }
+            Command::Import(args) => {
+                let opts = store::import::ImportOptions {
+                    replace: args.replace,
+                };
+                store::import::run(&db, &args.src, &opts)
+                    .map(|s| {
+                        println!(
+                            "imported: {} version(s) new, {} replaced, {} unchanged; \
+                             {} file(s) written ({} bytes), {} already stored",
+                            s.sets_written,
+                            s.sets_replaced,
+                            s.sets_unchanged,
+                            s.files_written,
+                            s.bytes_written,
+                            s.files_shared
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Command::Ls(args) => {
+                store::list::run(&db, &args.path, args.json, &mut std::io::stdout())
+                    .map_err(|e| e.to_string())
+            }
+            Command::Verify(args) => store::verify::run(&db, &args.path, &mut std::io::stdout())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Command::Remove(args) => store::remove::run(&db, &args.path, &mut std::io::stdout())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

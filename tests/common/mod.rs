@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod store;
+
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,562 @@
+//! `pgbootfs import SRC`: one transaction per version, large objects streamed in.
+//!
+//! Large objects are transactional: until the version's transaction commits, neither
+//! its rows nor its new large objects exist for anyone else, and an interrupted
+//! import (Ctrl-C, kill -9, lost connection) aborts the transaction and leaves
+//! nothing behind. The next run skips what was committed and writes the rest.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+
+use log::{debug, info};
+use postgres::{Client, Statement, Transaction};
+use sha2::{Digest, Sha256};
+
+use super::progress::Progress;
+use super::remove::{delete_set_rows, drop_unused_largefiles};
+use super::source::{self, SourceFile, SourceKind, SourceSet};
+use super::{Columns, StoreError, db_err, ensure_schema, hex, lock_store};
+use crate::db::DbConfig;
+
+/// Bytes per `lowrite` call: libpq's 8 KiB writes are what makes `\lo_import` slow.
+pub const WRITE_CHUNK: usize = 1 << 20;
+
+/// `INV_WRITE` for `lo_open`.
+const INV_WRITE: i32 = 0x20000;
+
+/// Options of `pgbootfs import`.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Replace a stored version whose content differs instead of refusing.
+    pub replace: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Versions written new.
+    pub sets_written: usize,
+    /// Versions already stored with the same content.
+    pub sets_unchanged: usize,
+    /// Versions replaced (`--replace`).
+    pub sets_replaced: usize,
+    /// Files whose bytes were written into a new large object.
+    pub files_written: usize,
+    /// Files whose content was already stored (deduplicated by sha256).
+    pub files_shared: usize,
+    /// Bytes written into new large objects.
+    pub bytes_written: u64,
+}
+
+/// Checks SRC, creates the tables where absent, and imports every version.
+pub fn run(db: &DbConfig, src: &Path, opts: &ImportOptions) -> Result<ImportSummary, StoreError> {
+    let source = source::scan(src)?;
+    info!(
+        "import: {} version(s), {} file(s), {} bytes from {} ({:?})",
+        source.sets.len(),
+        source.sets.iter().map(|s| s.files.len()).sum::<usize>(),
+        source.bytes(),
+        src.display(),
+        source.kind
+    );
+    let mut client = db.connect("pgbootfs-import")?;
+    prefer_lz4(&mut client)?;
+    let cols = ensure_schema(&mut client)?;
+    let stmts = Statements::prepare(&mut client, &cols)?;
+    let cols = &cols;
+    let mut progress = Progress::new("import", source.bytes());
+    let mut summary = ImportSummary::default();
+    for set in &source.sets {
+        import_set(
+            &mut client,
+            cols,
+            &stmts,
+            set,
+            source.kind,
+            opts,
+            &mut progress,
+            &mut summary,
+        )?;
+    }
+    progress.finish();
+    Ok(summary)
+}
+
+/// pg_largeobject rows (2 KiB pages) sit just over the server's compression
+/// threshold, so it tries to compress every page; pglz on incompressible image
+/// bytes costs about half the write time, lz4 gives up at once. A session setting:
+/// no table is altered and readers decompress transparently.
+fn prefer_lz4(client: &mut Client) -> Result<(), StoreError> {
+    let has_lz4: bool = client
+        .query_one(
+            "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings \
+             WHERE name = 'default_toast_compression'",
+            &[],
+        )
+        .map_err(|e| db_err("reading the server's compression methods", &e))?
+        .get(0);
+    if has_lz4 {
+        client
+            .batch_execute("SET default_toast_compression = lz4")
+            .map_err(|e| db_err("choosing lz4 compression for this session", &e))?;
+    } else {
+        debug!("server without lz4: large object pages are pglz-compressed (slower import)");
+    }
+    Ok(())
+}
+
+struct Statements {
+    lo_create: Statement,
+    lo_open: Statement,
+    lowrite: Statement,
+    lo_unlink: Statement,
+    find_largefile: Statement,
+    insert_largefile: Statement,
+    insert_file: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client, cols: &Columns) -> Result<Statements, StoreError> {
+        let mut p = |sql: &str| {
+            client
+                .prepare(sql)
+                .map_err(|e| db_err(format!("preparing `{sql}`"), &e))
+        };
+        let size_col = if cols.largefile_size { ", size" } else { "" };
+        let size_val = if cols.largefile_size { ", $2" } else { "" };
+        Ok(Statements {
+            lo_create: p("SELECT lo_create(0)")?,
+            lo_open: p("SELECT lo_open($1::oid, $2::int4)")?,
+            lowrite: p("SELECT lowrite($1::int4, $2::bytea)")?,
+            lo_unlink: p("SELECT lo_unlink($1::oid)")?,
+            find_largefile: p(&format!(
+                "SELECT id::int8, total_size::int8, {}::int8 FROM maasserver_largefile WHERE sha256 = $1",
+                if cols.largefile_size {
+                    "size"
+                } else {
+                    "total_size"
+                }
+            ))?,
+            insert_largefile: p(&format!(
+                "INSERT INTO maasserver_largefile (created, updated, sha256, total_size, content{size_col}) \
+                 VALUES (now(), now(), $1, $2, $3::oid{size_val}) RETURNING id::int8"
+            ))?,
+            insert_file: p(&format!(
+                "INSERT INTO maasserver_bootresourcefile \
+                 (created, updated, filename, filetype, extra, largefile_id, resource_set_id) \
+                 VALUES (now(), now(), $1, $2, $3::text::{}, $4::int8, $5::int8)",
+                cols.file_extra
+            ))?,
+        })
+    }
+}
+
+/// A stored file of an existing version: sha256, size, and whether it is complete.
+type StoredFiles = BTreeMap<String, (String, i64, bool)>;
+
+#[allow(clippy::too_many_arguments)]
+fn import_set(
+    client: &mut Client,
+    cols: &Columns,
+    stmts: &Statements,
+    set: &SourceSet,
+    kind: SourceKind,
+    opts: &ImportOptions,
+    progress: &mut Progress,
+    summary: &mut ImportSummary,
+) -> Result<(), StoreError> {
+    let path = set.path();
+    let mut txn = client
+        .transaction()
+        .map_err(|e| db_err("starting a transaction", &e))?;
+    lock_store(&mut txn)?;
+    let (resource_id, existing) = find_set(&mut txn, set)?;
+    let mut replaced = false;
+    let mut old_largefiles = Vec::new();
+    if let Some(set_id) = existing {
+        let stored = stored_files(&mut txn, set_id)?;
+        let differences = compare(set, kind, &stored, progress)?;
+        if differences.is_empty() {
+            progress.info(&format!("import: {path}: already stored, unchanged"));
+            summary.sets_unchanged += 1;
+            return Ok(());
+        }
+        if !opts.replace {
+            return Err(StoreError::Conflict { path, differences });
+        }
+        progress.info(&format!(
+            "import: {path}: replacing the stored version (--replace)"
+        ));
+        replaced = true;
+        old_largefiles = delete_set_rows(&mut txn, &[set_id])?;
+    }
+    let mut files = Vec::with_capacity(set.files.len());
+    for f in &set.files {
+        let lf = store_content(&mut txn, stmts, set, f, progress, summary)?;
+        files.push((f, lf));
+    }
+    let resource_id = match resource_id {
+        Some(id) => {
+            txn.execute(
+                "UPDATE maasserver_bootresource SET updated = now() WHERE id = $1::int8",
+                &[&id],
+            )
+            .map_err(|e| db_err(format!("updating the resource of {path}"), &e))?;
+            id
+        }
+        None => insert_resource(&mut txn, cols, set)?,
+    };
+    let set_id: i64 = txn
+        .query_one(
+            "INSERT INTO maasserver_bootresourceset (created, updated, version, label, resource_id) \
+             VALUES (now(), now(), $1, $2, $3::int8) RETURNING id::int8",
+            &[&set.version, &set.label, &resource_id],
+        )
+        .map_err(|e| db_err(format!("inserting the set row of {path}"), &e))?
+        .get(0);
+    for (f, lf) in &files {
+        txn.execute(
+            &stmts.insert_file,
+            &[&f.filename, &f.filetype, &f.extra, lf, &set_id],
+        )
+        .map_err(|e| {
+            db_err(
+                format!("inserting the file row of {path}/{}", f.filename),
+                &e,
+            )
+        })?;
+    }
+    if replaced {
+        // Old content no file of the new version shares is dropped with its object.
+        drop_unused_largefiles(&mut txn, &old_largefiles)?;
+    }
+    txn.commit()
+        .map_err(|e| db_err(format!("committing {path}"), &e))?;
+    progress.info(&format!(
+        "import: {path}: committed ({} file(s))",
+        set.files.len()
+    ));
+    if replaced {
+        summary.sets_replaced += 1;
+    } else {
+        summary.sets_written += 1;
+    }
+    Ok(())
+}
+
+/// The resource id (if the resource exists) and the set id (if the version does).
+fn find_set(
+    txn: &mut Transaction<'_>,
+    set: &SourceSet,
+) -> Result<(Option<i64>, Option<i64>), StoreError> {
+    let row = txn
+        .query_opt(
+            "SELECT r.id::int8, s.id::int8 FROM maasserver_bootresource r \
+             LEFT JOIN maasserver_bootresourceset s ON s.resource_id = r.id AND s.version = $3 \
+             WHERE r.name = $1 AND r.architecture = $2",
+            &[&set.name(), &set.architecture(), &set.version],
+        )
+        .map_err(|e| db_err(format!("looking up {}", set.path()), &e))?;
+    Ok(match row {
+        Some(r) => (Some(r.get(0)), r.get(1)),
+        None => (None, None),
+    })
+}
+
+fn stored_files(txn: &mut Transaction<'_>, set_id: i64) -> Result<StoredFiles, StoreError> {
+    let cols = "lf.sha256::text, lf.total_size::int8";
+    let rows = txn
+        .query(
+            &format!(
+                "SELECT f.filename::text, {cols}, \
+                 coalesce((to_jsonb(lf) ->> 'size')::int8, lf.total_size::int8) >= lf.total_size \
+                 FROM maasserver_bootresourcefile f \
+                 JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
+                 WHERE f.resource_set_id = $1::int8"
+            ),
+            &[&set_id],
+        )
+        .map_err(|e| db_err("reading the stored files of a version", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect())
+}
+
+/// What differs between the source version and the stored one (empty: identical).
+fn compare(
+    set: &SourceSet,
+    kind: SourceKind,
+    stored: &StoredFiles,
+    progress: &mut Progress,
+) -> Result<Vec<String>, StoreError> {
+    let mut diff = Vec::new();
+    for f in &set.files {
+        let Some((sha, size, complete)) = stored.get(&f.filename) else {
+            diff.push(format!("{}: not in the stored version", f.filename));
+            progress.skip(f.size);
+            continue;
+        };
+        let src_sha = match (&f.sha256, kind) {
+            (Some(s), _) => {
+                progress.skip(f.size);
+                s.clone()
+            }
+            (None, _) if *size as u64 != f.size => {
+                progress.skip(f.size);
+                diff.push(format!(
+                    "{}: {} bytes here, {size} stored",
+                    f.filename, f.size
+                ));
+                continue;
+            }
+            (None, _) => {
+                progress.start_file(&format!("{}/{} (checking)", set.path(), f.filename), f.size);
+                hash_file(&f.path, Some(progress))?
+            }
+        };
+        if &src_sha != sha {
+            diff.push(format!(
+                "{}: sha256 {src_sha} here, {sha} stored",
+                f.filename
+            ));
+        } else if !complete {
+            diff.push(format!("{}: the stored copy is unfinished", f.filename));
+        }
+    }
+    for name in stored.keys() {
+        if !set.files.iter().any(|f| &f.filename == name) {
+            diff.push(format!("{name}: stored, but not in the source"));
+        }
+    }
+    Ok(diff)
+}
+
+fn insert_resource(
+    txn: &mut Transaction<'_>,
+    cols: &Columns,
+    set: &SourceSet,
+) -> Result<i64, StoreError> {
+    let sql = format!(
+        "INSERT INTO maasserver_bootresource \
+         (created, updated, rtype, name, architecture, extra, kflavor, bootloader_type, rolling, base_image) \
+         VALUES (now(), now(), $1::int4, $2, $3, $4::text::{}, $5, $6, false, '') RETURNING id::int8",
+        cols.resource_extra
+    );
+    txn.query_one(
+        &sql,
+        &[
+            &set.rtype,
+            &set.name(),
+            &set.architecture(),
+            &set.resource_extra,
+            &set.kflavor,
+            &set.bootloader_type,
+        ],
+    )
+    .map(|r| r.get(0))
+    .map_err(|e| db_err(format!("inserting the resource row of {}", set.path()), &e))
+}
+
+/// Makes sure the file's content is stored; returns its largefile id.
+fn store_content(
+    txn: &mut Transaction<'_>,
+    stmts: &Statements,
+    set: &SourceSet,
+    f: &SourceFile,
+    progress: &mut Progress,
+    summary: &mut ImportSummary,
+) -> Result<i64, StoreError> {
+    let shown = format!("{}/{}", set.path(), f.filename);
+    let mut expected = f.sha256.clone();
+    if expected.is_none() && same_size_stored(txn, f.size, &shown)? {
+        // Maybe the same bytes: a read costs far less than a write and a drop.
+        progress.start_file(&format!("{shown} (checking)"), f.size);
+        expected = Some(hash_file(&f.path, None)?);
+    }
+    if let Some(sha) = &expected
+        && let Some(id) = reuse(txn, stmts, sha, &shown)?
+    {
+        progress.skip(f.size);
+        summary.files_shared += 1;
+        return Ok(id);
+    }
+    progress.start_file(&shown, f.size);
+    let oid: u32 = txn
+        .query_one(&stmts.lo_create, &[])
+        .map_err(|e| db_err(format!("creating a large object for {shown}"), &e))?
+        .get(0);
+    let fd: i32 = txn
+        .query_one(&stmts.lo_open, &[&oid, &INV_WRITE])
+        .map_err(|e| db_err(format!("opening large object {oid} for {shown}"), &e))?
+        .get(0);
+    let (sha, size) = stream_file(txn, stmts, &f.path, fd, &shown, progress)?;
+    if size != f.size {
+        return Err(StoreError::Checksum {
+            path: f.path.clone(),
+            detail: format!(
+                "changed while importing ({} bytes when checked, {size} read): import again \
+                 once nothing writes to it",
+                f.size
+            ),
+        });
+    }
+    if let Some(want) = &expected
+        && want != &sha
+    {
+        let detail = if f.sha256.is_some() {
+            format!("sha256 is {sha}, the mirror's index says {want} (re-fetch the mirror)")
+        } else {
+            "changed while importing: import again once nothing writes to it".to_string()
+        };
+        return Err(StoreError::Checksum {
+            path: f.path.clone(),
+            detail,
+        });
+    }
+    if let Some(id) = reuse(txn, stmts, &sha, &shown)? {
+        // Same bytes already stored: drop the copy just written.
+        txn.execute(&stmts.lo_unlink, &[&oid])
+            .map_err(|e| db_err(format!("unlinking the duplicate of {shown}"), &e))?;
+        summary.files_shared += 1;
+        return Ok(id);
+    }
+    let total = size as i64;
+    let id: i64 = txn
+        .query_one(&stmts.insert_largefile, &[&sha, &total, &oid])
+        .map_err(|e| db_err(format!("inserting the largefile row of {shown}"), &e))?
+        .get(0);
+    summary.files_written += 1;
+    summary.bytes_written += size;
+    Ok(id)
+}
+
+/// The id of a complete largefile holding `sha`, if there is one.
+fn reuse(
+    txn: &mut Transaction<'_>,
+    stmts: &Statements,
+    sha: &str,
+    shown: &str,
+) -> Result<Option<i64>, StoreError> {
+    let Some(row) = txn
+        .query_opt(&stmts.find_largefile, &[&sha])
+        .map_err(|e| db_err(format!("looking up the content of {shown}"), &e))?
+    else {
+        return Ok(None);
+    };
+    let (id, total, written): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if written < total {
+        return Err(StoreError::Conflict {
+            path: shown.to_string(),
+            differences: vec![format!(
+                "largefile {id} with sha256 {sha} is an unfinished download \
+                 ({written} of {total} bytes; MAAS may still be writing it): retry when it is complete"
+            )],
+        });
+    }
+    Ok(Some(id))
+}
+
+/// Copies `path` into open large object `fd`, hashing on the way; a reader thread
+/// keeps the next chunk ready while the server stores this one.
+fn stream_file(
+    txn: &mut Transaction<'_>,
+    stmts: &Statements,
+    path: &Path,
+    fd: i32,
+    shown: &str,
+    progress: &mut Progress,
+) -> Result<(String, u64), StoreError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Vec<u8>>(2);
+        let reader = scope.spawn(move || -> io::Result<(String, u64)> {
+            let mut file = File::open(path)?;
+            let mut hasher = Sha256::new();
+            let mut total = 0u64;
+            loop {
+                let mut buf = vec![0u8; WRITE_CHUNK];
+                let n = read_full(&mut file, &mut buf)?;
+                buf.truncate(n);
+                hasher.update(&buf);
+                total += n as u64;
+                if n == 0 || tx.send(buf).is_err() || n < WRITE_CHUNK {
+                    break;
+                }
+            }
+            Ok((hex(hasher.finalize().as_slice()), total))
+        });
+        let mut failed = None;
+        for buf in rx.iter() {
+            if let Err(e) = txn.query_one(&stmts.lowrite, &[&fd, &buf.as_slice()]) {
+                failed = Some(db_err(format!("writing {shown}"), &e));
+                break;
+            }
+            progress.add(buf.len() as u64);
+        }
+        drop(rx);
+        let read = reader.join();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match read {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(err)) => Err(StoreError::Io {
+                path: path.to_path_buf(),
+                err,
+            }),
+            Err(_) => Err(StoreError::Io {
+                path: path.to_path_buf(),
+                err: io::Error::other("reader thread panicked"),
+            }),
+        }
+    })
+}
+
+/// Whether a largefile of exactly `size` bytes is stored (a duplicate is possible).
+fn same_size_stored(txn: &mut Transaction<'_>, size: u64, shown: &str) -> Result<bool, StoreError> {
+    txn.query_one(
+        "SELECT EXISTS (SELECT 1 FROM maasserver_largefile WHERE total_size = $1::int8)",
+        &[&(size as i64)],
+    )
+    .map(|r| r.get(0))
+    .map_err(|e| db_err(format!("looking up the content of {shown}"), &e))
+}
+
+/// sha256 of a file, read in large chunks; counted in `progress` if given.
+fn hash_file(path: &Path, mut progress: Option<&mut Progress>) -> Result<String, StoreError> {
+    let io_err = |err| StoreError::Io {
+        path: path.to_path_buf(),
+        err,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = read_full(&mut file, &mut buf).map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(p) = progress.as_deref_mut() {
+            p.add(n as u64);
+        }
+    }
+    Ok(hex(hasher.finalize().as_slice()))
+}
+
+/// Fills `buf` unless the file ends first; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,300 @@
+//! The writing side: `pgbootfs import`, `ls`, `verify` and `remove`.
+//!
+//! Every command works on the four MAAS tables and writes rows exactly as MAAS
+//! does, so a store made here is a valid MAAS image store and the other way round.
+//! [`source`] reads and checks what is to be imported, [`import`] writes it one
+//! version per transaction, [`list`] reads the rows back (unfinished files
+//! included), [`verify`] re-reads the bytes through [`crate::handle::Handle`], and
+//! [`remove`] deletes versions with their now unused large objects.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use postgres::Client;
+
+use crate::catalog::valid_component;
+use crate::db::{DbError, describe_pg_error};
+
+pub mod import;
+pub mod list;
+pub mod progress;
+pub mod remove;
+pub mod source;
+pub mod verify;
+
+/// The shipped schema: `CREATE TABLE IF NOT EXISTS` only, so it never alters a table.
+pub const SCHEMA: &str = include_str!("../../schema/maas-schema.sql");
+
+/// Key of the advisory lock every writer takes for its transaction, so two imports
+/// (or an import and a remove) never race on the same sha256 or version.
+const WRITE_LOCK: i64 = 0x7067_6274_6673; // "pgbtfs"
+
+/// An error of a store command. Display names the thing at fault.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Connecting or a query failed.
+    Db(DbError),
+    /// The source cannot be imported; every problem found, one per entry.
+    Source {
+        /// The SRC argument.
+        root: PathBuf,
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+    /// Reading a source file failed while importing it.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// A stored version differs from the source and `--replace` was not given.
+    Conflict {
+        /// The version's path.
+        path: String,
+        /// What differs, one entry per file.
+        differences: Vec<String>,
+    },
+    /// A file's content does not match the checksum or size its source promised.
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// What was expected and found.
+        detail: String,
+    },
+    /// A PATH argument cannot name anything in the store.
+    BadPath {
+        /// The argument.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing in the store matches PATH.
+    NotFound(String),
+    /// `verify` found problems (already reported one by one).
+    VerifyFailed {
+        /// How many files are wrong.
+        bad: usize,
+        /// How many were checked.
+        checked: usize,
+    },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Db(e) => e.fmt(f),
+            StoreError::Source { root, problems } => {
+                write!(
+                    f,
+                    "{} cannot be imported ({} problem(s); nothing was written):",
+                    root.display(),
+                    problems.len()
+                )?;
+                for p in problems {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+            StoreError::Io { path, err } => write!(f, "reading {}: {err}", path.display()),
+            StoreError::Conflict { path, differences } => {
+                write!(
+                    f,
+                    "{path} is already in the store with different content; nothing of it \
+                     was written (use --replace to replace the stored version):"
+                )?;
+                for d in differences {
+                    write!(f, "\n  {d}")?;
+                }
+                Ok(())
+            }
+            StoreError::Checksum { path, detail } => write!(
+                f,
+                "{}: {detail}; its version was not imported",
+                path.display()
+            ),
+            StoreError::BadPath { path, reason } => write!(f, "invalid path {path:?}: {reason}"),
+            StoreError::NotFound(path) => write!(
+                f,
+                "nothing in the store under {path:?} (see `pgbootfs ls` for what is there)"
+            ),
+            StoreError::VerifyFailed { bad, checked } => {
+                write!(f, "verify failed: {bad} of {checked} file(s) are wrong")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+/// Wraps a driver error met while doing `what`.
+pub(crate) fn db_err(what: impl Into<String>, err: &postgres::Error) -> StoreError {
+    StoreError::Db(DbError::Query {
+        what: what.into(),
+        reason: describe_pg_error(err),
+    })
+}
+
+/// A PATH argument: up to six components os/arch/subarch/series/version/filename.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePath(Vec<String>);
+
+impl StorePath {
+    /// Parses `a/b/c`; leading, trailing and doubled slashes are ignored. An empty
+    /// string is the whole store.
+    pub fn parse(text: &str) -> Result<StorePath, StoreError> {
+        let parts: Vec<String> = text
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        let bad = |reason: String| StoreError::BadPath {
+            path: text.to_string(),
+            reason,
+        };
+        if parts.len() > 6 {
+            return Err(bad(
+                "a store path has at most 6 parts: os/arch/subarch/series/version/filename".into(),
+            ));
+        }
+        if let Some(p) = parts.iter().find(|p| !valid_component(p)) {
+            return Err(bad(format!("{p:?} cannot be a path component")));
+        }
+        Ok(StorePath(parts))
+    }
+
+    /// The components, from os on.
+    pub fn parts(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether the file at `file` (six components) is under this path.
+    pub fn contains(&self, file: &[&str]) -> bool {
+        self.0.len() <= file.len() && self.0.iter().zip(file).all(|(a, b)| a == b)
+    }
+
+    /// `a/b/c`, or `/` for the whole store.
+    pub fn display(&self) -> String {
+        if self.0.is_empty() {
+            "/".into()
+        } else {
+            self.0.join("/")
+        }
+    }
+}
+
+/// MAAS's `bootresource.name` for an os and series: a custom image has a bare name.
+pub fn resource_name(os: &str, series: &str) -> String {
+    if os == "custom" {
+        series.to_string()
+    } else {
+        format!("{os}/{series}")
+    }
+}
+
+/// The os and series of a `bootresource.name` (the reverse of [`resource_name`]).
+pub fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or(("custom", name))
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// What the existing tables look like: MAAS versions differ in a few columns.
+#[derive(Debug, Clone)]
+pub(crate) struct Columns {
+    /// SQL type of `extra` (text before MAAS 3.4, jsonb from 3.4).
+    pub resource_extra: String,
+    /// SQL type of bootresourcefile.extra.
+    pub file_extra: String,
+    /// Whether maasserver_largefile has `size` (MAAS 2.1 and later).
+    pub largefile_size: bool,
+}
+
+/// Creates the four tables where absent (never alters one) and reads their columns.
+pub(crate) fn ensure_schema(client: &mut Client) -> Result<Columns, StoreError> {
+    let mut txn = client
+        .transaction()
+        .map_err(|e| db_err("starting a transaction", &e))?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .map_err(|e| db_err("taking the store's write lock", &e))?;
+    let missing: i64 = txn
+        .query_one(
+            "SELECT count(*) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
+            &[&crate::catalog::TABLES.to_vec()],
+        )
+        .map_err(|e| db_err("checking for the MAAS tables", &e))?
+        .get(0);
+    if missing > 0 {
+        // The server's "already exists, skipping" notices would only be noise.
+        txn.batch_execute("SET LOCAL client_min_messages = warning")
+            .and_then(|_| txn.batch_execute(SCHEMA))
+            .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
+        log::info!("created the MAAS tables that were absent ({missing} of 4)");
+    }
+    txn.commit()
+        .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
+    column_info(client)
+}
+
+/// Reads the column variants of existing tables.
+pub(crate) fn column_info(client: &mut Client) -> Result<Columns, StoreError> {
+    let q = "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped";
+    let mut typ = |table: &str, col: &str| -> Result<Option<String>, StoreError> {
+        client
+            .query_opt(q, &[&table, &col])
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(|e| db_err(format!("reading the columns of {table}"), &e))
+    };
+    Ok(Columns {
+        resource_extra: typ("maasserver_bootresource", "extra")?.unwrap_or("text".into()),
+        file_extra: typ("maasserver_bootresourcefile", "extra")?.unwrap_or("text".into()),
+        largefile_size: typ("maasserver_largefile", "size")?.is_some(),
+    })
+}
+
+/// Takes the store's write lock for the rest of the transaction.
+pub(crate) fn lock_store(txn: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .map(|_| ())
+        .map_err(|e| db_err("taking the store's write lock", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_paths() {
+        let p = StorePath::parse("/ubuntu//amd64/").unwrap();
+        assert_eq!(p.parts(), ["ubuntu", "amd64"]);
+        assert!(p.contains(&["ubuntu", "amd64", "generic", "focal", "1", "k"]));
+        assert!(!p.contains(&["ubuntu", "arm64", "generic", "focal", "1", "k"]));
+        assert_eq!(StorePath::parse("").unwrap().display(), "/");
+        assert!(StorePath::parse("a/../b").is_err());
+        assert!(StorePath::parse("a/b/c/d/e/f/g").is_err());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(resource_name("ubuntu", "focal"), "ubuntu/focal");
+        assert_eq!(resource_name("custom", "myimage"), "myimage");
+        assert_eq!(split_name("myimage"), ("custom", "myimage"));
+        assert_eq!(split_name("ubuntu/focal"), ("ubuntu", "focal"));
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}
