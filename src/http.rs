@@ -4,7 +4,7 @@
 //! tiny_http parses requests; everything a response needs is done here. Responses
 //! are written raw on the request's writer so that every body has a Content-Length
 //! (never chunked), a 304 carries no `Content-Length: 0`, and image bytes go out in
-//! 1 MiB writes straight from the handle's buffer. A file's database side is set up
+//! chunk-sized writes straight from the handle's buffer. A file's database side is set up
 //! only when its response's turn to be written comes (pipelined requests hold no
 //! connection while they wait), and ends with the body, on disconnect or on error.
 
@@ -27,7 +27,7 @@ use tiny_http::{Method, Request, Server};
 
 use crate::catalog::{Catalog, CatalogError, FileInfo, Node, NodeKind};
 use crate::db::DbConfig;
-use crate::handle::{Handle, HandlePool, READ_CHUNK};
+use crate::handle::{Handle, HandleErrorKind, HandlePool, READ_CHUNK};
 
 use path::{PathError, Target};
 use range::RangeAsk;
@@ -494,7 +494,8 @@ fn send(
             return (reply.status, 0, format!(" (client gone: {e})"));
         }
         if let Err(e) = handle.ensure_open() {
-            let busy = e.errno() == libc::EAGAIN;
+            // Busy or unreachable: worth retrying. Anything else is our fault.
+            let busy = e.errno() == libc::EAGAIN || matches!(e.kind, HandleErrorKind::Connect(_));
             warn!("http: {e}");
             reply = if busy {
                 Reply::text(503).header("Retry-After", RETRY_AFTER)

@@ -127,7 +127,8 @@ struct HttpArgs {
     /// Seconds a client may accept no bytes before it is dropped.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     http_send_timeout: u64,
-    /// Seconds a download waits for a free handle connection before a 503.
+    /// Seconds a download waits for a free handle connection before a 503 (at least 1:
+    /// a new connection needs time to be made).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     http_pool_wait: u64,
 }
@@ -138,7 +139,7 @@ impl HttpArgs {
             listen,
             workers: self.http_workers.max(1),
             send_timeout: Duration::from_secs(self.http_send_timeout.max(1)),
-            pool_wait: Duration::from_secs(self.http_pool_wait),
+            pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
         }
     }
 }

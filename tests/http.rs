@@ -129,12 +129,14 @@ fn file_headers_head_and_other_methods() {
     let lm = get.header("last-modified").unwrap();
     assert!(lm.ends_with(" GMT"), "{lm}");
 
+    let opened = || srv.log().matches("opened large object").count();
+    let before = opened();
     let head = srv.req("HEAD", SMALL, &[]);
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty(), "HEAD sent a body");
     assert_eq!(head.stable_headers(), get.stable_headers());
     // HEAD never opens a database transaction.
-    assert!(!srv.log().contains("opened large object"), "{}", srv.log());
+    assert_eq!(opened(), before, "{}", srv.log());
 
     for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         let r = srv.req(method, SMALL, &["Content-Length: 0"]);
@@ -392,9 +394,11 @@ fn sstream_mirror_mirrors_and_resumes_through_range() {
     // A half-done download left as .part is resumed with Range, not restarted.
     let big = out.join(BIG.trim_start_matches('/'));
     fs::remove_file(&big).unwrap();
-    fs::write(big.with_extension("part"), &data.big[..1_234_567]).unwrap();
     let part = big.parent().unwrap().join("squashfs.part");
-    fs::rename(big.with_extension("part"), &part).unwrap();
+    fs::write(&part, &data.big[..1_234_567]).unwrap();
+    // Without its record of what it has, the mirror goes through every item again.
+    fs::remove_dir_all(out.join("streams")).unwrap();
+    fs::remove_dir_all(out.join(".data")).unwrap();
     mirror(srv.url("/streams/v1/index.json"));
     assert_eq!(sha256_hex(&fs::read(&big).unwrap()), sha256_hex(&data.big));
     assert!(!part.exists());
@@ -440,7 +444,7 @@ fn stalled_client_is_dropped_after_send_timeout_and_busy_pool_gives_503() {
             "--max-handles",
             "1",
             "--http-pool-wait",
-            "0",
+            "1",
         ],
     );
     // A client that asks for 64 MiB and reads nothing.
