@@ -43,6 +43,9 @@ pub struct HttpOptions {
     pub send_timeout: Duration,
     /// How long a download waits for a free handle connection before a 503.
     pub pool_wait: Duration,
+    /// A connection that sends no complete request for this long is cut (408 if it
+    /// had started one); this is also the keep-alive idle limit.
+    pub header_timeout: Duration,
 }
 
 /// A running HTTP server; its threads live as long as the process.
@@ -110,6 +113,9 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Header bytes a client may send before its request is complete: more gets a 431.
+const MAX_HEADER: u64 = 64 << 10;
+
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER: &str = "5";
 
@@ -117,6 +123,7 @@ struct Ctx {
     catalog: Arc<Catalog>,
     pool: HandlePool,
     port: u16,
+    watchdog: Arc<conn::Watchdog>,
 }
 
 /// Binds, then starts the accept thread and `workers` request threads.
@@ -130,10 +137,17 @@ pub fn start(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let addr = listener.local_addr()?;
     let workers = opts.workers.max(1);
+    let watchdog = Arc::new(conn::Watchdog::new(
+        addr.port(),
+        opts.header_timeout,
+        MAX_HEADER,
+    ));
+    watchdog.spawn()?;
     let ctx = Arc::new(Ctx {
         catalog,
         pool: pool.with_timeout(opts.pool_wait),
         port: addr.port(),
+        watchdog: watchdog.clone(),
     });
     let (tx, rx) = sync_channel::<Request>(workers * 2);
     let rx = Arc::new(Mutex::new(rx));
@@ -146,10 +160,11 @@ pub fn start(
     }
     std::thread::Builder::new()
         .name("http-accept".into())
-        .spawn(move || accept_loop(listener, tx))?;
+        .spawn(move || accept_loop(listener, tx, watchdog))?;
     info!(
-        "listening on http://{addr} ({workers} workers, send timeout {}s)",
-        opts.send_timeout.as_secs()
+        "listening on http://{addr} ({workers} workers, send timeout {}s, header timeout {}s)",
+        opts.send_timeout.as_secs(),
+        opts.header_timeout.as_secs()
     );
     Ok(HttpServer { addr })
 }
@@ -171,7 +186,7 @@ fn resolve(listen: &str) -> io::Result<SocketAddr> {
 /// Feeds requests to the workers. tiny_http's accept thread ends at the first
 /// accept error (EMFILE, ECONNABORTED, ...): then a new server is built on the same
 /// listening socket, and the old one is drained for its open connections.
-fn accept_loop(listener: TcpListener, tx: SyncSender<Request>) {
+fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, watchdog: Arc<conn::Watchdog>) {
     let mut failures: u32 = 0;
     loop {
         let server = listener
@@ -190,6 +205,7 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<Request>) {
             match server.recv() {
                 Ok(rq) => {
                     failures = 0;
+                    watchdog.request_arrived(rq.remote_addr().copied());
                     if tx.send(rq).is_err() {
                         return;
                     }
@@ -201,9 +217,10 @@ fn accept_loop(listener: TcpListener, tx: SyncSender<Request>) {
             }
         }
         let drain_tx = tx.clone();
+        let drain_dog = watchdog.clone();
         let _ = std::thread::Builder::new()
             .name("http-drain".into())
-            .spawn(move || drain(server, drain_tx));
+            .spawn(move || drain(server, drain_tx, &drain_dog));
         backoff(&mut failures);
     }
 }
@@ -216,11 +233,12 @@ fn backoff(failures: &mut u32) {
 
 /// Passes on requests from connections a dead accept thread had accepted, until
 /// none has come for a while.
-fn drain(server: Server, tx: SyncSender<Request>) {
+fn drain(server: Server, tx: SyncSender<Request>, watchdog: &conn::Watchdog) {
     let mut last = Instant::now();
     while last.elapsed() < Duration::from_secs(300) {
         if let Ok(Some(rq)) = server.recv_timeout(Duration::from_secs(1)) {
             last = Instant::now();
+            watchdog.request_arrived(rq.remote_addr().copied());
             if tx.send(rq).is_err() {
                 return;
             }
@@ -346,6 +364,7 @@ fn serve_one(ctx: &Ctx, rq: Request) {
     let peer = rq.remote_addr().copied();
     let reply = route(ctx, &rq);
     let (status, sent, note) = send(ctx, rq, reply, method == Method::Head, peer);
+    ctx.watchdog.request_done(peer);
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     info!(
         target: "pgbootfs::access",

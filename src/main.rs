@@ -131,6 +131,10 @@ struct HttpArgs {
     /// a new connection needs time to be made).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     http_pool_wait: u64,
+    /// Seconds a connection may take to send a complete request (also the keep-alive
+    /// idle limit).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    http_header_timeout: u64,
 }
 
 impl HttpArgs {
@@ -140,6 +144,7 @@ impl HttpArgs {
             workers: self.http_workers.max(1),
             send_timeout: Duration::from_secs(self.http_send_timeout.max(1)),
             pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
+            header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
         }
     }
 }

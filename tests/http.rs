@@ -653,3 +653,63 @@ fn accept_errors_do_not_stop_the_server() {
     });
     assert!(ok, "not serving after EMFILE:\n{}", srv.log());
 }
+
+#[test]
+fn slow_or_endless_headers_are_cut_off() {
+    let (pg, data) = store(1000);
+    let srv = Server::start(&pg.conninfo("postgres"), &["--http-header-timeout", "2"]);
+    // A request that never ends its headers gets a 408 and the connection closes.
+    let t = Instant::now();
+    let mut slow = TcpStream::connect(srv.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(format!("GET {SMALL} HTTP/1.1\r\nHost: t\r\n").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    slow.read_to_end(&mut buf).expect("closed, not hanging");
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(15));
+    // A connection that never sends anything is closed too.
+    let mut silent = TcpStream::connect(srv.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = Vec::new();
+    silent.read_to_end(&mut buf).expect("closed, not hanging");
+    // Endless headers are cut long before they end.
+    let huge = TcpStream::connect(srv.addr).unwrap();
+    huge.set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t = Instant::now();
+    let mut sent = 0usize;
+    let line = format!("X-Junk: {}\r\n", "a".repeat(1000));
+    let mut w = huge.try_clone().unwrap();
+    w.write_all(format!("GET {SMALL} HTTP/1.1\r\nHost: t\r\n").as_bytes())
+        .unwrap();
+    let cut = loop {
+        if t.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        if w.write_all(line.as_bytes()).is_err() {
+            break true;
+        }
+        sent += line.len();
+        if sent % (1 << 20) < line.len() {
+            // Like a slow sender: a sweep runs meanwhile.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(cut, "still accepting headers after {sent} bytes");
+    assert!(
+        srv.log().contains("431 Request Header Fields Too Large"),
+        "{}",
+        srv.log()
+    );
+    // The server still serves.
+    assert_eq!(srv.get(SMALL, &[]).body, data.small);
+}
