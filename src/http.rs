@@ -18,7 +18,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -149,7 +149,9 @@ pub fn start(
         port: addr.port(),
         watchdog: watchdog.clone(),
     });
-    let (tx, rx) = sync_channel::<Request>(workers * 2);
+    // Unbounded like tiny_http's own queue: the feeder must never block, so every
+    // complete request is known to the watchdog at once, however busy the workers.
+    let (tx, rx) = channel::<Request>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..workers {
         let ctx = ctx.clone();
@@ -186,7 +188,7 @@ fn resolve(listen: &str) -> io::Result<SocketAddr> {
 /// Feeds requests to the workers. tiny_http's accept thread ends at the first
 /// accept error (EMFILE, ECONNABORTED, ...): then a new server is built on the same
 /// listening socket, and the old one is drained for its open connections.
-fn accept_loop(listener: TcpListener, tx: SyncSender<Request>, watchdog: Arc<conn::Watchdog>) {
+fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::Watchdog>) {
     let mut failures: u32 = 0;
     loop {
         let server = listener
@@ -233,7 +235,7 @@ fn backoff(failures: &mut u32) {
 
 /// Passes on requests from connections a dead accept thread had accepted, until
 /// none has come for a while.
-fn drain(server: Server, tx: SyncSender<Request>, watchdog: &conn::Watchdog) {
+fn drain(server: Server, tx: Sender<Request>, watchdog: &conn::Watchdog) {
     let mut last = Instant::now();
     while last.elapsed() < Duration::from_secs(300) {
         if let Ok(Some(rq)) = server.recv_timeout(Duration::from_secs(1)) {

@@ -713,3 +713,33 @@ fn slow_or_endless_headers_are_cut_off() {
     // The server still serves.
     assert_eq!(srv.get(SMALL, &[]).body, data.small);
 }
+
+#[test]
+fn mount_with_http_serves_both_from_one_process() {
+    if !fuse_or_skip("mount_with_http_serves_both_from_one_process") {
+        return;
+    }
+    let (pg, data) = store(3 << 20);
+    let mnt = Mount::start(
+        &pg.conninfo("postgres"),
+        &["--http", "127.0.0.1:0", "--http-workers", "2"],
+    );
+    let mut addr = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        addr = mnt
+            .log()
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string);
+        addr.is_some()
+    }));
+    let url = format!("http://{}{BIG}", addr.unwrap());
+    let out = sh(&format!("curl -sSf '{url}' | sha256sum"));
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(sha256_hex(&data.big).as_str())
+    );
+    assert_eq!(read_all(&mnt.path(BIG)).unwrap(), data.big);
+    assert!(wait_until(Duration::from_secs(10), || handles_in_txn(&pg).is_empty()));
+}
