@@ -18,7 +18,7 @@ const EMPTY: &str = "/ubuntu/amd64/ga-20.04/focal/20240101/boot-initrd";
 const BIG: &str = "/ubuntu/amd64/ga-20.04/focal/20240101/squashfs";
 const OTHER: &str = "/ubuntu/arm64/generic/jammy/20240202.1/boot-kernel";
 
-/// The image bytes of a store built by [`store`].
+/// The image bytes of a store built by [`images`].
 struct Data {
     small: Vec<u8>,
     big: Vec<u8>,
@@ -27,10 +27,8 @@ struct Data {
 
 /// A cluster with two complete sets, a custom image and a hidden unfinished set;
 /// the squashfs is `big` bytes.
-fn store(big: usize) -> (Cluster, Data) {
-    let pg = Cluster::start();
-    let mut c = pg.client("postgres");
-    Maas::create_schema(&mut c);
+fn images(big: usize) -> (Cluster, Data) {
+    let (pg, mut c) = store();
     let data = Data {
         small: bytes(1, 100_000),
         big: bytes(3, big),
@@ -78,7 +76,7 @@ fn tool_ok(cmd: &mut Command, what: &str) {
 
 #[test]
 fn downloads_are_byte_exact_with_curl_and_wget() {
-    let (pg, data) = store(64 << 20);
+    let (pg, data) = images(64 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let out = srv.tmp.path();
     for (path, want) in [(EMPTY, &Vec::new()), (SMALL, &data.small), (BIG, &data.big)] {
@@ -114,7 +112,7 @@ fn downloads_are_byte_exact_with_curl_and_wget() {
 
 #[test]
 fn file_headers_head_and_other_methods() {
-    let (pg, data) = store(3 << 20);
+    let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let get = srv.get(SMALL, &[]);
     assert_eq!(get.status, 200);
@@ -158,7 +156,7 @@ fn file_headers_head_and_other_methods() {
 
 #[test]
 fn single_ranges_multiple_ranges_and_if_range() {
-    let (pg, data) = store(3 << 20);
+    let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let big = &data.big;
     let len = big.len() as u64;
@@ -245,7 +243,7 @@ fn single_ranges_multiple_ranges_and_if_range() {
 
 #[test]
 fn conditional_requests_give_bodyless_304() {
-    let (pg, data) = store(3 << 20);
+    let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let etag = format!("\"{}\"", sha256_hex(&data.small));
     let lm = srv
@@ -300,7 +298,7 @@ fn conditional_requests_give_bodyless_304() {
 
 #[test]
 fn directory_listings_and_stream_files() {
-    let (pg, data) = store(3 << 20);
+    let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let r = srv.get(&format!("{DIR}/"), &[]);
     assert_eq!(r.status, 200);
@@ -376,7 +374,7 @@ fn directory_listings_and_stream_files() {
 
 #[test]
 fn sstream_mirror_mirrors_and_resumes_through_range() {
-    let (pg, data) = store(3 << 20);
+    let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let out = srv.tmp.path().join("mirror");
     let mirror = |url: String| {
@@ -408,7 +406,7 @@ fn sstream_mirror_mirrors_and_resumes_through_range() {
 
 #[test]
 fn aborted_downloads_leave_no_transaction_open() {
-    let (pg, data) = store(16 << 20);
+    let (pg, data) = images(16 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     for i in 0..50 {
         let mut s = TcpStream::connect(srv.addr).unwrap();
@@ -435,7 +433,7 @@ fn aborted_downloads_leave_no_transaction_open() {
 
 #[test]
 fn stalled_client_is_dropped_after_send_timeout_and_busy_pool_gives_503() {
-    let (pg, data) = store(64 << 20);
+    let (pg, data) = images(64 << 20);
     let srv = Server::start(
         &pg.conninfo("postgres"),
         &[
@@ -482,7 +480,7 @@ fn stalled_client_is_dropped_after_send_timeout_and_busy_pool_gives_503() {
 
 #[test]
 fn database_error_mid_body_cuts_the_connection() {
-    let (pg, data) = store(64 << 20);
+    let (pg, data) = images(64 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -514,7 +512,7 @@ fn database_error_mid_body_cuts_the_connection() {
 
 #[test]
 fn twenty_concurrent_downloads_are_byte_exact() {
-    let (pg, data) = store(64 << 20);
+    let (pg, data) = images(64 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let want = sha256_hex(&data.big);
     let url = srv.url(BIG);
@@ -543,7 +541,7 @@ fn twenty_concurrent_downloads_are_byte_exact() {
 
 #[test]
 fn traversal_corpus_gets_only_400_or_404() {
-    let (pg, _data) = store(1000);
+    let (pg, _data) = images(1000);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let corpus = [
         "/..",
@@ -602,7 +600,7 @@ fn traversal_corpus_gets_only_400_or_404() {
 
 #[test]
 fn still_serves_after_a_thousand_idle_connections() {
-    let (pg, data) = store(1000);
+    let (pg, data) = images(1000);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     for _ in 0..1000 {
         drop(TcpStream::connect(srv.addr).unwrap());
@@ -614,7 +612,7 @@ fn still_serves_after_a_thousand_idle_connections() {
 
 #[test]
 fn accept_errors_do_not_stop_the_server() {
-    let (pg, data) = store(1000);
+    let (pg, data) = images(1000);
     let tmp = tempfile::Builder::new()
         .prefix("pgbt-http-")
         .tempdir_in("/tmp")
@@ -656,7 +654,7 @@ fn accept_errors_do_not_stop_the_server() {
 
 #[test]
 fn slow_or_endless_headers_are_cut_off() {
-    let (pg, data) = store(1000);
+    let (pg, data) = images(1000);
     let srv = Server::start(&pg.conninfo("postgres"), &["--http-header-timeout", "2"]);
     // A request that never ends its headers gets a 408 and the connection closes.
     let t = Instant::now();
@@ -719,7 +717,7 @@ fn mount_with_http_serves_both_from_one_process() {
     if !fuse_or_skip("mount_with_http_serves_both_from_one_process") {
         return;
     }
-    let (pg, data) = store(3 << 20);
+    let (pg, data) = images(3 << 20);
     let mnt = Mount::start(
         &pg.conninfo("postgres"),
         &["--http", "127.0.0.1:0", "--http-workers", "2"],
