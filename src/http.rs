@@ -163,8 +163,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("http-accept".into())
         .spawn(move || accept_loop(listener, tx, watchdog))?;
+    // Printed whatever the log level: scripts and tests read the bound port here.
+    eprintln!("pgbootfs: listening on http://{addr}");
     info!(
-        "listening on http://{addr} ({workers} workers, send timeout {}s, header timeout {}s)",
+        "http: {workers} workers, send timeout {}s, header timeout {}s",
         opts.send_timeout.as_secs(),
         opts.header_timeout.as_secs()
     );
