@@ -1,36 +1,39 @@
 //! `pgbootfs serve` and `pgbootfs mount --http`: the same tree over HTTP, as a
 //! MAAS-compatible simplestreams mirror, through the same [`Handle`]s as the mount.
 //!
-//! tiny_http parses requests; everything a response needs is done here. Responses
-//! are written raw on the request's writer so that every body has a Content-Length
-//! (never chunked), a 304 carries no `Content-Length: 0`, and image bytes go out in
-//! chunk-sized writes straight from the handle's buffer. A file's database side is set up
-//! only when its response's turn to be written comes (pipelined requests hold no
-//! connection while they wait), and ends with the body, on disconnect or on error.
+//! tiny_http parses requests; everything a response needs is done here and in
+//! `response`, which writes raw on the request's writer so that every body has a
+//! Content-Length (never chunked), a 304 carries no `Content-Length: 0`, and image
+//! bytes go out in chunk-sized writes straight from the handle's buffer. A file's
+//! database side is set up only when its response's turn to be written comes
+//! (pipelined requests hold no connection while they wait), and ends with the body,
+//! on disconnect or on error.
 
 mod conn;
 mod listing;
 pub mod path;
 pub mod range;
+mod response;
 mod streams;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 use tiny_http::{Method, Request, Server};
 
 use crate::catalog::{Catalog, CatalogError, FileInfo, Node, NodeKind};
 use crate::db::DbConfig;
-use crate::handle::{Handle, HandleErrorKind, HandlePool, READ_CHUNK};
+use crate::handle::{Handle, HandlePool};
 
 use path::{PathError, Target};
 use range::RangeAsk;
+use response::{Body, Reply};
 
 /// Options of the HTTP server.
 #[derive(Debug, Clone)]
@@ -115,9 +118,6 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
 
 /// Header bytes a client may send before its request is complete: more gets a 431.
 const MAX_HEADER: u64 = 64 << 10;
-
-/// Seconds a client is told to wait after a 503.
-const RETRY_AFTER: &str = "5";
 
 struct Ctx {
     catalog: Arc<Catalog>,
@@ -264,78 +264,6 @@ fn worker(ctx: &Ctx, rx: &Mutex<Receiver<Request>>) {
     }
 }
 
-/// A response before it is written.
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Body,
-}
-
-enum Body {
-    /// No body and no Content-Length (304).
-    None,
-    /// A small generated body.
-    Bytes(Vec<u8>),
-    /// `len` bytes of an image from `start`.
-    File {
-        handle: Box<Handle>,
-        start: u64,
-        len: u64,
-    },
-}
-
-impl Reply {
-    fn new(status: u16, body: Body) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body,
-        }
-    }
-
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn text(status: u16) -> Reply {
-        Reply::new(
-            status,
-            Body::Bytes(format!("{status} {}\n", reason(status)).into_bytes()),
-        )
-        .header("Content-Type", "text/plain; charset=utf-8")
-    }
-
-    fn json(value: &serde_json::Value) -> Reply {
-        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-        body.push(b'\n');
-        Reply::new(200, Body::Bytes(body)).header("Content-Type", "application/json")
-    }
-
-    fn len(&self) -> Option<u64> {
-        match &self.body {
-            Body::None => None,
-            Body::Bytes(b) => Some(b.len() as u64),
-            Body::File { len, .. } => Some(*len),
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        416 => "Range Not Satisfiable",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
 /// Values of every header `name` of the request.
 fn headers<'a>(rq: &'a Request, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     rq.headers()
@@ -367,7 +295,7 @@ fn serve_one(ctx: &Ctx, rq: Request) {
     let url = printable(rq.url());
     let peer = rq.remote_addr().copied();
     let reply = route(ctx, &rq);
-    let (status, sent, note) = send(ctx, rq, reply, method == Method::Head, peer);
+    let (status, sent, note) = response::send(ctx.port, rq, reply, method == Method::Head, peer);
     ctx.watchdog.request_done(peer);
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     info!(
@@ -496,116 +424,4 @@ fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
         .header("Content-Type", "application/octet-stream"),
     };
     validators(reply.header("Accept-Ranges", "bytes"))
-}
-
-/// Writes the reply; returns status, body bytes sent and a note for the log.
-fn send(
-    ctx: &Ctx,
-    rq: Request,
-    mut reply: Reply,
-    head: bool,
-    peer: Option<SocketAddr>,
-) -> (u16, u64, String) {
-    let mut w = rq.into_writer();
-    if let Body::File { handle, len, .. } = &reply.body
-        && !head
-        && *len > 0
-    {
-        // flush() waits for this response's turn on a pipelined connection: only
-        // then is the database touched.
-        if let Err(e) = w.flush() {
-            return (reply.status, 0, format!(" (client gone: {e})"));
-        }
-        if let Err(e) = handle.ensure_open() {
-            // Busy or unreachable: worth retrying. Anything else is our fault.
-            let busy = e.errno() == libc::EAGAIN || matches!(e.kind, HandleErrorKind::Connect(_));
-            warn!("http: {e}");
-            reply = if busy {
-                Reply::text(503).header("Retry-After", RETRY_AFTER)
-            } else {
-                Reply::text(500)
-            };
-        }
-    }
-    let mut head_bytes = format!(
-        "HTTP/1.1 {} {}\r\nServer: pgbootfs\r\nDate: {}\r\n",
-        reply.status,
-        reason(reply.status),
-        range::fmt_date(SystemTime::now())
-    );
-    for (name, value) in &reply.headers {
-        head_bytes.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some(len) = reply.len() {
-        head_bytes.push_str(&format!("Content-Length: {len}\r\n"));
-    }
-    head_bytes.push_str("\r\n");
-    if let Err(e) = w.write_all(head_bytes.as_bytes()) {
-        return (reply.status, 0, format!(" (client gone: {e})"));
-    }
-    let status = reply.status;
-    let result = match reply.body {
-        _ if head => Ok(0),
-        Body::None => Ok(0),
-        Body::Bytes(b) => w
-            .write_all(&b)
-            .map(|_| b.len() as u64)
-            .map_err(|e| (0, e.to_string())),
-        Body::File { handle, start, len } => {
-            let r = copy_file(&handle, start, len, &mut w);
-            // End the transaction before anything else can block.
-            handle.close();
-            r
-        }
-    };
-    let result = result.and_then(|n| w.flush().map(|_| n).map_err(|e| (n, e.to_string())));
-    match result {
-        Ok(n) => (status, n, String::new()),
-        Err((n, why)) => {
-            drop(w);
-            // The client must see a short transfer, not wait for the rest.
-            let cut = peer.is_some_and(|p| conn::close_peer(ctx.port, p));
-            debug!("http: cut connection from {peer:?}: {cut}");
-            (status, n, format!(" (aborted: {why})"))
-        }
-    }
-}
-
-/// Streams `len` bytes from `start`, in writes of up to [`READ_CHUNK`] aligned to the
-/// handle's chunks. Err carries the bytes sent and why it stopped.
-fn copy_file(
-    handle: &Handle,
-    start: u64,
-    len: u64,
-    w: &mut dyn Write,
-) -> Result<u64, (u64, String)> {
-    let end = start + len;
-    let mut pos = start;
-    while pos < end {
-        let want = (READ_CHUNK - pos % READ_CHUNK).min(end - pos) as usize;
-        let res = handle.read_with(pos, want, |bytes| write_counted(w, bytes));
-        match res {
-            Ok((n, Ok(()))) if n > 0 => pos += n as u64,
-            Ok((_, Ok(()))) => {
-                return Err((pos - start, format!("{}: ended early", handle.path())));
-            }
-            Ok((n, Err(e))) => return Err((pos - start + n as u64, format!("client: {e}"))),
-            Err(e) => return Err((pos - start, e.to_string())),
-        }
-    }
-    Ok(len)
-}
-
-/// Writes all of `buf`; returns how much got out and whether all did.
-fn write_counted(w: &mut dyn Write, buf: &[u8]) -> (usize, io::Result<()>) {
-    let mut off = 0;
-    while off < buf.len() {
-        match w.write(&buf[off..]) {
-            Ok(0) => return (off, Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (off, Err(e)),
-        }
-    }
-    (off, Ok(()))
 }

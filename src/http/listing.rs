@@ -71,8 +71,9 @@ pub fn html(tree: &Tree, dir: &Node, base: &str) -> String {
     }
     let title = html_escape(&dir.path);
     let mut out = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n\
-         <body><h1>Index of {title}</h1>\n<table>\n<tr><th>Name</th><th>Size</th><th>sha256</th></tr>\n"
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
+         <title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n\
+         <table>\n<tr><th>Name</th><th>Size</th><th>sha256</th></tr>\n"
     );
     if dir.path != "/" {
         let up = href_dir.rsplit_once('/').map_or("", |(a, _)| a);
