@@ -49,9 +49,16 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = s.log();
-            if let Some(rest) = text.split("listening on http://").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
-                s.addr = addr.parse().unwrap();
+            // Only a complete line: the log may be read while it is being written.
+            if let Some((line, _)) = text
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|rest| rest.split_once('\n'))
+            {
+                let addr = line.split_whitespace().next().unwrap_or_default();
+                s.addr = addr
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"));
                 return s;
             }
             if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
