@@ -46,7 +46,10 @@ impl Reply {
     }
 
     pub(super) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
+        // Values can come from database rows (the sha256 in an ETag): never let one
+        // end the header early.
+        let value: String = value.into().chars().filter(|c| !c.is_control()).collect();
+        self.headers.push((name, value));
         self
     }
 
@@ -198,4 +201,17 @@ fn write_counted(w: &mut dyn Write, buf: &[u8]) -> (usize, io::Result<()>) {
         }
     }
     (off, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_cannot_split_the_header() {
+        let r = Reply::new(304, Body::None).header("ETag", "\"ab\r\nSet-Cookie: x\"");
+        assert_eq!(r.headers, [("ETag", "\"abSet-Cookie: x\"".to_string())]);
+        assert_eq!(r.len(), None);
+        assert_eq!(Reply::text(404).len(), Some("404 Not Found\n".len() as u64));
+    }
 }
