@@ -567,3 +567,14 @@ fn end_txn(conn: &mut HandleConn) {
         Err(e) => debug!("ending a handle transaction failed, discarding the connection: {e}"),
     }
 }
+
+impl HandlePool {
+    /// The same pool (same connections, same limit) whose opens wait at most
+    /// `timeout` for a free connection: HTTP answers 503 rather than queue for long.
+    pub fn with_timeout(&self, timeout: Duration) -> HandlePool {
+        HandlePool {
+            pool: self.pool.clone(),
+            timeout,
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod db;
 pub mod fs;
 pub mod handle;
+pub mod http;
 pub mod mount;
 pub mod store;
 mod stream;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use pgbootfs::db::DbConfig;
+use pgbootfs::http::{self, HttpOptions, ServeOptions};
 use pgbootfs::mount::{self, MountOptions};
 use pgbootfs::store;
 
@@ -37,6 +38,8 @@ enum Command {
     Verify(PathArg),
     /// Remove a version, a series or a subarch with the large objects nothing else uses.
     Remove(RemoveArgs),
+    /// Serve the image store over HTTP only (runs in the foreground).
+    Serve(ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +97,56 @@ struct MountArgs {
     /// Kernel read-ahead for the mount in KiB (root only; larger means bigger reads).
     #[arg(long, default_value_t = 2048, value_name = "KIB")]
     read_ahead_kb: u32,
+    /// Also serve the tree over HTTP on ADDR (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    #[command(flatten)]
+    http_opts: HttpArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the log names it).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: String,
+    /// Seconds between catalog reloads: added or removed images show up this late.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    refresh: u64,
+    /// Most downloads reading at once (each holds one database connection).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_handles: u32,
+    #[command(flatten)]
+    http_opts: HttpArgs,
+}
+
+#[derive(clap::Args)]
+struct HttpArgs {
+    /// HTTP requests handled at once; more wait in a queue.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    http_workers: usize,
+    /// Seconds a client may accept no bytes before it is dropped.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    http_send_timeout: u64,
+    /// Seconds a download waits for a free handle connection before a 503 (at least 1:
+    /// a new connection needs time to be made).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    http_pool_wait: u64,
+    /// Seconds a connection may take to send a complete request (also the keep-alive
+    /// idle limit).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    http_header_timeout: u64,
+}
+
+impl HttpArgs {
+    fn options(&self, listen: String) -> HttpOptions {
+        HttpOptions {
+            listen,
+            workers: self.http_workers.max(1),
+            send_timeout: Duration::from_secs(self.http_send_timeout.max(1)),
+            pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
+            header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,6 +166,7 @@ fn main() -> ExitCode {
                     threads: args.threads,
                     allow_other: args.allow_other,
                     read_ahead_kb: args.read_ahead_kb,
+                    http: args.http.map(|addr| args.http_opts.options(addr)),
                 };
                 mount::run(&db, &opts).map_err(|e| e.to_string())
             }
@@ -145,6 +199,14 @@ fn main() -> ExitCode {
             Command::Remove(args) => store::remove::run(&db, &args.path, &mut std::io::stdout())
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            Command::Serve(args) => {
+                let opts = ServeOptions {
+                    http: args.http_opts.options(args.listen),
+                    refresh: Duration::from_secs(args.refresh.max(1)),
+                    max_handles: args.max_handles,
+                };
+                http::serve(&db, &opts).map_err(|e| e.to_string())
+            }
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::db::DbConfig;
 use crate::fs::{BootFs, OpenTable};
 use crate::handle::HandlePool;
+use crate::http::HttpOptions;
 
 /// Options of `pgbootfs mount`.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Kernel read-ahead for the mount, in KiB (settable as root only).
     pub read_ahead_kb: u32,
+    /// Also serve the tree over HTTP, sharing the catalog and the handle pool.
+    pub http: Option<HttpOptions>,
 }
 
 /// Why a mount could not start.
@@ -49,6 +52,8 @@ pub enum MountError {
         /// The system's complaint.
         err: io::Error,
     },
+    /// The HTTP server could not start (`--http`).
+    Http(io::Error),
 }
 
 impl fmt::Display for MountError {
@@ -61,6 +66,7 @@ impl fmt::Display for MountError {
                 "cannot mount at {}: {err} (is /dev/fuse present and usable, and fuse3 installed?)",
                 path.display()
             ),
+            MountError::Http(e) => write!(f, "--http: {e}"),
         }
     }
 }
@@ -90,6 +96,9 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         .spawn_refresher(opts.refresh)
         .map_err(|e| MountError::Mountpoint(format!("cannot start the refresh thread: {e}")))?;
     let pool = HandlePool::new(db, opts.max_handles, opts.pool_timeout);
+    if let Some(http_opts) = &opts.http {
+        crate::http::start(catalog.clone(), &pool, http_opts).map_err(MountError::Http)?;
+    }
     let open = Arc::new(OpenTable::default());
     let fs = BootFs::new(catalog.clone(), pool, open.clone());
 
@@ -259,7 +268,7 @@ fn mount_device(want: &Path) -> Option<String> {
     })
 }
 
-fn block_stop_signals() -> libc::sigset_t {
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a zeroed local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -272,7 +281,7 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_signal(set: &libc::sigset_t) -> Option<i32> {
+pub(crate) fn wait_signal(set: &libc::sigset_t) -> Option<i32> {
     let mut sig: libc::c_int = 0;
     // SAFETY: set is a valid signal set; sig is a valid out pointer.
     let rc = unsafe { libc::sigwait(set, &mut sig) };

@@ -1,0 +1,427 @@
+//! `pgbootfs serve` and `pgbootfs mount --http`: the same tree over HTTP, as a
+//! MAAS-compatible simplestreams mirror, through the same [`Handle`]s as the mount.
+//!
+//! tiny_http parses requests; everything a response needs is done here and in
+//! `response`, which writes raw on the request's writer so that every body has a
+//! Content-Length (never chunked), a 304 carries no `Content-Length: 0`, and image
+//! bytes go out in chunk-sized writes straight from the handle's buffer. A file's
+//! database side is set up only when its response's turn to be written comes
+//! (pipelined requests hold no connection while they wait), and ends with the body,
+//! on disconnect or on error.
+
+mod conn;
+mod listing;
+pub mod path;
+pub mod range;
+mod response;
+mod streams;
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{error, info, warn};
+use tiny_http::{Method, Request, Server};
+
+use crate::catalog::{Catalog, CatalogError, FileInfo, Node, NodeKind};
+use crate::db::DbConfig;
+use crate::handle::{Handle, HandlePool};
+
+use path::{PathError, Target};
+use range::RangeAsk;
+use response::{Body, Reply};
+
+/// Options of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
+    pub listen: String,
+    /// Requests handled at once; more wait in a queue.
+    pub workers: usize,
+    /// A client that accepts no bytes for this long is dropped.
+    pub send_timeout: Duration,
+    /// How long a download waits for a free handle connection before a 503.
+    pub pool_wait: Duration,
+    /// A connection that sends no complete request for this long is cut (408 if it
+    /// had started one); this is also the keep-alive idle limit.
+    pub header_timeout: Duration,
+}
+
+/// A running HTTP server; its threads live as long as the process.
+pub struct HttpServer {
+    addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Options of `pgbootfs serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The HTTP side.
+    pub http: HttpOptions,
+    /// How often the catalog is reloaded.
+    pub refresh: Duration,
+    /// Most handle connections open at once.
+    pub max_handles: u32,
+}
+
+/// Why `pgbootfs serve` could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The catalog could not be loaded.
+    Catalog(CatalogError),
+    /// Listening or starting threads failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Catalog(e) => e.fmt(f),
+            ServeError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// `pgbootfs serve`: HTTP only, until SIGINT, SIGTERM or SIGHUP.
+pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
+    // Block the stop signals before any thread starts, so only sigwait sees them.
+    let signals = crate::mount::block_stop_signals();
+    let catalog = Arc::new(Catalog::open(db).map_err(ServeError::Catalog)?);
+    catalog
+        .spawn_refresher(opts.refresh)
+        .map_err(ServeError::Io)?;
+    let pool = HandlePool::new(db, opts.max_handles, opts.http.pool_wait);
+    start(catalog, &pool, &opts.http).map_err(ServeError::Io)?;
+    info!(
+        "serving {} (refresh every {}s)",
+        db.describe(),
+        opts.refresh.as_secs()
+    );
+    if let Some(sig) = crate::mount::wait_signal(&signals) {
+        info!("signal {sig}: stopping");
+    }
+    // Exiting closes every handle connection; the server ends their transactions.
+    Ok(())
+}
+
+/// Header bytes a client may send before its request is complete: more gets a 431.
+const MAX_HEADER: u64 = 64 << 10;
+
+struct Ctx {
+    catalog: Arc<Catalog>,
+    pool: HandlePool,
+    port: u16,
+    watchdog: Arc<conn::Watchdog>,
+}
+
+/// Binds, then starts the accept thread and `workers` request threads.
+pub fn start(
+    catalog: Arc<Catalog>,
+    pool: &HandlePool,
+    opts: &HttpOptions,
+) -> io::Result<HttpServer> {
+    let addr = resolve(&opts.listen)?;
+    let listener = conn::bind(addr, opts.send_timeout)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener.local_addr()?;
+    let workers = opts.workers.max(1);
+    let watchdog = Arc::new(conn::Watchdog::new(
+        addr.port(),
+        opts.header_timeout,
+        MAX_HEADER,
+    ));
+    watchdog.spawn()?;
+    let ctx = Arc::new(Ctx {
+        catalog,
+        pool: pool.with_timeout(opts.pool_wait),
+        port: addr.port(),
+        watchdog: watchdog.clone(),
+    });
+    // Unbounded like tiny_http's own queue: the feeder must never block, so every
+    // complete request is known to the watchdog at once, however busy the workers.
+    let (tx, rx) = channel::<Request>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..workers {
+        let ctx = ctx.clone();
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .spawn(move || worker(&ctx, &rx))?;
+    }
+    std::thread::Builder::new()
+        .name("http-accept".into())
+        .spawn(move || accept_loop(listener, tx, watchdog))?;
+    // Printed whatever the log level: scripts and tests read the bound port here.
+    eprintln!("pgbootfs: listening on http://{addr}");
+    info!(
+        "http: {workers} workers, send timeout {}s, header timeout {}s",
+        opts.send_timeout.as_secs(),
+        opts.header_timeout.as_secs()
+    );
+    Ok(HttpServer { addr })
+}
+
+fn resolve(listen: &str) -> io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    listen
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("bad listen address {listen:?}: {e}")))?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("listen address {listen:?} resolves to nothing"),
+            )
+        })
+}
+
+/// Feeds requests to the workers. tiny_http's accept thread ends at the first
+/// accept error (EMFILE, ECONNABORTED, ...): then a new server is built on the same
+/// listening socket, and the old one is drained for its open connections.
+fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::Watchdog>) {
+    let mut failures: u32 = 0;
+    loop {
+        let server = listener
+            .try_clone()
+            .map_err(|e| e.to_string())
+            .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()));
+        let server = match server {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("http: cannot restart the listener: {e}");
+                backoff(&mut failures);
+                continue;
+            }
+        };
+        loop {
+            match server.recv() {
+                Ok(rq) => {
+                    failures = 0;
+                    watchdog.request_arrived(rq.remote_addr().copied());
+                    if tx.send(rq).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!("http: accepting connections failed ({e}); listening again");
+                    break;
+                }
+            }
+        }
+        let drain_tx = tx.clone();
+        let drain_dog = watchdog.clone();
+        let _ = std::thread::Builder::new()
+            .name("http-drain".into())
+            .spawn(move || drain(server, drain_tx, &drain_dog));
+        backoff(&mut failures);
+    }
+}
+
+fn backoff(failures: &mut u32) {
+    let ms = 50u64 << (*failures).min(5);
+    *failures += 1;
+    std::thread::sleep(Duration::from_millis(ms.min(1000)));
+}
+
+/// Passes on requests from connections a dead accept thread had accepted, until
+/// none has come for a while.
+fn drain(server: Server, tx: Sender<Request>, watchdog: &conn::Watchdog) {
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(300) {
+        if let Ok(Some(rq)) = server.recv_timeout(Duration::from_secs(1)) {
+            last = Instant::now();
+            watchdog.request_arrived(rq.remote_addr().copied());
+            if tx.send(rq).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn worker(ctx: &Ctx, rx: &Mutex<Receiver<Request>>) {
+    loop {
+        let next = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(rq) = next else { return };
+        // A bug in one request must not cost a worker.
+        if catch_unwind(AssertUnwindSafe(|| serve_one(ctx, rq))).is_err() {
+            error!("http: a request handler panicked");
+        }
+    }
+}
+
+/// Values of every header `name` of the request.
+fn headers<'a>(rq: &'a Request, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    rq.headers()
+        .iter()
+        .filter(move |h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+fn header<'a>(rq: &'a Request, name: &'a str) -> Option<&'a str> {
+    headers(rq, name).next()
+}
+
+/// Control characters of a request target, escaped for the log.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn serve_one(ctx: &Ctx, rq: Request) {
+    let started = Instant::now();
+    let method = rq.method().clone();
+    let url = printable(rq.url());
+    let peer = rq.remote_addr().copied();
+    let reply = route(ctx, &rq);
+    let (status, sent, note) = response::send(ctx.port, rq, reply, method == Method::Head, peer);
+    ctx.watchdog.request_done(peer);
+    let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+    info!(
+        target: "pgbootfs::access",
+        "{peer} {method} {url} {status} {sent} {}ms{note}",
+        started.elapsed().as_millis()
+    );
+}
+
+fn route(ctx: &Ctx, rq: &Request) -> Reply {
+    if !matches!(rq.method(), Method::Get | Method::Head) {
+        return Reply::text(405).header("Allow", "GET, HEAD");
+    }
+    let target = match path::parse(rq.url()) {
+        Ok(t) => t,
+        Err(PathError::Bad) => return Reply::text(400),
+        Err(PathError::NotFound) => return Reply::text(404),
+    };
+    let tree = ctx.catalog.snapshot();
+    let updated = tree
+        .get(crate::catalog::ROOT)
+        .map_or(SystemTime::UNIX_EPOCH, |n| n.mtime);
+    let parts = match target {
+        Target::StreamIndex => {
+            return Reply::json(&streams::index(&tree, &range::fmt_date(updated)))
+                .header("Last-Modified", range::fmt_date(updated));
+        }
+        Target::StreamProducts => {
+            return Reply::json(&streams::products(&tree, &range::fmt_date(updated)))
+                .header("Last-Modified", range::fmt_date(updated));
+        }
+        Target::Tree(parts, trailing) => (parts, trailing),
+    };
+    let (parts, trailing) = parts;
+    let Some(node) = tree.resolve(parts.iter().map(String::as_str)) else {
+        return Reply::text(404);
+    };
+    match &node.kind {
+        NodeKind::Dir(_) => {
+            let wants_json =
+                headers(rq, "Accept").any(|v| v.to_ascii_lowercase().contains("application/json"));
+            let reply = if wants_json {
+                Reply::json(&listing::json(&tree, node))
+            } else {
+                let base = if parts.len() < path_depth(rq.url()) {
+                    "/MAAS/images-stream"
+                } else {
+                    ""
+                };
+                Reply::new(
+                    200,
+                    Body::Bytes(listing::html(&tree, node, base).into_bytes()),
+                )
+                .header("Content-Type", "text/html; charset=utf-8")
+            };
+            reply.header("Vary", "Accept")
+        }
+        NodeKind::File(_) if trailing => Reply::text(404),
+        NodeKind::File(f) => file_reply(ctx, rq, node, f),
+    }
+}
+
+/// Number of non-empty segments of the raw target (to tell whether the MAAS prefix
+/// was used).
+fn path_depth(url: &str) -> usize {
+    url.split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .count()
+}
+
+fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
+    let tag = range::etag(&f.sha256);
+    let modified = range::fmt_date(node.mtime);
+    let validators = |r: Reply| {
+        r.header("ETag", tag.clone())
+            .header("Last-Modified", modified.clone())
+    };
+    // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
+    let inm: Vec<&str> = headers(rq, "If-None-Match").collect();
+    let not_modified = if !inm.is_empty() {
+        range::none_match_hits(&inm, &tag)
+    } else {
+        header(rq, "If-Modified-Since")
+            .and_then(range::parse_date)
+            .is_some_and(|since| range::not_modified_since(node.mtime, since))
+    };
+    if not_modified {
+        return validators(Reply::new(304, Body::None));
+    }
+    // Range is defined for GET only; a stale If-Range gets the whole file.
+    let mut ask = match header(rq, "Range") {
+        Some(v) if *rq.method() == Method::Get => range::parse_range(v, f.size),
+        _ => RangeAsk::Full,
+    };
+    if ask != RangeAsk::Full
+        && header(rq, "If-Range").is_some_and(|v| !range::if_range_holds(v, &tag, node.mtime))
+    {
+        ask = RangeAsk::Full;
+    }
+    let handle = || Box::new(Handle::new(&ctx.pool, f.oid, f.size, &node.path));
+    let reply = match ask {
+        RangeAsk::Unsatisfiable => {
+            Reply::text(416).header("Content-Range", format!("bytes */{}", f.size))
+        }
+        RangeAsk::Part(first, last) => Reply::new(
+            206,
+            Body::File {
+                handle: handle(),
+                start: first,
+                len: last - first + 1,
+            },
+        )
+        .header("Content-Range", format!("bytes {first}-{last}/{}", f.size))
+        .header("Content-Type", "application/octet-stream"),
+        RangeAsk::Full => Reply::new(
+            200,
+            Body::File {
+                handle: handle(),
+                start: 0,
+                len: f.size,
+            },
+        )
+        .header("Content-Type", "application/octet-stream"),
+    };
+    validators(reply.header("Accept-Ranges", "bytes"))
+}

@@ -1,0 +1,217 @@
+//! Writing responses raw on tiny_http's per-request writer: status line and headers
+//! of our own (Content-Length always, except on a 304), and image bodies copied
+//! straight from the handle's buffers in chunk-sized writes.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use log::{debug, warn};
+use tiny_http::Request;
+
+use crate::handle::{Handle, HandleErrorKind, READ_CHUNK};
+
+use super::{conn, range};
+
+/// Seconds a client is told to wait after a 503.
+const RETRY_AFTER: &str = "5";
+
+/// A response before it is written.
+pub(super) struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+pub(super) enum Body {
+    /// No body and no Content-Length (304).
+    None,
+    /// A small generated body.
+    Bytes(Vec<u8>),
+    /// `len` bytes of an image from `start`.
+    File {
+        handle: Box<Handle>,
+        start: u64,
+        len: u64,
+    },
+}
+
+impl Reply {
+    pub(super) fn new(status: u16, body: Body) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    pub(super) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        // Values can come from database rows (the sha256 in an ETag): never let one
+        // end the header early.
+        let value: String = value.into().chars().filter(|c| !c.is_control()).collect();
+        self.headers.push((name, value));
+        self
+    }
+
+    pub(super) fn text(status: u16) -> Reply {
+        Reply::new(
+            status,
+            Body::Bytes(format!("{status} {}\n", reason(status)).into_bytes()),
+        )
+        .header("Content-Type", "text/plain; charset=utf-8")
+    }
+
+    pub(super) fn json(value: &serde_json::Value) -> Reply {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        Reply::new(200, Body::Bytes(body)).header("Content-Type", "application/json")
+    }
+
+    fn len(&self) -> Option<u64> {
+        match &self.body {
+            Body::None => None,
+            Body::Bytes(b) => Some(b.len() as u64),
+            Body::File { len, .. } => Some(*len),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Writes the reply; returns status, body bytes sent and a note for the log.
+pub(super) fn send(
+    port: u16,
+    rq: Request,
+    mut reply: Reply,
+    head: bool,
+    peer: Option<SocketAddr>,
+) -> (u16, u64, String) {
+    let mut w = rq.into_writer();
+    if let Body::File { handle, len, .. } = &reply.body
+        && !head
+        && *len > 0
+    {
+        // flush() waits for this response's turn on a pipelined connection: only
+        // then is the database touched.
+        if let Err(e) = w.flush() {
+            return (reply.status, 0, format!(" (client gone: {e})"));
+        }
+        if let Err(e) = handle.ensure_open() {
+            // Busy or unreachable: worth retrying. Anything else is our fault.
+            let busy = e.errno() == libc::EAGAIN || matches!(e.kind, HandleErrorKind::Connect(_));
+            warn!("http: {e}");
+            reply = if busy {
+                Reply::text(503).header("Retry-After", RETRY_AFTER)
+            } else {
+                Reply::text(500)
+            };
+        }
+    }
+    let mut head_bytes = format!(
+        "HTTP/1.1 {} {}\r\nServer: pgbootfs\r\nDate: {}\r\n",
+        reply.status,
+        reason(reply.status),
+        range::fmt_date(SystemTime::now())
+    );
+    for (name, value) in &reply.headers {
+        head_bytes.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(len) = reply.len() {
+        head_bytes.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    head_bytes.push_str("\r\n");
+    if let Err(e) = w.write_all(head_bytes.as_bytes()) {
+        return (reply.status, 0, format!(" (client gone: {e})"));
+    }
+    let status = reply.status;
+    let result = match reply.body {
+        _ if head => Ok(0),
+        Body::None => Ok(0),
+        Body::Bytes(b) => w
+            .write_all(&b)
+            .map(|_| b.len() as u64)
+            .map_err(|e| (0, e.to_string())),
+        Body::File { handle, start, len } => {
+            let r = copy_file(&handle, start, len, &mut w);
+            // End the transaction before anything else can block.
+            handle.close();
+            r
+        }
+    };
+    let result = result.and_then(|n| w.flush().map(|_| n).map_err(|e| (n, e.to_string())));
+    match result {
+        Ok(n) => (status, n, String::new()),
+        Err((n, why)) => {
+            drop(w);
+            // The client must see a short transfer, not wait for the rest.
+            let cut = peer.is_some_and(|p| conn::close_peer(port, p));
+            debug!("http: cut connection from {peer:?}: {cut}");
+            (status, n, format!(" (aborted: {why})"))
+        }
+    }
+}
+
+/// Streams `len` bytes from `start`, in writes of up to [`READ_CHUNK`] aligned to the
+/// handle's chunks. Err carries the bytes sent and why it stopped.
+fn copy_file(
+    handle: &Handle,
+    start: u64,
+    len: u64,
+    w: &mut dyn Write,
+) -> Result<u64, (u64, String)> {
+    let end = start + len;
+    let mut pos = start;
+    while pos < end {
+        let want = (READ_CHUNK - pos % READ_CHUNK).min(end - pos) as usize;
+        let res = handle.read_with(pos, want, |bytes| write_counted(w, bytes));
+        match res {
+            Ok((n, Ok(()))) if n > 0 => pos += n as u64,
+            Ok((_, Ok(()))) => {
+                return Err((pos - start, format!("{}: ended early", handle.path())));
+            }
+            Ok((n, Err(e))) => return Err((pos - start + n as u64, format!("client: {e}"))),
+            Err(e) => return Err((pos - start, e.to_string())),
+        }
+    }
+    Ok(len)
+}
+
+/// Writes all of `buf`; returns how much got out and whether all did.
+fn write_counted(w: &mut dyn Write, buf: &[u8]) -> (usize, io::Result<()>) {
+    let mut off = 0;
+    while off < buf.len() {
+        match w.write(&buf[off..]) {
+            Ok(0) => return (off, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (off, Err(e)),
+        }
+    }
+    (off, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_cannot_split_the_header() {
+        let r = Reply::new(304, Body::None).header("ETag", "\"ab\r\nSet-Cookie: x\"");
+        assert_eq!(r.headers, [("ETag", "\"abSet-Cookie: x\"".to_string())]);
+        assert_eq!(r.len(), None);
+        assert_eq!(Reply::text(404).len(), Some("404 Not Found\n".len() as u64));
+    }
+}
