@@ -28,8 +28,11 @@ pub const READ_CHUNK: u64 = crate::stream::CHUNK;
 /// Bytes fetched per round trip for a random read: small enough to answer fast.
 const RANDOM_CHUNK: u64 = 256 << 10;
 
-/// Most chunks a handle keeps waiting for out-of-order kernel requests.
-const RECENT: usize = 6;
+/// Most chunks a handle keeps waiting for out-of-order kernel requests. The kernel
+/// keeps up to 16 reads in flight per mount (FUSE max_background) and our threads
+/// take them in any order, so a chunk pulled early must wait for as many requests.
+/// Chunks leave once served, so only unserved ones count against this.
+const RECENT: usize = 16;
 
 /// A read this far ahead of the stream still counts as sequential.
 const STREAM_SKIP: u64 = 16 << 20;
@@ -385,6 +388,12 @@ impl Handle {
                 }
             }
             return self.pull(st, offset);
+        }
+        if let Some(s) = &st.streamer {
+            debug!(
+                "{}: read at {offset} left the stream (next {})",
+                self.path, s.next
+            );
         }
         self.stop_stream(st)?;
         let chunk = self.fetch(st, offset - offset % RANDOM_CHUNK, RANDOM_CHUNK)?;
