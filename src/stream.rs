@@ -28,9 +28,9 @@ const ROW: u64 = 256 << 10;
 
 /// Bytes all streams together may queue ahead of their readers. A lone stream may
 /// run up to 16 MiB ahead, which bridges the gaps between the kernel's read-ahead
-/// batches; with many streams each gets its share, but never less than 2 chunks.
+/// batches; with many streams each gets its share, but never less than one chunk.
 const QUEUE_BUDGET: u64 = 48 << 20;
-const MIN_QUEUE: usize = 2;
+const MIN_QUEUE: usize = 1;
 const MAX_QUEUE: usize = 32;
 
 /// Streams running now, in this process.
