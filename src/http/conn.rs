@@ -80,54 +80,41 @@ fn sock_addr(
     to_socket_addr(&ss)
 }
 
+/// Every socket of ours accepted on local port `port`: descriptor and peer. tiny_http
+/// gives no access to its sockets, so they are found in /proc/self/fd.
+fn accepted_sockets(port: u16) -> Vec<(i32, SocketAddr)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|fd| {
+            let peer = sock_addr(fd, libc::getpeername)?;
+            let local = sock_addr(fd, libc::getsockname)?;
+            (local.port() == port).then_some((fd, peer))
+        })
+        .collect()
+}
+
 /// Shuts down our accepted connection from `peer` on local port `port`, so a client
 /// waiting for the rest of a body sees the connection end instead of waiting forever.
 /// Returns whether it was found.
 pub fn close_peer(port: u16, peer: SocketAddr) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if sock_addr(fd, libc::getpeername) != Some(peer) {
-            continue;
+    match accepted_sockets(port).into_iter().find(|(_, p)| *p == peer) {
+        Some((fd, _)) => {
+            // SAFETY: shutdown on a descriptor we own (tiny_http's socket, still open).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            true
         }
-        if sock_addr(fd, libc::getsockname).map(|a| a.port()) != Some(port) {
-            continue;
-        }
-        // SAFETY: shutdown on a descriptor we own (tiny_http's socket, still open).
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        return true;
+        None => false,
     }
-    false
 }
 
 /// Our accepted connections now: descriptor and peer, one per peer.
 fn connections(port: u16) -> Vec<(i32, SocketAddr)> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
     let mut out: Vec<(i32, SocketAddr)> = Vec::new();
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Some(peer) = sock_addr(fd, libc::getpeername) else {
-            continue;
-        };
-        if sock_addr(fd, libc::getsockname).map(|a| a.port()) == Some(port)
-            && !out.iter().any(|(_, p)| *p == peer)
-        {
+    for (fd, peer) in accepted_sockets(port) {
+        if !out.iter().any(|(_, p)| *p == peer) {
             out.push((fd, peer));
         }
     }
@@ -136,25 +123,16 @@ fn connections(port: u16) -> Vec<(i32, SocketAddr)> {
 
 /// Points every descriptor of the connection from `peer` at /dev/null, so the
 /// socket closes (with a reset) and its reader sees end of file. Each descriptor's
-/// addresses are checked just before, so a descriptor reused meanwhile is left alone.
+/// peer is checked just before, so a descriptor reused meanwhile is left alone.
 fn detach(port: u16, peer: SocketAddr) {
     let Ok(null) = std::fs::File::open("/dev/null") else {
         return;
     };
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if sock_addr(fd, libc::getpeername) == Some(peer)
-            && sock_addr(fd, libc::getsockname).map(|a| a.port()) == Some(port)
-        {
+    for (fd, _) in accepted_sockets(port)
+        .into_iter()
+        .filter(|(_, p)| *p == peer)
+    {
+        if sock_addr(fd, libc::getpeername) == Some(peer) {
             // SAFETY: both descriptors are open; dup2 replaces fd atomically.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
