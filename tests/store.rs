@@ -55,11 +55,7 @@ fn imported_tree_mounts_and_every_sha256sum_matches() {
         );
     }
     let mut c = pg.client("postgres");
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
 }
 
 #[test]
@@ -240,11 +236,7 @@ fn shared_content_is_stored_once_and_reimport_is_a_no_op() {
     assert!(out.contains("3 unchanged"), "{out}");
     assert_eq!(counts(&mut c), first);
     assert_eq!(oids(&mut c), before, "no new large object");
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
 }
 
 #[test]
@@ -283,11 +275,7 @@ fn changed_content_is_refused_unless_replace() {
         2,
         "the old squashfs is unlinked"
     );
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
     pgbootfs_ok(&db, &["verify"]);
 }
 
@@ -344,11 +332,7 @@ fn kill_9_mid_import_leaves_nothing_and_a_rerun_completes() {
         (1, 3, 3, 3),
         "{n:?}"
     );
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
     let ls = pgbootfs_ok(&db, &["ls"]);
     assert!(ls.contains("20240101") && !ls.contains("20240202"), "{ls}");
 
@@ -364,11 +348,7 @@ fn kill_9_mid_import_leaves_nothing_and_a_rerun_completes() {
         (2, 6, 6, 6),
         "{n:?}"
     );
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
     for (rel, data) in &all {
         let sha: String = c
             .query_one(
@@ -514,11 +494,7 @@ fn remove_leaves_no_orphans_and_no_dangling_rows() {
         (n.resources, n.sets, n.files, n.largefiles, n.large_objects),
         (2, 2, 3, 3, 3)
     );
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
     pgbootfs_ok(&db, &["verify"]);
 
     // A whole series: the resource goes with its last version.
@@ -529,19 +505,11 @@ fn remove_leaves_no_orphans_and_no_dangling_rows() {
         (n.resources, n.sets, n.files, n.largefiles, n.large_objects),
         (1, 1, 1, 1, 1)
     );
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
     let out = pgbootfs_ok(&db, &["remove", "custom/amd64/generic"]);
     assert!(out.contains("removed 1 version(s)"), "{out}");
     assert_eq!(counts(&mut c).large_objects, 0);
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
 }
 
 #[test]
@@ -656,11 +624,7 @@ fn an_sstream_mirror_imports_with_checksums_verified() {
     let out = pgbootfs_ok(&db, &["import", mirror.to_str().unwrap()]);
     assert!(out.contains("1 unchanged"), "{out}");
     pgbootfs_ok(&db, &["verify"]);
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
 }
 
 #[test]
@@ -778,9 +742,5 @@ fn a_lost_connection_mid_import_leaves_nothing_and_says_so() {
     // The next run does the whole job.
     let out = import(&db, &src);
     assert!(out.contains("1 version(s) new"), "{out}");
-    assert!(
-        inconsistencies(&mut c).is_empty(),
-        "{:?}",
-        inconsistencies(&mut c)
-    );
+    assert_consistent(&mut c);
 }

@@ -142,6 +142,12 @@ pub fn counts(c: &mut Client) -> Counts {
     }
 }
 
+/// Fails the test, listing what is wrong, if any row dangles or large object is orphaned.
+pub fn assert_consistent(c: &mut Client) {
+    let found = inconsistencies(c);
+    assert!(found.is_empty(), "store inconsistent: {found:?}");
+}
+
 /// Every dangling row or orphaned large object, described; empty when consistent.
 pub fn inconsistencies(c: &mut Client) -> Vec<String> {
     let checks = [
