@@ -51,11 +51,6 @@ impl OpenTable {
         }
         files.len()
     }
-
-    /// Number of files open now.
-    pub fn open_files(&self) -> usize {
-        self.files.lock().len()
-    }
 }
 
 /// The read-only file system over a catalog.
