@@ -613,10 +613,7 @@ fn still_serves_after_a_thousand_idle_connections() {
 #[test]
 fn accept_errors_do_not_stop_the_server() {
     let (pg, data) = images(1000);
-    let tmp = tempfile::Builder::new()
-        .prefix("pgbt-http-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = temp_dir("pgbt-http-");
     let log = tmp.path().join("pgbootfs.log");
     // Few descriptors: holding connections open makes accept fail with EMFILE.
     let child = Command::new("prlimit")

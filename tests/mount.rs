@@ -441,17 +441,11 @@ fn stale_mount_from_a_killed_run_is_cleaned_up() {
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "a", &bytes(91, 1000));
-    let tmp = tempfile::Builder::new()
-        .prefix("pgbt-mnt-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = temp_dir("pgbt-mnt-");
     let dir = tmp.path().join("mnt");
     fs::create_dir(&dir).unwrap();
     let mut first = Mount::start_at(
-        tempfile::Builder::new()
-            .prefix("pgbt-log-")
-            .tempdir_in("/tmp")
-            .unwrap(),
+        temp_dir("pgbt-log-"),
         dir.clone(),
         &pg.conninfo("postgres"),
         &[],

@@ -58,6 +58,15 @@ fn imported_tree_mounts_and_every_sha256sum_matches() {
     assert_consistent(&mut c);
 }
 
+/// Kills an import with SIGKILL, waits for its backend to go, and returns the rows
+/// and large objects left: (sets, files, largefiles, large objects).
+fn kill_and_count(mut run: Running, c: &mut postgres::Client) -> (i64, i64, i64, i64) {
+    run.kill9();
+    wait_backends_gone(c, "pgbootfs-import");
+    let n = counts(c);
+    (n.sets, n.files, n.largefiles, n.large_objects)
+}
+
 #[test]
 fn rows_are_what_maas_writes() {
     let pg = Cluster::start();
@@ -305,14 +314,7 @@ fn kill_9_mid_import_leaves_nothing_and_a_rerun_completes() {
         &format!("{JAMMY}/20240101/boot-kernel"),
         Duration::from_secs(120),
     );
-    run.kill9();
-    wait_backends_gone(&mut c, "pgbootfs-import");
-    let n = counts(&mut c);
-    assert_eq!(
-        (n.sets, n.files, n.largefiles, n.large_objects),
-        (0, 0, 0, 0),
-        "{n:?}"
-    );
+    assert_eq!(kill_and_count(run, &mut c), (0, 0, 0, 0));
 
     // Killed in the 2nd version after the 1st committed: exactly the 1st is there.
     let mut run = Running::start(&db, &["import", &arg]);
@@ -324,14 +326,7 @@ fn kill_9_mid_import_leaves_nothing_and_a_rerun_completes() {
         &format!("{JAMMY}/20240202/boot-kernel"),
         Duration::from_secs(120),
     );
-    run.kill9();
-    wait_backends_gone(&mut c, "pgbootfs-import");
-    let n = counts(&mut c);
-    assert_eq!(
-        (n.sets, n.files, n.largefiles, n.large_objects),
-        (1, 3, 3, 3),
-        "{n:?}"
-    );
+    assert_eq!(kill_and_count(run, &mut c), (1, 3, 3, 3));
     assert_consistent(&mut c);
     let ls = pgbootfs_ok(&db, &["ls"]);
     assert!(ls.contains("20240101") && !ls.contains("20240202"), "{ls}");

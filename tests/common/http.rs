@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::bin;
+use super::{bin, temp_dir};
 
 /// A running `pgbootfs serve`, stopped on drop.
 pub struct Server {
@@ -22,10 +22,7 @@ impl Server {
     /// Starts `pgbootfs serve --listen 127.0.0.1:0` with extra args and waits for
     /// the address it logs.
     pub fn start(conninfo: &str, extra: &[&str]) -> Server {
-        let tmp = tempfile::Builder::new()
-            .prefix("pgbt-http-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let tmp = temp_dir("pgbt-http-");
         let log = tmp.path().join("pgbootfs.log");
         let child = Command::new(bin())
             .args(["--db", conninfo, "serve", "--listen", "127.0.0.1:0"])

@@ -141,10 +141,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("pgbt-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = temp_dir("pgbt-");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
         run_ok(
@@ -220,6 +217,14 @@ impl Drop for Cluster {
             .stderr(Stdio::null());
         let _ = c.status();
     }
+}
+
+/// A temp dir under /tmp (short paths: unix socket names are limited), removed on drop.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
 }
 
 /// A fresh cluster whose `postgres` database has the MAAS tables, and a client on it.
@@ -417,10 +422,7 @@ pub struct Mount {
 impl Mount {
     /// Starts `pgbootfs mount` on `conninfo` with extra args and waits until mounted.
     pub fn start(conninfo: &str, extra: &[&str]) -> Mount {
-        let tmp = tempfile::Builder::new()
-            .prefix("pgbt-mnt-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let tmp = temp_dir("pgbt-mnt-");
         let dir = tmp.path().join("mnt");
         fs::create_dir(&dir).unwrap();
         Self::start_at(tmp, dir, conninfo, extra)

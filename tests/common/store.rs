@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use serde_json::json;
 
-use super::{bin, sha256_hex};
+use super::{bin, sha256_hex, temp_dir};
 
 /// A temporary source directory.
 pub struct SrcTree {
@@ -21,10 +21,7 @@ pub struct SrcTree {
 impl SrcTree {
     pub fn new() -> SrcTree {
         SrcTree {
-            dir: tempfile::Builder::new()
-                .prefix("pgbt-src-")
-                .tempdir_in("/tmp")
-                .unwrap(),
+            dir: temp_dir("pgbt-src-"),
         }
     }
 
@@ -202,10 +199,7 @@ pub struct Running {
 
 impl Running {
     pub fn start(conninfo: &str, args: &[&str]) -> Running {
-        let tmp = tempfile::Builder::new()
-            .prefix("pgbt-run-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let tmp = temp_dir("pgbt-run-");
         let log = tmp.path().join("stderr.log");
         let child = Command::new(bin())
             .args(["--db", conninfo])
