@@ -188,16 +188,21 @@ fn resolve(listen: &str) -> io::Result<SocketAddr> {
 }
 
 /// Feeds requests to the workers. tiny_http's accept thread ends at the first
-/// accept error (EMFILE, ECONNABORTED, ...): then a new server is built on the same
-/// listening socket, and the old one is drained for its open connections.
+/// accept error (EMFILE, ECONNABORTED, ...) and panics when it cannot duplicate an
+/// accepted socket: either way a new server is built on the same listening socket,
+/// and the old one is drained for the connections it had accepted.
 fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::Watchdog>) {
     let mut failures: u32 = 0;
     loop {
         let server = listener
             .try_clone()
+            .and_then(|l| Ok((conn::ListenerCopy::new(&l)?, l)))
             .map_err(|e| e.to_string())
-            .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()));
-        let server = match server {
+            .and_then(|(copy, l)| {
+                let server = Server::from_listener(l, None).map_err(|e| e.to_string())?;
+                Ok((copy, server))
+            });
+        let (copy, server) = match server {
             Ok(s) => s,
             Err(e) => {
                 warn!("http: cannot restart the listener: {e}");
@@ -206,18 +211,23 @@ fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::W
             }
         };
         loop {
-            match server.recv() {
-                Ok(rq) => {
+            match server.recv_timeout(Duration::from_secs(1)) {
+                Ok(Some(rq)) => {
                     failures = 0;
                     watchdog.request_arrived(rq.remote_addr().copied());
                     if tx.send(rq).is_err() {
                         return;
                     }
                 }
+                Ok(None) => {}
                 Err(e) => {
                     warn!("http: accepting connections failed ({e}); listening again");
                     break;
                 }
+            }
+            if !copy.alive() {
+                warn!("http: accepting connections failed (accept thread died); listening again");
+                break;
             }
         }
         let drain_tx = tx.clone();

@@ -149,10 +149,47 @@ impl HttpArgs {
     }
 }
 
+/// A panic in any thread, ours or a library's, becomes one log line: a daemon's
+/// stderr is often a journal, where a multi-line report splits into pieces.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log::error!("thread {name} panicked: {info}");
+    }));
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as servers do:
+/// every HTTP connection costs two descriptors in tiny_http and every handle one
+/// database socket, and the usual soft limit of 1024 is soon reached.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log::debug!(
+                    "cannot raise the descriptor limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+    log_panics();
+    raise_fd_limit();
     let cli = Cli::parse();
     let result = DbConfig::resolve(cli.db.as_deref())
         .map_err(|e| e.to_string())

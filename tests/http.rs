@@ -613,42 +613,60 @@ fn still_serves_after_a_thousand_idle_connections() {
 #[test]
 fn accept_errors_do_not_stop_the_server() {
     let (pg, data) = images(1000);
-    let tmp = temp_dir("pgbt-http-");
-    let log = tmp.path().join("pgbootfs.log");
-    // Few descriptors: holding connections open makes accept fail with EMFILE.
-    let child = Command::new("prlimit")
-        .args(["--nofile=40:40", "--", bin()])
-        .args(["--db", &pg.conninfo("postgres")])
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "pgbootfs=debug,info")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let srv = Server::wait(child, log, tmp);
-    let held: Vec<TcpStream> = (0..60)
-        .map(|_| TcpStream::connect(srv.addr).unwrap())
-        .collect();
-    assert!(
-        wait_until(Duration::from_secs(10), || srv
-            .log()
-            .contains("accepting connections failed")),
-        "accept never failed:\n{}",
-        srv.log()
-    );
-    drop(held);
-    let ok = wait_until(Duration::from_secs(20), || {
-        let Ok(mut s) = TcpStream::connect(srv.addr) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let req = format!("GET {SMALL} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        let mut buf = Vec::new();
-        s.write_all(req.as_bytes()).is_ok()
-            && s.read_to_end(&mut buf).is_ok()
-            && buf.ends_with(&data.small)
-    });
-    assert!(ok, "not serving after EMFILE:\n{}", srv.log());
+    // Each connection costs tiny_http two descriptors: the accepted socket and a
+    // duplicate. With an even count left, accept() itself fails with EMFILE; with
+    // an odd one, the duplicate fails and tiny_http's accept thread panics. Two
+    // limits one apart make both happen; either way the server must come back.
+    let mut seen = Vec::new();
+    for limit in [40, 41] {
+        let tmp = temp_dir("pgbt-http-");
+        let log = tmp.path().join("pgbootfs.log");
+        let child = Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .args(["--", bin()])
+            .args(["--db", &pg.conninfo("postgres")])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "pgbootfs=debug,info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let srv = Server::wait(child, log, tmp);
+        let held: Vec<TcpStream> = (0..60)
+            .map(|_| TcpStream::connect(srv.addr).unwrap())
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(10), || srv
+                .log()
+                .contains("accepting connections failed")),
+            "limit {limit}: accept never failed:\n{}",
+            srv.log()
+        );
+        drop(held);
+        let ok = wait_until(Duration::from_secs(20), || {
+            let Ok(mut s) = TcpStream::connect(srv.addr) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let req = format!("GET {SMALL} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let mut buf = Vec::new();
+            s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_end(&mut buf).is_ok()
+                && buf.ends_with(&data.small)
+        });
+        assert!(
+            ok,
+            "limit {limit}: not serving after EMFILE:\n{}",
+            srv.log()
+        );
+        let log = srv.log();
+        seen.push((
+            limit,
+            log.contains("accept thread died"),
+            log.contains("panicked"),
+        ));
+    }
+    eprintln!("(limit, accept thread died, panic logged): {seen:?}");
 }
 
 #[test]

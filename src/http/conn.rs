@@ -39,6 +39,44 @@ pub fn bind(addr: SocketAddr, send_timeout: Duration) -> io::Result<TcpListener>
     Ok(listener)
 }
 
+/// Watches the copy of the listening socket that a tiny_http server owns.
+///
+/// tiny_http's accept thread owns its listener and drops it when the thread ends.
+/// It ends on an accept error, which `recv` reports, but also by panicking when it
+/// cannot duplicate an accepted socket (EMFILE), which nothing reports: `recv`
+/// just waits for ever. A descriptor that no longer names the listening socket
+/// means the thread is gone.
+pub struct ListenerCopy {
+    fd: i32,
+    id: (u64, u64),
+}
+
+impl ListenerCopy {
+    /// Records the descriptor of `copy`, which must be a duplicate of the listener.
+    pub fn new(copy: &TcpListener) -> io::Result<ListenerCopy> {
+        let fd = copy.as_raw_fd();
+        let id = socket_id(fd).ok_or_else(io::Error::last_os_error)?;
+        Ok(ListenerCopy { fd, id })
+    }
+
+    /// Whether the descriptor is still open on the same socket. A reused number
+    /// names another inode, so reuse cannot pass for the listener.
+    pub fn alive(&self) -> bool {
+        socket_id(self.fd) == Some(self.id)
+    }
+}
+
+/// Device and inode of what `fd` names, if it is open.
+fn socket_id(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: zeroed memory is a valid stat buffer, and fstat only writes into it.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: fstat on any integer is safe; a closed descriptor gives EBADF.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev as u64, st.st_ino as u64))
+}
+
 /// The address in a sockaddr_storage, for IPv4 and IPv6.
 fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as i32 {
