@@ -145,6 +145,24 @@ pub struct SetInfo {
     pub files: BTreeMap<String, Ino>,
 }
 
+/// What a refresh changed, for caches outside the catalog (the kernel's).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Directories whose entries or attributes differ, or that are gone.
+    pub dirs: Vec<Ino>,
+    /// Files whose attributes differ (content never changes under an inode number).
+    pub files: Vec<Ino>,
+    /// Names, as (parent, name), that no longer lead to the same inode.
+    pub names: Vec<(Ino, String)>,
+}
+
+impl Changes {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty() && self.files.is_empty() && self.names.is_empty()
+    }
+}
+
 /// An immutable snapshot of the whole tree.
 #[derive(Debug, Default)]
 pub struct Tree {
@@ -155,6 +173,47 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// What differs in this tree from `old`, as seen from `old`: new entries show
+    /// as a change of their directory, and a name whose inode changed or vanished
+    /// is listed so a cached lookup of it can be dropped.
+    pub fn changes_since(&self, old: &Tree) -> Changes {
+        let mut c = Changes::default();
+        for (ino, was) in &old.nodes {
+            let now = self.nodes.get(ino);
+            match (&was.kind, now) {
+                (
+                    NodeKind::Dir(before),
+                    Some(
+                        n @ Node {
+                            kind: NodeKind::Dir(after),
+                            ..
+                        },
+                    ),
+                ) => {
+                    if before != after || was.mtime != n.mtime {
+                        c.dirs.push(*ino);
+                    }
+                    for (name, child) in before {
+                        if after.get(name) != Some(child) {
+                            c.names.push((*ino, name.clone()));
+                        }
+                    }
+                }
+                (NodeKind::Dir(before), _) => {
+                    c.dirs.push(*ino);
+                    c.names
+                        .extend(before.keys().map(|name| (*ino, name.clone())));
+                }
+                (NodeKind::File(_), Some(n)) if n.mtime != was.mtime => c.files.push(*ino),
+                (NodeKind::File(_), _) => {}
+            }
+        }
+        c.dirs.sort_unstable();
+        c.files.sort_unstable();
+        c.names.sort_unstable();
+        c
+    }
+
     /// The node with this inode number.
     pub fn get(&self, ino: Ino) -> Option<&Node> {
         self.nodes.get(&ino)
@@ -296,12 +355,13 @@ impl Catalog {
         self.current.read().clone()
     }
 
-    /// Reloads the tree from the database and swaps it in.
-    pub fn refresh(&self) -> Result<(), CatalogError> {
+    /// Reloads the tree from the database, swaps it in and says what changed.
+    pub fn refresh(&self) -> Result<Changes, CatalogError> {
         let rows = self.load_rows()?;
         let tree = self.build(rows);
         let old = std::mem::replace(&mut *self.current.write(), Arc::new(tree));
         let new = self.snapshot();
+        let changes = new.changes_since(&old);
         if old.file_count != new.file_count || old.total_bytes != new.total_bytes {
             info!(
                 "catalog: {} files in {} sets, {} bytes",
@@ -310,11 +370,16 @@ impl Catalog {
                 new.total_bytes
             );
         }
-        Ok(())
+        Ok(changes)
     }
 
-    /// Refreshes every `every` in a background thread while the catalog lives.
-    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> std::io::Result<JoinHandle<()>> {
+    /// Refreshes every `every` in a background thread while the catalog lives, and
+    /// passes what changed to `on_change` (not called when nothing did).
+    pub fn spawn_refresher(
+        self: &Arc<Self>,
+        every: Duration,
+        on_change: impl Fn(&Changes) + Send + 'static,
+    ) -> std::io::Result<JoinHandle<()>> {
         let weak: Weak<Catalog> = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("catalog-refresh".into())
@@ -324,8 +389,10 @@ impl Catalog {
                     let Some(catalog) = weak.upgrade() else {
                         return;
                     };
-                    if let Err(e) = catalog.refresh() {
-                        warn!("catalog refresh failed, keeping the previous tree: {e}");
+                    match catalog.refresh() {
+                        Ok(changes) if !changes.is_empty() => on_change(&changes),
+                        Ok(_) => {}
+                        Err(e) => warn!("catalog refresh failed, keeping the previous tree: {e}"),
                     }
                 }
             })
@@ -554,5 +621,74 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(t.ino("/ubuntu"), a);
         assert!(t.ino("/x") > b);
+    }
+
+    /// A tree of `(path, sha256)` files, numbered by `inodes`.
+    fn tree(inodes: &mut InodeTable, files: &[(&str, &str)]) -> Tree {
+        let mut t = Tree::default();
+        t.nodes.insert(ROOT, dir_node(ROOT, ROOT, "/".into()));
+        for (path, sha) in files {
+            let (dirs, name) = path.rsplit_once('/').unwrap();
+            let mut parent = ROOT;
+            let mut at = String::new();
+            for d in dirs.split('/').skip(1) {
+                at = format!("{at}/{d}");
+                parent = t.ensure_dir(inodes, parent, &at, d, UNIX_EPOCH);
+            }
+            let ino = inodes.ino(&format!("{path}\0{sha}"));
+            assert!(t.add_child(parent, name, ino));
+            let kind = NodeKind::File(FileInfo {
+                oid: 1,
+                size: 1,
+                sha256: sha.to_string(),
+                filetype: String::new(),
+            });
+            let path = path.to_string();
+            let mtime = UNIX_EPOCH;
+            t.nodes.insert(
+                ino,
+                Node {
+                    ino,
+                    parent,
+                    path,
+                    mtime,
+                    kind,
+                },
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn changes_name_what_the_kernel_must_forget() {
+        let mut inodes = InodeTable::default();
+        let old = tree(
+            &mut inodes,
+            &[("/u/a/1/k", "x"), ("/u/a/1/i", "y"), ("/u/b/2/k", "z")],
+        );
+        assert!(old.changes_since(&old).is_empty());
+        // /u/a/1/k gets new content, /u/a/1/i and all of /u/b go, /u/a/3 comes.
+        let new = tree(&mut inodes, &[("/u/a/1/k", "X"), ("/u/a/3/k", "x")]);
+        let c = new.changes_since(&old);
+        let mut ino = |p: &str| inodes.ino(p);
+        let mut names = vec![
+            (ino("/u/a/1"), "i".to_string()),
+            (ino("/u/a/1"), "k".to_string()),
+            (ino("/u"), "b".to_string()),
+            (ino("/u/b"), "2".to_string()),
+            (ino("/u/b/2"), "k".to_string()),
+        ];
+        names.sort_unstable();
+        assert_eq!(c.names, names);
+        let mut dirs = vec![
+            ino("/u"),
+            ino("/u/a"),
+            ino("/u/a/1"),
+            ino("/u/b"),
+            ino("/u/b/2"),
+        ];
+        dirs.sort_unstable();
+        assert_eq!(c.dirs, dirs);
+        assert!(c.files.is_empty());
     }
 }

@@ -10,19 +10,29 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, WriteFlags,
 };
 use log::{debug, info, warn};
 use parking_lot::Mutex;
 
-use crate::catalog::{Catalog, Node, NodeKind, Tree};
+use crate::catalog::{Catalog, Changes, Node, NodeKind, ROOT, Tree};
 use crate::handle::{Handle, HandlePool, READ_CHUNK};
 
-/// How long the kernel may cache names and attributes. Files never change under
-/// an inode number, so this bounds only how late a removal is noticed.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache names, attributes and listings. Content never
+/// changes under an inode number, and each refresh tells the kernel what changed
+/// (`forget`), so this only bounds staleness should a notification be lost.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// The root's attributes are kept only this long: a stat of the mountpoint then
+/// reaches the daemon, so a mount whose daemon was killed answers ENOTCONN soon
+/// (which is how the next run finds and detaches it) and not after an hour.
+const ROOT_TTL: Duration = Duration::from_secs(1);
+
+fn ttl(ino: u64) -> &'static Duration {
+    if ino == ROOT { &ROOT_TTL } else { &TTL }
+}
 
 /// A file open through the mount: its handle and the node it was opened as.
 struct OpenFile {
@@ -126,6 +136,38 @@ fn entries(tree: &Tree, ino: u64) -> Result<Vec<(&str, &Node)>, Errno> {
     Ok(list)
 }
 
+/// Tells the kernel to drop what it cached of a refresh's changes: names that now
+/// lead elsewhere or nowhere, listings and attributes of changed directories, and
+/// attributes of changed files. Call it outside request handlers: an invalidation
+/// may wait for a request in flight on the same directory.
+pub fn forget(notifier: &Notifier, changes: &Changes) {
+    let report = |what: &str, r: std::io::Result<()>| match r {
+        // The kernel had nothing cached for it, or the mount is already gone.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => {}
+        Err(e) => warn!("telling the kernel about a changed {what} failed: {e}"),
+        Ok(()) => {}
+    };
+    for (parent, name) in &changes.names {
+        report(
+            "name",
+            notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
+        );
+    }
+    for dir in &changes.dirs {
+        report("directory", notifier.inval_inode(INodeNo(*dir), 0, 0));
+    }
+    for file in &changes.files {
+        // A negative offset drops attributes only: the cached content stays valid.
+        report("file", notifier.inval_inode(INodeNo(*file), -1, 0));
+    }
+    debug!(
+        "kernel told of {} names, {} directories, {} files",
+        changes.names.len(),
+        changes.dirs.len(),
+        changes.files.len()
+    );
+}
+
 fn kind_of(node: &Node) -> FileType {
     match node.kind {
         NodeKind::Dir(_) => FileType::Directory,
@@ -154,7 +196,7 @@ impl Filesystem for BootFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let tree = self.catalog.snapshot();
         match name.to_str().and_then(|n| tree.lookup(parent.0, n)) {
-            Some(node) => reply.entry(&TTL, &self.attr(node), Generation(0)),
+            Some(node) => reply.entry(ttl(node.ino), &self.attr(node), Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -163,11 +205,11 @@ impl Filesystem for BootFs {
         if let Some(fh) = fh {
             // An open file keeps its attributes even after it left the catalog.
             if let Some(f) = self.open.files.lock().get(&fh.0) {
-                return reply.attr(&TTL, &self.attr(&f.node));
+                return reply.attr(ttl(f.node.ino), &self.attr(&f.node));
             }
         }
         match self.catalog.snapshot().get(ino.0) {
-            Some(node) => reply.attr(&TTL, &self.attr(node)),
+            Some(node) => reply.attr(ttl(node.ino), &self.attr(node)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -281,7 +323,9 @@ impl Filesystem for BootFs {
                 let fh = self.open.next_fh();
                 // Keep the snapshot so a listing is consistent across readdir calls.
                 self.open.dirs.lock().insert(fh, tree);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // The kernel may keep listings: `forget` drops them when they change.
+                let cache = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+                reply.opened(FileHandle(fh), cache);
             }
             Some(NodeKind::File(_)) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
@@ -327,7 +371,7 @@ impl Filesystem for BootFs {
                         INodeNo(node.ino),
                         i as u64 + 1,
                         name,
-                        &TTL,
+                        ttl(node.ino),
                         &attr,
                         Generation(0),
                     ) {

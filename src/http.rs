@@ -100,7 +100,7 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     let signals = crate::mount::block_stop_signals();
     let catalog = Arc::new(Catalog::open(db).map_err(ServeError::Catalog)?);
     catalog
-        .spawn_refresher(opts.refresh)
+        .spawn_refresher(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;
     let pool = HandlePool::new(db, opts.max_handles, opts.http.pool_wait);
     start(catalog, &pool, &opts.http).map_err(ServeError::Io)?;

@@ -92,9 +92,6 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     // Resolved now: once mounted, a stat of the mountpoint waits for our own session.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
     let catalog = Arc::new(Catalog::open(db)?);
-    catalog
-        .spawn_refresher(opts.refresh)
-        .map_err(|e| MountError::Mountpoint(format!("cannot start the refresh thread: {e}")))?;
     let pool = HandlePool::new(db, opts.max_handles, opts.pool_timeout);
     if let Some(http_opts) = &opts.http {
         crate::http::start(catalog.clone(), &pool, http_opts).map_err(MountError::Http)?;
@@ -123,6 +120,12 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
             err,
         })?;
     let mut unmounter = session.unmount_callable();
+    let notifier = session.notifier();
+    catalog
+        .spawn_refresher(opts.refresh, move |changes| {
+            crate::fs::forget(&notifier, changes)
+        })
+        .map_err(|e| MountError::Mountpoint(format!("cannot start the refresh thread: {e}")))?;
     raise_read_ahead(&canonical, opts.read_ahead_kb);
     info!(
         "serving {} at {} (refresh every {}s)",

@@ -381,20 +381,64 @@ fn images_added_and_removed_show_within_the_refresh_interval() {
     let data = bytes(71, 5000);
     m.file(s, "boot-kernel", &data);
     let p = mnt.path("ubuntu/amd64/generic/focal/7/boot-kernel");
-    // One refresh period plus the 1 s attribute cache, with slack for a busy machine.
+    let series = mnt.path("ubuntu/amd64/generic/focal");
+    let listing = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|d| {
+                let mut v: Vec<String> = d
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default()
+    };
+    // One refresh period, with slack for a busy machine. Names, attributes and
+    // listings are cached by the kernel for an hour: each change below shows only
+    // because the refresh tells the kernel to forget it.
     assert!(
         wait_until(Duration::from_secs(4), || p.exists()),
         "appeared"
     );
     assert_eq!(fs::read(&p).unwrap(), data);
-    c.batch_execute(
-        "DELETE FROM maasserver_bootresourcefile; DELETE FROM maasserver_bootresourceset;",
-    )
-    .unwrap();
+    assert_eq!(listing(&series), ["7"]);
+    assert_eq!(listing(&series), ["7"], "listed from the kernel's cache");
+
+    // A new version shows in a listing the kernel has cached.
+    let s8 = m.set("ubuntu/focal", "amd64/generic", "8");
+    m.file(s8, "boot-kernel", &bytes(72, 100));
+    assert!(
+        wait_until(Duration::from_secs(4), || listing(&series) == ["7", "8"]),
+        "new version listed: {:?}",
+        listing(&series)
+    );
+
+    // New content under a cached name: the name leads to the new file.
+    let replaced = bytes(73, 6000);
+    let (lf, _) = m.largefile(&replaced, None);
+    m.client
+        .execute(
+            "UPDATE maasserver_bootresourcefile SET largefile_id = $1::int8, updated = now() \
+             WHERE resource_set_id = $2::int8",
+            &[&lf, &s],
+        )
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(4), || fs::read(&p).ok()
+            == Some(replaced.clone())),
+        "replaced content read"
+    );
+
+    m.client
+        .batch_execute(
+            "DELETE FROM maasserver_bootresourcefile; DELETE FROM maasserver_bootresourceset;",
+        )
+        .unwrap();
     assert!(
         wait_until(Duration::from_secs(4), || !p.exists()),
         "vanished"
     );
+    assert!(listing(&mnt.dir).is_empty(), "{:?}", listing(&mnt.dir));
 }
 
 #[test]
@@ -452,7 +496,8 @@ fn stale_mount_from_a_killed_run_is_cleaned_up() {
     );
     let st = first.stop_with(libc::SIGKILL);
     assert!(!st.success());
-    // Once the kernel's 1 s attribute cache lapses, the stale mount answers ENOTCONN.
+    // Once the kernel's 1 s cache of the root's attributes lapses, the stale mount
+    // answers ENOTCONN.
     let stale = wait_until(Duration::from_secs(5), || {
         fs::metadata(&dir).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
     });
