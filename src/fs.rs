@@ -141,24 +141,33 @@ fn entries(tree: &Tree, ino: u64) -> Result<Vec<(&str, &Node)>, Errno> {
 /// attributes of changed files. Call it outside request handlers: an invalidation
 /// may wait for a request in flight on the same directory.
 pub fn forget(notifier: &Notifier, changes: &Changes) {
-    let report = |what: &str, r: std::io::Result<()>| match r {
+    let mut refused = 0;
+    let mut first: Option<std::io::Error> = None;
+    let mut check = |r: std::io::Result<()>| match r {
         // The kernel had nothing cached for it, or the mount is already gone.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => {}
-        Err(e) => warn!("telling the kernel about a changed {what} failed: {e}"),
+        Err(e) => {
+            refused += 1;
+            first.get_or_insert(e);
+        }
         Ok(()) => {}
     };
     for (parent, name) in &changes.names {
-        report(
-            "name",
-            notifier.inval_entry(INodeNo(*parent), OsStr::new(name)),
-        );
+        check(notifier.inval_entry(INodeNo(*parent), OsStr::new(name)));
     }
     for dir in &changes.dirs {
-        report("directory", notifier.inval_inode(INodeNo(*dir), 0, 0));
+        check(notifier.inval_inode(INodeNo(*dir), 0, 0));
     }
     for file in &changes.files {
         // A negative offset drops attributes only: the cached content stays valid.
-        report("file", notifier.inval_inode(INodeNo(*file), -1, 0));
+        check(notifier.inval_inode(INodeNo(*file), -1, 0));
+    }
+    if let Some(e) = first {
+        warn!(
+            "the kernel refused {refused} cache invalidations (first: {e}); \
+             changed paths may show their old state for up to {}s",
+            TTL.as_secs()
+        );
     }
     debug!(
         "kernel told of {} names, {} directories, {} files",
