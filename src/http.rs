@@ -304,7 +304,8 @@ fn serve_one(ctx: &Ctx, rq: Request) {
     let method = rq.method().clone();
     let url = printable(rq.url());
     let peer = rq.remote_addr().copied();
-    let reply = route(ctx, &rq);
+    let inm: Vec<&str> = headers(&rq, "If-None-Match").collect();
+    let reply = route(ctx, &rq).validated(&inm);
     let (status, sent, note) = response::send(ctx.port, rq, reply, method == Method::Head, peer);
     ctx.watchdog.request_done(peer);
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());

@@ -242,6 +242,57 @@ fn single_ranges_multiple_ranges_and_if_range() {
 }
 
 #[test]
+fn listings_and_stream_json_revalidate_by_etag() {
+    let (pg, _data) = images(1000);
+    let srv = Server::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let targets = [
+        ("/streams/v1/index.json", None),
+        ("/MAAS/images-stream/streams/v1/maas:v2:download.json", None),
+        ("/ubuntu/amd64/", None),
+        ("/ubuntu/amd64/", Some("Accept: application/json")),
+    ];
+    let mut tags = Vec::new();
+    for (url, accept) in targets {
+        let extra: Vec<&str> = accept.into_iter().collect();
+        let first = srv.get(url, &extra);
+        assert_eq!(first.status, 200, "{url}");
+        let tag = first.header("etag").expect("an ETag").to_string();
+        assert_eq!(
+            srv.get(url, &extra).header("etag"),
+            Some(tag.as_str()),
+            "stable"
+        );
+        let inm = format!("If-None-Match: {tag}");
+        for method in ["GET", "HEAD"] {
+            let mut h = extra.clone();
+            h.push(&inm);
+            let r = srv.req(method, url, &h);
+            assert_eq!(r.status, 304, "{method} {url}");
+            assert!(r.body.is_empty());
+            assert_eq!(r.header("content-length"), None);
+            assert_eq!(r.header("etag"), Some(tag.as_str()));
+        }
+        let r = srv.get(url, &[&extra[..], &["If-None-Match: \"other\""]].concat());
+        assert_eq!(r.status, 200, "{url}");
+        assert_eq!(r.body, first.body);
+        tags.push(tag);
+    }
+    assert_ne!(tags[2], tags[3], "HTML and JSON listings differ");
+    // A new image changes the index, so the old tag no longer matches.
+    let mut c = pg.client("postgres");
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/oracular", "amd64/generic", "20241010");
+    m.file(s, "boot-kernel", &bytes(8, 800));
+    let inm = format!("If-None-Match: {}", tags[0]);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            srv.get("/streams/v1/index.json", &[&inm]).status == 200
+        }),
+        "index ETag did not change"
+    );
+}
+
+#[test]
 fn conditional_requests_give_bodyless_304() {
     let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);

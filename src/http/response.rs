@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use log::{debug, warn};
+use sha2::{Digest, Sha256};
 use tiny_http::Request;
 
 use crate::handle::{Handle, HandleErrorKind, READ_CHUNK};
@@ -65,6 +66,28 @@ impl Reply {
         let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
         body.push(b'\n');
         Reply::new(200, Body::Bytes(body)).header("Content-Type", "application/json")
+    }
+
+    /// For a generated 200 body (listing, stream JSON): adds a strong ETag from the
+    /// bytes, and answers a matching If-None-Match with a bodyless 304, so clients
+    /// that poll the index can revalidate instead of fetching it again.
+    pub(super) fn validated(self, if_none_match: &[&str]) -> Reply {
+        let Body::Bytes(bytes) = &self.body else {
+            return self;
+        };
+        if self.status != 200 {
+            return self;
+        }
+        let digest = Sha256::digest(bytes);
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = format!("\"g{hex}\"");
+        let mut reply = self.header("ETag", tag.clone());
+        if !if_none_match.is_empty() && range::none_match_hits(if_none_match, &tag) {
+            reply.status = 304;
+            reply.body = Body::None;
+            reply.headers.retain(|(name, _)| *name != "Content-Type");
+        }
+        reply
     }
 
     fn len(&self) -> Option<u64> {
