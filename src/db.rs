@@ -141,6 +141,11 @@ impl DbConfig {
                 .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
             config.dbname(&db);
         }
+        if config.get_password().is_none()
+            && let Some(pw) = password_from_file(&config, &env)
+        {
+            config.password(pw);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -222,6 +227,82 @@ impl DbConfig {
             .connection_timeout(Duration::from_secs(30))
             .build_unchecked(manager))
     }
+}
+
+/// The password for `config`'s first host from the password file, as libpq reads
+/// it: `PGPASSFILE`, else `~/.pgpass`; ignored unless only its owner can read it.
+fn password_from_file(config: &Config, env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env("PGPASSFILE")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        log::warn!(
+            "{} can be read by group or others, so it is ignored (as libpq does); \
+             run chmod 0600 on it",
+            path.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let host = match config.get_hosts().first()? {
+        // libpq calls its default socket directory "localhost" in this file.
+        Host::Unix(dir) if dir == std::path::Path::new("/var/run/postgresql") => {
+            "localhost".to_string()
+        }
+        Host::Unix(dir) => dir.display().to_string(),
+        Host::Tcp(name) => name.clone(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    pgpass_lookup(
+        &text,
+        &host,
+        port,
+        config.get_dbname().unwrap_or(""),
+        config.get_user().unwrap_or(""),
+    )
+}
+
+/// The password of the first line of a `.pgpass` text that matches; `*` matches
+/// anything, and `\:` and `\\` stand for `:` and `\`.
+fn pgpass_lookup(text: &str, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+    let port = port.to_string();
+    let want = [host, port.as_str(), db, user];
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .find_map(|line| {
+            let fields = split_pgpass(line);
+            if fields.len() < 5 {
+                return None;
+            }
+            let hit = want.iter().zip(&fields).all(|(w, f)| f == "*" || f == w);
+            hit.then(|| fields[4..].join(":"))
+        })
+}
+
+/// Splits one `.pgpass` line on unescaped colons, undoing the escapes.
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ':' => fields.push(String::new()),
+            c => {
+                // A backslash stands for the character after it.
+                let c = if c == '\\' {
+                    chars.next().unwrap_or(c)
+                } else {
+                    c
+                };
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    fields
 }
 
 fn default_host() -> String {
@@ -322,5 +403,55 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("--db"), "{e}");
+    }
+
+    #[test]
+    fn pgpass_lines_match_like_libpq() {
+        let text = "# comment\n\
+                    other:5432:maasdb:maas:wrong\n\
+                    localhost:5433:*:maas:port5433\n\
+                    localhost:*:maasdb:maas:pa\\:ss:with:colons\n\
+                    *:*:*:*:fallback\n";
+        let hit = |h, p, d, u| pgpass_lookup(text, h, p, d, u);
+        assert_eq!(
+            hit("localhost", 5433, "x", "maas").as_deref(),
+            Some("port5433")
+        );
+        assert_eq!(
+            hit("localhost", 5432, "maasdb", "maas").as_deref(),
+            Some("pa:ss:with:colons")
+        );
+        assert_eq!(
+            hit("db.example", 5432, "maasdb", "maas").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(pgpass_lookup("a:b\n\n", "a", 1, "", ""), None);
+    }
+
+    #[test]
+    fn pgpass_file_is_read_only_when_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pgbootfs-pgpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pass");
+        std::fs::write(&file, "/tmp/sock:6000:maasdb:maas:s3cret\n").unwrap();
+        let path = file.display().to_string();
+        let resolve = |mode: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let env = |name: &str| (name == "PGPASSFILE").then(|| path.clone());
+            let db = DbConfig::resolve_with(
+                Some("host=/tmp/sock port=6000 user=maas dbname=maasdb"),
+                env,
+            )
+            .unwrap();
+            db.config.get_password().map(|p| p.to_vec())
+        };
+        assert_eq!(resolve(0o600), Some(b"s3cret".to_vec()));
+        assert_eq!(
+            resolve(0o644),
+            None,
+            "group- or world-readable file ignored"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

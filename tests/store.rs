@@ -739,3 +739,43 @@ fn a_lost_connection_mid_import_leaves_nothing_and_says_so() {
     assert!(out.contains("1 version(s) new"), "{out}");
     assert_consistent(&mut c);
 }
+
+#[test]
+fn a_password_comes_from_the_password_file_as_libpq_reads_it() {
+    let (pg, mut c) = store();
+    c.batch_execute("CREATE ROLE maas LOGIN SUPERUSER PASSWORD 'pa:ss'")
+        .unwrap();
+    // Require a password of maas over the socket, ahead of the cluster's trust line.
+    let hba = pg.host().join("data").join("pg_hba.conf");
+    let rules = fs::read_to_string(&hba).unwrap();
+    fs::write(&hba, format!("local all maas scram-sha-256\n{rules}")).unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let tmp = temp_dir("pgbt-pass-");
+    let file = tmp.path().join("pgpass");
+    let host = pg.host().display().to_string();
+    fs::write(&file, format!("{host}:5432:postgres:maas:pa\\:ss\n")).unwrap();
+    let conninfo = format!("host={host} port=5432 user=maas dbname=postgres");
+    let run = |mode: u32, passfile: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+        std::process::Command::new(bin())
+            .args(["--db", &conninfo, "ls"])
+            .env("PGPASSFILE", passfile)
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap()
+    };
+    let ok = run(0o600, &file);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let open = run(0o644, &file);
+    assert!(!open.status.success(), "a world-readable file is ignored");
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert!(err.contains("chmod 0600"), "{err}");
+    assert!(!err.contains("pa:ss"), "no password in messages: {err}");
+    let none = run(0o600, &tmp.path().join("absent"));
+    assert!(!none.status.success());
+}
