@@ -460,7 +460,8 @@ impl Handle {
     }
 
     fn begin(&self) -> Result<PooledConnection<HandleManager>, HandleError> {
-        // An idle pooled connection may have died (server restart): retry once.
+        // Idle pooled connections die together when the server restarts: each dead
+        // one is discarded and the next tried, until a live or new one answers.
         let mut attempt = 0;
         loop {
             let mut conn = self.pool.get(&self.path)?;
@@ -492,7 +493,7 @@ impl Handle {
                     debug!("{}: opened large object {}", self.path, self.oid);
                     return Ok(conn);
                 }
-                Err(e) if conn.client.is_closed() && attempt == 0 => {
+                Err(e) if conn.client.is_closed() && attempt <= self.pool.pool.max_size() => {
                     debug!("{}: pooled connection was dead ({e}); retrying", self.path);
                     attempt += 1;
                 }

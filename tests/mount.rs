@@ -442,6 +442,51 @@ fn images_added_and_removed_show_within_the_refresh_interval() {
 }
 
 #[test]
+fn reads_go_on_after_the_database_restarts() {
+    if !fuse_or_skip("reads_go_on_after_the_database_restarts") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let data = bytes(93, 300_000);
+    m.file(s, "a", &data);
+    drop(c);
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
+    // Four files open at once leave four idle connections in the handle pool.
+    let open: Vec<fs::File> = (0..4).map(|_| fs::File::open(&p).unwrap()).collect();
+    for f in &open {
+        let mut buf = [0u8; 10];
+        f.read_exact_at(&mut buf, 0).unwrap();
+    }
+    drop(open);
+    pg.restart();
+    // Every pooled connection is dead now; each open must still succeed.
+    for i in 0..6 {
+        let mut f = fs::File::open(&p).unwrap_or_else(|e| panic!("open {i}: {e}\n{}", mnt.log()));
+        let mut got = Vec::new();
+        f.read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("read {i}: {e}\n{}", mnt.log()));
+        assert_eq!(got, data, "read {i}");
+        drop(f);
+        // A new file must not be served from the page cache: drop it.
+        let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+    }
+    // The catalog reconnects too: a new image still shows up.
+    let mut c = pg.client("postgres");
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "2");
+    m.file(s, "b", &bytes(94, 10));
+    let b = mnt.path("ubuntu/amd64/generic/focal/2/b");
+    assert!(
+        wait_until(Duration::from_secs(10), || b.exists()),
+        "catalog did not recover:\n{}",
+        mnt.log()
+    );
+}
+
+#[test]
 fn sigterm_unmounts_ends_transactions_and_exits_zero() {
     if !fuse_or_skip("sigterm_unmounts_ends_transactions_and_exits_zero") {
         return;

@@ -202,6 +202,18 @@ impl Cluster {
         self.conninfo(name)
     }
 
+    /// Restarts the server (fast shutdown): every client connection is cut.
+    pub fn restart(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-m", "fast", "-w", "-t", "60", "restart"])
+            .stdout(Stdio::null());
+        run_ok(c, "pg_ctl restart");
+    }
+
     pub fn server_log(&self) -> String {
         fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
