@@ -73,6 +73,15 @@ impl DbError {
     }
 }
 
+/// Why a connection attempt failed, in the plainest words available.
+pub fn connect_reason(err: &postgres::Error) -> String {
+    // The driver's "error connecting to server: <io error>" is clearer unwrapped.
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (None, Some(src)) => src.to_string(),
+        _ => describe_pg_error(err),
+    }
+}
+
 /// The server's message for a database error, or the driver's for anything else.
 pub fn describe_pg_error(err: &postgres::Error) -> String {
     match err.as_db_error() {
@@ -198,16 +207,9 @@ impl DbConfig {
 
     /// The error for a failed connection attempt, naming where we tried to go.
     pub fn connect_error(&self, err: &postgres::Error) -> DbError {
-        let mut reason = describe_pg_error(err);
-        // The driver's "error connecting to server: <io error>" is clearer unwrapped.
-        if err.as_db_error().is_none()
-            && let Some(src) = std::error::Error::source(err)
-        {
-            reason = src.to_string();
-        }
         DbError::Connect {
             target: self.describe(),
-            reason,
+            reason: connect_reason(err),
         }
     }
 

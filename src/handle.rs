@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 use parking_lot::Mutex;
@@ -147,6 +147,68 @@ impl ManageConnection for HandleManager {
 pub struct HandlePool {
     pool: Pool<HandleManager>,
     timeout: Duration,
+    unreachable: Arc<Unreachable>,
+}
+
+/// The last failure to open a new connection, as r2d2 reports it. While the
+/// server is down an open fails at once with this, instead of holding a FUSE
+/// thread for the whole pool timeout.
+#[derive(Debug, Default)]
+struct Unreachable(Mutex<Option<Failure>>);
+
+#[derive(Debug)]
+struct Failure {
+    at: Instant,
+    why: String,
+    logged: Instant,
+}
+
+/// How often an open waiting for a connection checks whether the server is down.
+const POOL_POLL: Duration = Duration::from_millis(200);
+
+/// How long a failed connection attempt counts as news.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+/// While connections keep failing, at most one warning per this.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl Unreachable {
+    fn recent(&self) -> Option<String> {
+        let last = self.0.lock();
+        let f = last.as_ref()?;
+        (f.at.elapsed() < UNREACHABLE_FOR).then(|| f.why.clone())
+    }
+
+    fn clear(&self) {
+        *self.0.lock() = None;
+    }
+}
+
+/// Feeds r2d2's connection errors into an [`Unreachable`].
+#[derive(Debug)]
+struct RecordUnreachable(Arc<Unreachable>);
+
+impl r2d2::HandleError<postgres::Error> for RecordUnreachable {
+    fn handle_error(&self, err: postgres::Error) {
+        let why = crate::db::connect_reason(&err);
+        let now = Instant::now();
+        let mut last = self.0.0.lock();
+        let logged = match last.as_ref() {
+            Some(f) if f.logged.elapsed() < WARN_EVERY => {
+                debug!("handle connection failed: {why}");
+                f.logged
+            }
+            _ => {
+                warn!("handle connections: cannot connect to the database: {why}");
+                now
+            }
+        };
+        *last = Some(Failure {
+            at: now,
+            why,
+            logged,
+        });
+    }
 }
 
 impl HandlePool {
@@ -155,13 +217,19 @@ impl HandlePool {
         let manager = HandleManager {
             inner: PostgresConnectionManager::new(db.postgres_config("pgbootfs-handle"), NoTls),
         };
+        let unreachable = Arc::new(Unreachable::default());
         let pool = Pool::builder()
             .max_size(max.max(1))
             .min_idle(Some(0))
             .test_on_check_out(false)
             .connection_timeout(timeout.max(Duration::from_millis(1)))
+            .error_handler(Box::new(RecordUnreachable(unreachable.clone())))
             .build_unchecked(manager);
-        HandlePool { pool, timeout }
+        HandlePool {
+            pool,
+            timeout,
+            unreachable,
+        }
     }
 
     /// Connections open now (in use and idle).
@@ -169,19 +237,33 @@ impl HandlePool {
         self.pool.state().connections
     }
 
+    /// A connection within the pool timeout; at once an error while new connections
+    /// fail, since waiting for a server that is down only ties up the caller.
     fn get(&self, path: &str) -> Result<PooledConnection<HandleManager>, HandleError> {
-        self.pool.get_timeout(self.timeout).map_err(|e| {
-            let state = self.pool.state();
-            let kind = if state.connections >= self.pool.max_size() && state.idle_connections == 0 {
-                HandleErrorKind::PoolExhausted(self.timeout)
-            } else {
-                HandleErrorKind::Connect(e.to_string())
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match self.pool.get_timeout(left.min(POOL_POLL)) {
+                Ok(conn) => {
+                    self.unreachable.clear();
+                    return Ok(conn);
+                }
+                Err(e) => e,
             };
-            HandleError {
+            let state = self.pool.state();
+            let exhausted =
+                state.connections >= self.pool.max_size() && state.idle_connections == 0;
+            let kind = match self.unreachable.recent() {
+                Some(why) if !exhausted => HandleErrorKind::Connect(why),
+                _ if Instant::now() < deadline => continue,
+                _ if exhausted => HandleErrorKind::PoolExhausted(self.timeout),
+                _ => HandleErrorKind::Connect(err.to_string()),
+            };
+            return Err(HandleError {
                 path: path.to_string(),
                 kind,
-            }
-        })
+            });
+        }
     }
 }
 
@@ -585,6 +667,7 @@ impl HandlePool {
         HandlePool {
             pool: self.pool.clone(),
             timeout,
+            unreachable: self.unreachable.clone(),
         }
     }
 }

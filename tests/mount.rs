@@ -487,6 +487,44 @@ fn reads_go_on_after_the_database_restarts() {
 }
 
 #[test]
+fn opens_fail_at_once_while_the_database_is_down() {
+    if !fuse_or_skip("opens_fail_at_once_while_the_database_is_down") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let data = bytes(95, 1000);
+    m.file(s, "a", &data);
+    drop(c);
+    // The default pool timeout is 30 s: an open must not wait for it.
+    let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
+    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
+    assert_eq!(fs::read(&p).unwrap(), data);
+    pg.stop_server();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let err = fs::File::open(&p).expect_err("open with the database down");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "open took {:?}",
+            t.elapsed()
+        );
+    }
+    // The tree stays browsable from the catalog's snapshot.
+    assert!(walk(&mnt.dir).contains("ubuntu/amd64/generic/focal/1/a"));
+    let log = mnt.log();
+    assert_eq!(
+        log.matches("cannot connect to the database").count(),
+        1,
+        "one warning per outage:\n{log}"
+    );
+    pg.start_server();
+    assert_eq!(fs::read(&p).unwrap(), data, "reads resume:\n{}", mnt.log());
+}
+
+#[test]
 fn sigterm_unmounts_ends_transactions_and_exits_zero() {
     if !fuse_or_skip("sigterm_unmounts_ends_transactions_and_exits_zero") {
         return;

@@ -153,28 +153,45 @@ impl Cluster {
             "copy template",
         );
         chown_postgres(dir.path());
+        let cluster = Cluster { dir };
+        cluster.start_server();
+        cluster
+    }
+
+    /// Starts the server of this cluster's data directory.
+    pub fn start_server(&self) {
+        let dir = self.dir.path();
         let mut c = pg_command("pg_ctl");
         c.arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .arg("-l")
-            .arg(dir.path().join("server.log"))
+            .arg(dir.join("server.log"))
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
                 "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
                  -c full_page_writes=off -c max_connections=300",
-                dir.path().display()
+                dir.display()
             ))
             .arg("start");
         let out = c.output().unwrap();
         if !out.status.success() {
-            let log = fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
             panic!(
-                "pg_ctl start failed: {}{}\n{log}",
+                "pg_ctl start failed: {}{}\n{}",
                 String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&out.stderr),
+                self.server_log()
             );
         }
-        Cluster { dir }
+    }
+
+    /// Stops the server (fast shutdown); [`Cluster::start_server`] brings it back.
+    pub fn stop_server(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .stdout(Stdio::null());
+        run_ok(c, "pg_ctl stop");
     }
 
     /// The socket directory.
@@ -204,14 +221,8 @@ impl Cluster {
 
     /// Restarts the server (fast shutdown): every client connection is cut.
     pub fn restart(&self) {
-        let mut c = pg_command("pg_ctl");
-        c.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .arg("-l")
-            .arg(self.dir.path().join("server.log"))
-            .args(["-m", "fast", "-w", "-t", "60", "restart"])
-            .stdout(Stdio::null());
-        run_ok(c, "pg_ctl restart");
+        self.stop_server();
+        self.start_server();
     }
 
     pub fn server_log(&self) -> String {
