@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
@@ -384,15 +384,38 @@ impl Catalog {
         std::thread::Builder::new()
             .name("catalog-refresh".into())
             .spawn(move || {
+                // While refreshes fail (a database outage), one warning a minute.
+                let mut failing: Option<(Instant, Instant)> = None;
                 loop {
                     std::thread::sleep(every);
                     let Some(catalog) = weak.upgrade() else {
                         return;
                     };
                     match catalog.refresh() {
-                        Ok(changes) if !changes.is_empty() => on_change(&changes),
-                        Ok(_) => {}
-                        Err(e) => warn!("catalog refresh failed, keeping the previous tree: {e}"),
+                        Ok(changes) => {
+                            if let Some((since, _)) = failing.take() {
+                                info!(
+                                    "catalog refresh works again after {}s",
+                                    since.elapsed().as_secs()
+                                );
+                            }
+                            if !changes.is_empty() {
+                                on_change(&changes);
+                            }
+                        }
+                        Err(e) => {
+                            let now = Instant::now();
+                            match &mut failing {
+                                Some((_, warned)) if warned.elapsed() < Duration::from_secs(60) => {
+                                    debug!("catalog refresh failed again: {e}")
+                                }
+                                _ => {
+                                    warn!("catalog refresh failed, keeping the previous tree: {e}");
+                                    let since = failing.map_or(now, |(s, _)| s);
+                                    failing = Some((since, now));
+                                }
+                            }
+                        }
                     }
                 }
             })

@@ -223,10 +223,13 @@ impl DbConfig {
             .is_valid(&mut probe)
             .map_err(|e| self.connect_error(&e))?;
         drop(probe);
+        // The refresher logs failures itself, once a minute while they last: r2d2's
+        // own handler would log every reconnection attempt.
         Ok(Pool::builder()
             .max_size(2)
             .min_idle(Some(0))
-            .connection_timeout(Duration::from_secs(30))
+            .connection_timeout(Duration::from_secs(5))
+            .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager))
     }
 }

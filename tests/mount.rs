@@ -498,7 +498,7 @@ fn opens_fail_at_once_while_the_database_is_down() {
     m.file(s, "a", &data);
     drop(c);
     // The default pool timeout is 30 s: an open must not wait for it.
-    let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
     let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
     assert_eq!(fs::read(&p).unwrap(), data);
     pg.stop_server();
@@ -512,16 +512,36 @@ fn opens_fail_at_once_while_the_database_is_down() {
             t.elapsed()
         );
     }
-    // The tree stays browsable from the catalog's snapshot.
+    // The tree stays browsable from the catalog's snapshot, refreshes failing.
+    assert!(
+        wait_until(Duration::from_secs(15), || mnt
+            .log()
+            .contains("catalog refresh failed")),
+        "{}",
+        mnt.log()
+    );
     assert!(walk(&mnt.dir).contains("ubuntu/amd64/generic/focal/1/a"));
     let log = mnt.log();
-    assert_eq!(
-        log.matches("cannot connect to the database").count(),
-        1,
-        "one warning per outage:\n{log}"
+    for line in ["cannot connect to the database", "catalog refresh failed"] {
+        assert_eq!(
+            log.matches(line).count(),
+            1,
+            "one {line:?} per outage:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("ERROR r2d2"),
+        "no line per reconnection:\n{log}"
     );
     pg.start_server();
     assert_eq!(fs::read(&p).unwrap(), data, "reads resume:\n{}", mnt.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || mnt
+            .log()
+            .contains("catalog refresh works again")),
+        "{}",
+        mnt.log()
+    );
 }
 
 #[test]
