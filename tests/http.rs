@@ -155,6 +155,55 @@ fn file_headers_head_and_other_methods() {
 }
 
 #[test]
+fn ranges_past_4_gib_and_curl_resume_to_the_end() {
+    let (pg, mut c) = store();
+    // 5 GiB of holes (zeros) then 1 MiB + 9 bytes, in a sparse large object.
+    let base: u64 = 5 << 30;
+    let tail = bytes(97, (1 << 20) + 9);
+    let len = base + tail.len() as u64;
+    let mut m = Maas { client: &mut c };
+    let s = m.set("windows/win2022", "amd64/generic", "1");
+    m.sparse_file(s, "root-dd", base as i64, &tail);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let url = "/windows/amd64/generic/win2022/1/root-dd";
+    let head = srv.req("HEAD", url, &[]);
+    assert_eq!(
+        head.header("content-length"),
+        Some(len.to_string().as_str())
+    );
+    let first = base - 100;
+    let r = srv.get(url, &[&format!("Range: bytes={first}-")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range").map(str::to_string),
+        Some(format!("bytes {first}-{}/{len}", len - 1))
+    );
+    assert_eq!(&r.body[..100], &[0u8; 100][..]);
+    assert_eq!(&r.body[100..], &tail[..]);
+    let r = srv.get(url, &[&format!("Range: bytes=-{}", tail.len())]);
+    assert_eq!(r.body, tail);
+    // curl resuming a download that stopped 4 GiB in: it asks for the rest.
+    let tmp = temp_dir("pgbt-curl-");
+    let out = tmp.path().join("root-dd");
+    let part = fs::File::create(&out).unwrap();
+    part.set_len(base - 10).unwrap();
+    drop(part);
+    let st = Command::new("curl")
+        .args(["-sf", "-C", "-", "-o"])
+        .arg(&out)
+        .arg(srv.url(url))
+        .status()
+        .unwrap();
+    assert!(st.success(), "curl {st}");
+    let f = fs::File::open(&out).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), len);
+    let mut end = vec![1u8; 10 + tail.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut end, base - 10).unwrap();
+    assert_eq!(&end[..10], &[0u8; 10][..]);
+    assert_eq!(&end[10..], &tail[..]);
+}
+
+#[test]
 fn single_ranges_multiple_ranges_and_if_range() {
     let (pg, data) = images(3 << 20);
     let srv = Server::start(&pg.conninfo("postgres"), &[]);

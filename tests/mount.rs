@@ -545,6 +545,43 @@ fn opens_fail_at_once_while_the_database_is_down() {
 }
 
 #[test]
+fn files_past_4_gib_read_exactly_to_their_end() {
+    if !fuse_or_skip("files_past_4_gib_read_exactly_to_their_end") {
+        return;
+    }
+    let (pg, mut c) = store();
+    // 5 GiB of holes (read as zeros), then 1 MiB + 7 bytes of data.
+    let base: i64 = 5 << 30;
+    let tail = bytes(96, (1 << 20) + 7);
+    let total = base + tail.len() as i64;
+    let mut m = Maas { client: &mut c };
+    let s = m.set("windows/win2022", "amd64/generic", "1");
+    m.sparse_file(s, "root-dd", base, &tail);
+    let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
+    let p = mnt.path("windows/amd64/generic/win2022/1/root-dd");
+    assert_eq!(fs::metadata(&p).unwrap().len(), total as u64);
+    let f = fs::File::open(&p).unwrap();
+    // Random reads across the 2 and 4 GiB marks, and over the start of the data.
+    for at in [(2u64 << 30) - 10, (4u64 << 30) - 10] {
+        let mut buf = [1u8; 20];
+        f.read_exact_at(&mut buf, at).unwrap();
+        assert_eq!(buf, [0u8; 20], "at {at}");
+    }
+    let mut buf = vec![1u8; 100 + tail.len()];
+    f.read_exact_at(&mut buf, base as u64 - 100).unwrap();
+    assert_eq!(&buf[..100], &[0u8; 100][..]);
+    assert_eq!(&buf[100..], &tail[..]);
+    // A sequential read of the last 3 MiB (the read-ahead path) up to EOF.
+    let mut f = fs::File::open(&p).unwrap();
+    f.seek(SeekFrom::Start(base as u64 - (2 << 20))).unwrap();
+    let mut end = Vec::new();
+    f.read_to_end(&mut end).unwrap();
+    assert_eq!(end.len(), (2 << 20) + tail.len());
+    assert!(end[..2 << 20].iter().all(|&b| b == 0));
+    assert_eq!(&end[2 << 20..], &tail[..]);
+}
+
+#[test]
 fn sigterm_unmounts_ends_transactions_and_exits_zero() {
     if !fuse_or_skip("sigterm_unmounts_ends_transactions_and_exits_zero") {
         return;

@@ -380,6 +380,38 @@ impl<'a> Maas<'a> {
         (id, oid)
     }
 
+    /// A file of `at` bytes of holes (zeros) then `tail`, in a sparse large object:
+    /// sizes past 4 GiB without writing them.
+    pub fn sparse_file(&mut self, set_id: i64, filename: &str, at: i64, tail: &[u8]) {
+        let oid: u32 = self
+            .client
+            .query_one("SELECT lo_create(0)", &[])
+            .unwrap()
+            .get(0);
+        self.client
+            .execute("SELECT lo_put($1, $2, $3)", &[&oid, &at, &tail])
+            .unwrap();
+        let total = at + tail.len() as i64;
+        let lf: i64 = self
+            .client
+            .query_one(
+                "INSERT INTO maasserver_largefile \
+                 (created, updated, sha256, total_size, content, size) \
+                 VALUES (now(), now(), md5($2::oid::text), $1, $2::oid, $1) RETURNING id::int8",
+                &[&total, &oid],
+            )
+            .unwrap()
+            .get(0);
+        self.client
+            .execute(
+                "INSERT INTO maasserver_bootresourcefile \
+                 (created, updated, filename, filetype, extra, largefile_id, resource_set_id) \
+                 VALUES (now(), now(), $1, 'root-dd', '{}', $2::int8, $3::int8)",
+                &[&filename, &lf, &set_id],
+            )
+            .unwrap();
+    }
+
     pub fn file(&mut self, set_id: i64, filename: &str, data: &[u8]) -> u32 {
         self.file_partial(set_id, filename, data, None)
     }
