@@ -532,6 +532,34 @@ fn aborted_downloads_leave_no_transaction_open() {
 }
 
 #[test]
+fn database_down_gives_503_at_once_and_recovers() {
+    let (pg, data) = images(1000);
+    // A pool wait far longer than the test allows: a 503 must not wait for it.
+    let srv = Server::start(&pg.conninfo("postgres"), &["--http-pool-wait", "60"]);
+    assert_eq!(srv.get(SMALL, &[]).body, data.small);
+    pg.stop_server();
+    let t = Instant::now();
+    let r = srv.get(SMALL, &[]);
+    assert_eq!(r.status, 503, "{}", srv.log());
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // What needs no image bytes is still served from the catalog.
+    assert_eq!(srv.get("/streams/v1/index.json", &[]).status, 200);
+    assert_eq!(srv.req("HEAD", SMALL, &[]).status, 200);
+    pg.start_server();
+    assert!(
+        wait_until(Duration::from_secs(10), || srv.get(SMALL, &[]).body
+            == data.small),
+        "{}",
+        srv.log()
+    );
+}
+
+#[test]
 fn stalled_client_is_dropped_after_send_timeout_and_busy_pool_gives_503() {
     let (pg, data) = images(64 << 20);
     let srv = Server::start(
