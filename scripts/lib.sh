@@ -55,3 +55,15 @@ ensure_sstream() {
   fi
   if [ -x "$scripts/sstream-mirror" ]; then echo "$scripts/sstream-mirror"; else command -v sstream-mirror; fi
 }
+
+# ensure_redbot: installs redbot (PyPI), the HTTP linter, when missing and prints its
+# path. Tests find it through $PGBOOTFS_REDBOT.
+ensure_redbot() {
+  local scripts
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  if [ ! -x "$scripts/redbot" ] && ! command -v redbot >/dev/null; then
+    say "installing redbot (HTTP checks) from PyPI"
+    python3 -m pip install -q --disable-pip-version-check redbot >&2
+  fi
+  if [ -x "$scripts/redbot" ]; then echo "$scripts/redbot"; else command -v redbot; fi
+}

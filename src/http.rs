@@ -305,7 +305,7 @@ fn serve_one(ctx: &Ctx, rq: Request) {
     let url = printable(rq.url());
     let peer = rq.remote_addr().copied();
     let inm: Vec<&str> = headers(&rq, "If-None-Match").collect();
-    let reply = route(ctx, &rq).validated(&inm);
+    let reply = route(ctx, &rq).validated(&inm, header(&rq, "If-Modified-Since"));
     let (status, sent, note) = response::send(ctx.port, rq, reply, method == Method::Head, peer);
     ctx.watchdog.request_done(peer);
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
@@ -383,9 +383,12 @@ fn path_depth(url: &str) -> usize {
 fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
     let tag = range::etag(&f.sha256);
     let modified = range::fmt_date(node.mtime);
+    // no-cache: a cache may keep the image but must revalidate it, which costs a
+    // 304 and no bytes; heuristic freshness could serve an image replaced since.
     let validators = |r: Reply| {
         r.header("ETag", tag.clone())
             .header("Last-Modified", modified.clone())
+            .header("Cache-Control", "no-cache")
     };
     // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
     let inm: Vec<&str> = headers(rq, "If-None-Match").collect();

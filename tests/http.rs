@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::http::{Reply, Server, sstream_mirror};
+use common::http::{Reply, Server, redbot, sstream_mirror};
 use common::*;
 
 const DIR: &str = "/ubuntu/amd64/ga-20.04/focal/20240101";
@@ -469,6 +469,65 @@ fn directory_listings_and_stream_files() {
         assert_eq!(item["sha256"], sha256_hex(&data.small).as_str());
         assert_eq!(item["size"], 100_000);
         assert_eq!(item["ftype"], "root-image");
+    }
+}
+
+/// redbot's findings for `url`: (level, summary) pairs.
+fn redbot_notes(url: &str) -> Vec<(String, String)> {
+    let out = Command::new(redbot())
+        .args(["-o", "har", url])
+        .output()
+        .unwrap_or_else(|e| panic!("redbot (install with python3 -m pip install redbot): {e}"));
+    assert!(
+        out.status.success(),
+        "redbot {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let har: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = har["log"]["entries"].as_array().expect("HAR entries");
+    assert!(!entries.is_empty(), "redbot checked nothing for {url}");
+    let mut notes = Vec::new();
+    for e in entries {
+        for n in e["_red_messages"].as_array().into_iter().flatten() {
+            let level = n["level"].as_str().unwrap_or("").to_string();
+            notes.push((level, n["summary"].as_str().unwrap_or("").to_string()));
+        }
+    }
+    notes
+}
+
+#[test]
+fn redbot_finds_nothing_wrong_with_files_streams_or_listings() {
+    let (pg, _data) = images(3 << 20);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let ranged = "A ranged request returned the correct partial content.";
+    let inm = "If-None-Match conditional requests are supported.";
+    let ims = "If-Modified-Since conditional requests are supported.";
+    let cases: [(&str, &[&str]); 7] = [
+        (SMALL, &[ranged, inm, ims]),
+        (BIG, &[ranged, inm, ims]),
+        (EMPTY, &[inm, ims]),
+        ("/streams/v1/index.json", &[inm, ims]),
+        (
+            "/MAAS/images-stream/streams/v1/maas:v2:download.json",
+            &[inm, ims],
+        ),
+        ("/ubuntu/amd64/", &[inm]),
+        ("/no/such/file", &[]),
+    ];
+    for (path, wanted) in cases {
+        let notes = redbot_notes(&srv.url(path));
+        let bad: Vec<_> = notes
+            .iter()
+            .filter(|(level, _)| level != "GOOD" && level != "INFO")
+            .collect();
+        assert!(bad.is_empty(), "{path}: {bad:?}");
+        for w in wanted {
+            assert!(
+                notes.iter().any(|(_, s)| s == w),
+                "{path}: no {w:?} in {notes:?}"
+            );
+        }
     }
 }
 

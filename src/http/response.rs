@@ -69,9 +69,14 @@ impl Reply {
     }
 
     /// For a generated 200 body (listing, stream JSON): adds a strong ETag from the
-    /// bytes, and answers a matching If-None-Match with a bodyless 304, so clients
-    /// that poll the index can revalidate instead of fetching it again.
-    pub(super) fn validated(self, if_none_match: &[&str]) -> Reply {
+    /// bytes, and answers a matching If-None-Match (or, without one, an
+    /// If-Modified-Since not older than its Last-Modified) with a bodyless 304, so
+    /// clients that poll the index can revalidate instead of fetching it again.
+    pub(super) fn validated(
+        self,
+        if_none_match: &[&str],
+        if_modified_since: Option<&str>,
+    ) -> Reply {
         let Body::Bytes(bytes) = &self.body else {
             return self;
         };
@@ -81,8 +86,24 @@ impl Reply {
         let digest = Sha256::digest(bytes);
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         let tag = format!("\"g{hex}\"");
-        let mut reply = self.header("ETag", tag.clone());
-        if !if_none_match.is_empty() && range::none_match_hits(if_none_match, &tag) {
+        // Revalidated on every use, so a cache never serves an index gone stale.
+        let mut reply = self
+            .header("ETag", tag.clone())
+            .header("Cache-Control", "no-cache");
+        let unchanged = if !if_none_match.is_empty() {
+            range::none_match_hits(if_none_match, &tag)
+        } else {
+            let modified = reply
+                .headers
+                .iter()
+                .find(|(name, _)| *name == "Last-Modified")
+                .and_then(|(_, v)| range::parse_date(v));
+            match (modified, if_modified_since.and_then(range::parse_date)) {
+                (Some(m), Some(since)) => range::not_modified_since(m, since),
+                _ => false,
+            }
+        };
+        if unchanged {
             reply.status = 304;
             reply.body = Body::None;
             reply.headers.retain(|(name, _)| *name != "Content-Type");

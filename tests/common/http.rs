@@ -172,3 +172,8 @@ impl Reply {
 pub fn sstream_mirror() -> String {
     std::env::var("PGBOOTFS_SSTREAM_MIRROR").unwrap_or_else(|_| "sstream-mirror".into())
 }
+
+/// redbot, the HTTP linter: $PGBOOTFS_REDBOT, else from PATH.
+pub fn redbot() -> String {
+    std::env::var("PGBOOTFS_REDBOT").unwrap_or_else(|_| "redbot".into())
+}
