@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -441,19 +441,25 @@ fn images_added_and_removed_show_within_the_refresh_interval() {
     assert!(listing(&mnt.dir).is_empty(), "{:?}", listing(&mnt.dir));
 }
 
+/// A store with one file, `ubuntu/amd64/generic/focal/1/a` of `len` bytes, mounted
+/// with `--refresh 1`: the cluster, the mount, the file's path and its bytes.
+fn one_file_mounted(seed: u64, len: usize) -> (Cluster, Mount, PathBuf, Vec<u8>) {
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let data = bytes(seed, len);
+    m.file(s, "a", &data);
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
+    (pg, mnt, p, data)
+}
+
 #[test]
 fn reads_go_on_after_the_database_restarts() {
     if !fuse_or_skip("reads_go_on_after_the_database_restarts") {
         return;
     }
-    let (pg, mut c) = store();
-    let mut m = Maas { client: &mut c };
-    let s = m.set("ubuntu/focal", "amd64/generic", "1");
-    let data = bytes(93, 300_000);
-    m.file(s, "a", &data);
-    drop(c);
-    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
-    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
+    let (pg, mnt, p, data) = one_file_mounted(93, 300_000);
     // Four files open at once leave four idle connections in the handle pool.
     let open: Vec<fs::File> = (0..4).map(|_| fs::File::open(&p).unwrap()).collect();
     for f in &open {
@@ -491,15 +497,8 @@ fn opens_fail_at_once_while_the_database_is_down() {
     if !fuse_or_skip("opens_fail_at_once_while_the_database_is_down") {
         return;
     }
-    let (pg, mut c) = store();
-    let mut m = Maas { client: &mut c };
-    let s = m.set("ubuntu/focal", "amd64/generic", "1");
-    let data = bytes(95, 1000);
-    m.file(s, "a", &data);
-    drop(c);
     // The default pool timeout is 30 s: an open must not wait for it.
-    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
-    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
+    let (pg, mnt, p, data) = one_file_mounted(95, 1000);
     assert_eq!(fs::read(&p).unwrap(), data);
     pg.stop_server();
     for _ in 0..3 {

@@ -402,14 +402,7 @@ impl<'a> Maas<'a> {
             )
             .unwrap()
             .get(0);
-        self.client
-            .execute(
-                "INSERT INTO maasserver_bootresourcefile \
-                 (created, updated, filename, filetype, extra, largefile_id, resource_set_id) \
-                 VALUES (now(), now(), $1, 'root-dd', '{}', $2::int8, $3::int8)",
-                &[&filename, &lf, &set_id],
-            )
-            .unwrap();
+        self.link(set_id, filename, lf);
     }
 
     pub fn file(&mut self, set_id: i64, filename: &str, data: &[u8]) -> u32 {
@@ -424,6 +417,12 @@ impl<'a> Maas<'a> {
         written: Option<i64>,
     ) -> u32 {
         let (lf, oid) = self.largefile(data, written);
+        self.link(set_id, filename, lf);
+        oid
+    }
+
+    /// The bootresourcefile row naming largefile `lf` as `filename` in the set.
+    fn link(&mut self, set_id: i64, filename: &str, lf: i64) {
         // Works for integer and bigint columns alike.
         self.client
             .execute(
@@ -433,7 +432,6 @@ impl<'a> Maas<'a> {
                 &[&filename, &lf, &set_id],
             )
             .unwrap();
-        oid
     }
 }
 
