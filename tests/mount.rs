@@ -548,16 +548,12 @@ fn files_past_4_gib_read_exactly_to_their_end() {
     if !fuse_or_skip("files_past_4_gib_read_exactly_to_their_end") {
         return;
     }
-    let (pg, mut c) = store();
-    // 5 GiB of holes (read as zeros), then 1 MiB + 7 bytes of data.
-    let base: i64 = 5 << 30;
     let tail = bytes(96, (1 << 20) + 7);
+    let pg = sparse_store(&tail);
+    let base = SPARSE_HOLE as i64;
     let total = base + tail.len() as i64;
-    let mut m = Maas { client: &mut c };
-    let s = m.set("windows/win2022", "amd64/generic", "1");
-    m.sparse_file(s, "root-dd", base, &tail);
     let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
-    let p = mnt.path("windows/amd64/generic/win2022/1/root-dd");
+    let p = mnt.path(SPARSE);
     assert_eq!(fs::metadata(&p).unwrap().len(), total as u64);
     let f = fs::File::open(&p).unwrap();
     // Random reads across the 2 and 4 GiB marks, and over the start of the data.

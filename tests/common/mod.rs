@@ -435,6 +435,22 @@ impl<'a> Maas<'a> {
     }
 }
 
+/// Where [`sparse_store`] puts its file.
+pub const SPARSE: &str = "windows/amd64/generic/win2022/1/root-dd";
+
+/// Bytes of holes (read as zeros) before the data of [`sparse_store`]'s file.
+pub const SPARSE_HOLE: u64 = 5 << 30;
+
+/// A store with one file past 4 GiB, [`SPARSE`]: [`SPARSE_HOLE`] bytes of zeros, then
+/// `tail`, in a sparse large object, so nothing like 5 GiB is written.
+pub fn sparse_store(tail: &[u8]) -> Cluster {
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("windows/win2022", "amd64/generic", "1");
+    m.sparse_file(s, "root-dd", SPARSE_HOLE as i64, tail);
+    pg
+}
+
 /// Whether FUSE tests can run. Under CI=true a missing FUSE fails the test.
 pub fn fuse_or_skip(test: &str) -> bool {
     let ok = fs::OpenOptions::new()
