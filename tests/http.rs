@@ -914,6 +914,39 @@ fn slow_or_endless_headers_are_cut_off() {
 }
 
 #[test]
+fn header_floods_cost_bounded_memory() {
+    let (pg, data) = images(1000);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let before = srv.peak_rss_kib();
+    // Four clients each send one endless header line as fast as they can.
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = srv.addr;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(format!("GET {SMALL} HTTP/1.1\r\nX-Junk: ").as_bytes());
+                let junk = vec![b'a'; 1 << 20];
+                let t = Instant::now();
+                let mut sent = 0u64;
+                while t.elapsed() < Duration::from_secs(10) && s.write_all(&junk).is_ok() {
+                    sent += junk.len() as u64;
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<u64> = floods.into_iter().map(|h| h.join().unwrap()).collect();
+    let grew = srv.peak_rss_kib().saturating_sub(before);
+    eprintln!("sent {sent:?} bytes; peak RSS grew by {grew} KiB");
+    assert!(
+        grew < 64 << 10,
+        "peak RSS grew by {grew} KiB after sending {sent:?}"
+    );
+    assert_eq!(srv.get(SMALL, &[]).body, data.small);
+}
+
+#[test]
 fn mount_with_http_serves_both_from_one_process() {
     if !fuse_or_skip("mount_with_http_serves_both_from_one_process") {
         return;
