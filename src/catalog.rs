@@ -214,6 +214,25 @@ impl Tree {
         c
     }
 
+    /// Gives every directory whose entries differ from `old` an mtime later than
+    /// before (`now`, or just past the old one), and keeps the later of the two
+    /// for the others. A directory's mtime then changes whenever its listing does,
+    /// as on a local filesystem: the kernel checks a cached listing against it.
+    fn carry_dir_mtimes(&mut self, old: &Tree, now: SystemTime) {
+        for (ino, node) in self.nodes.iter_mut() {
+            let NodeKind::Dir(children) = &node.kind else {
+                continue;
+            };
+            let Some(was) = old.nodes.get(ino) else {
+                continue;
+            };
+            node.mtime = match &was.kind {
+                NodeKind::Dir(before) if before == children => node.mtime.max(was.mtime),
+                _ => node.mtime.max(now).max(was.mtime + Duration::from_nanos(1)),
+            };
+        }
+    }
+
     /// The node with this inode number.
     pub fn get(&self, ino: Ino) -> Option<&Node> {
         self.nodes.get(&ino)
@@ -358,7 +377,9 @@ impl Catalog {
     /// Reloads the tree from the database, swaps it in and says what changed.
     pub fn refresh(&self) -> Result<Changes, CatalogError> {
         let rows = self.load_rows()?;
-        let tree = self.build(rows);
+        let mut tree = self.build(rows);
+        // Only the refresher swaps trees, so the snapshot taken here is the one replaced.
+        tree.carry_dir_mtimes(&self.snapshot(), SystemTime::now());
         let old = std::mem::replace(&mut *self.current.write(), Arc::new(tree));
         let new = self.snapshot();
         let changes = new.changes_since(&old);
@@ -713,5 +734,27 @@ mod tests {
         dirs.sort_unstable();
         assert_eq!(c.dirs, dirs);
         assert!(c.files.is_empty());
+    }
+
+    #[test]
+    fn a_directory_mtime_moves_whenever_its_listing_changes() {
+        let mut inodes = InodeTable::default();
+        let files = [("/u/a/1/k", "x"), ("/u/a/2/k", "y")];
+        let old = tree(&mut inodes, &files);
+        let later = UNIX_EPOCH + Duration::from_secs(100);
+        // Unchanged listings keep their time.
+        let mut same = tree(&mut inodes, &files);
+        same.carry_dir_mtimes(&old, later);
+        assert_eq!(same.lookup(ROOT, "u").unwrap().mtime, UNIX_EPOCH);
+        // /u/a loses a version: its mtime moves on, even though no row is newer.
+        let mut fewer = tree(&mut inodes, &files[..1]);
+        fewer.carry_dir_mtimes(&old, later);
+        let a = inodes.ino("/u/a");
+        assert_eq!(fewer.get(a).unwrap().mtime, later);
+        assert_eq!(fewer.lookup(ROOT, "u").unwrap().mtime, UNIX_EPOCH);
+        // Even with a clock that went back, it never moves backwards.
+        let mut again = tree(&mut inodes, &files);
+        again.carry_dir_mtimes(&fewer, UNIX_EPOCH);
+        assert!(again.get(a).unwrap().mtime > later);
     }
 }

@@ -87,9 +87,18 @@ impl BootFs {
     }
 
     /// The snapshot an open directory handle lists from.
-    fn dir_snapshot(&self, fh: FileHandle) -> Arc<Tree> {
-        match self.open.dirs.lock().get(&fh.0) {
-            Some(t) => t.clone(),
+    /// The tree a listing is read from. A pass starts (offset 0) from the current
+    /// tree and keeps it for the rest of the pass, so one listing is consistent.
+    /// Never an older tree at offset 0: the kernel caches the listing under the
+    /// mtime it saw just before asking, which may already be the new tree's.
+    fn dir_snapshot(&self, fh: FileHandle, offset: u64) -> Arc<Tree> {
+        let mut dirs = self.open.dirs.lock();
+        match dirs.get_mut(&fh.0) {
+            Some(t) if offset > 0 => t.clone(),
+            Some(t) => {
+                *t = self.catalog.snapshot();
+                t.clone()
+            }
             None => self.catalog.snapshot(),
         }
     }
@@ -194,6 +203,16 @@ impl Filesystem for BootFs {
         let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         if config.add_capabilities(plus).is_err() {
             debug!("kernel lacks readdirplus");
+        }
+        // A cached listing is used only while the directory's mtime is the one it
+        // was cached at. The catalog moves a directory's mtime whenever its entries
+        // change, so a listing read from an older tree just before a refresh cannot
+        // outlive the refresh's invalidation.
+        if config
+            .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_err()
+        {
+            warn!("kernel lacks auto_inval_data: listings may stay stale until the next change");
         }
         // fuser derives the largest read request from max_write: match the handle's
         // chunk, so aligned requests never straddle two chunks.
@@ -330,7 +349,7 @@ impl Filesystem for BootFs {
         match tree.get(ino.0).map(|n| &n.kind) {
             Some(NodeKind::Dir(_)) => {
                 let fh = self.open.next_fh();
-                // Keep the snapshot so a listing is consistent across readdir calls.
+                // Each pass of readdir calls reads one snapshot (see dir_snapshot).
                 self.open.dirs.lock().insert(fh, tree);
                 // The kernel may keep listings: `forget` drops them when they change.
                 let cache = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
@@ -349,7 +368,7 @@ impl Filesystem for BootFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let tree = self.dir_snapshot(fh);
+        let tree = self.dir_snapshot(fh, offset);
         match entries(&tree, ino.0) {
             Ok(list) => {
                 for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {
@@ -371,7 +390,7 @@ impl Filesystem for BootFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let tree = self.dir_snapshot(fh);
+        let tree = self.dir_snapshot(fh, offset);
         match entries(&tree, ino.0) {
             Ok(list) => {
                 for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {

@@ -441,6 +441,65 @@ fn images_added_and_removed_show_within_the_refresh_interval() {
     assert!(listing(&mnt.dir).is_empty(), "{:?}", listing(&mnt.dir));
 }
 
+#[test]
+fn cached_listings_follow_changes_while_being_read() {
+    if !fuse_or_skip("cached_listings_follow_changes_while_being_read") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let series = mnt.path("ubuntu/amd64/generic/focal");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Readers list the directory without pause, so listings are in flight when a
+    // refresh swaps the tree: none of them may stay cached past the refresh.
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (dir, stop) = (series.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::read_dir(&dir).map(|d| d.count());
+                }
+            })
+        })
+        .collect();
+    let listing = || -> BTreeSet<String> {
+        fs::read_dir(&series)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut m = Maas { client: &mut c };
+    let mut want = BTreeSet::new();
+    for round in 0..12 {
+        let version = format!("v{round}");
+        let s = m.set("ubuntu/focal", "amd64/generic", &version);
+        m.file(s, "k", &bytes(round, 10));
+        want.insert(version);
+        if round % 3 == 2 {
+            // Every third round also removes the oldest version.
+            let gone = want.pop_first().unwrap();
+            m.client
+                .execute(
+                    "DELETE FROM maasserver_bootresourcefile WHERE resource_set_id IN \
+                     (SELECT id FROM maasserver_bootresourceset WHERE version = $1)",
+                    &[&gone],
+                )
+                .unwrap();
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || listing() == want),
+            "round {round}: listed {:?}, want {want:?}",
+            listing()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+}
+
 /// A store with one file, `ubuntu/amd64/generic/focal/1/a` of `len` bytes, mounted
 /// with `--refresh 1`: the cluster, the mount, the file's path and its bytes.
 fn one_file_mounted(seed: u64, len: usize) -> (Cluster, Mount, PathBuf, Vec<u8>) {
