@@ -194,15 +194,7 @@ fn resolve(listen: &str) -> io::Result<SocketAddr> {
 fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::Watchdog>) {
     let mut failures: u32 = 0;
     loop {
-        let server = listener
-            .try_clone()
-            .and_then(|l| Ok((conn::ListenerCopy::new(&l)?, l)))
-            .map_err(|e| e.to_string())
-            .and_then(|(copy, l)| {
-                let server = Server::from_listener(l, None).map_err(|e| e.to_string())?;
-                Ok((copy, server))
-            });
-        let (copy, server) = match server {
+        let (copy, server) = match serve_on(&listener) {
             Ok(s) => s,
             Err(e) => {
                 warn!("http: cannot restart the listener: {e}");
@@ -237,6 +229,14 @@ fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::W
             .spawn(move || drain(server, drain_tx, &drain_dog));
         backoff(&mut failures);
     }
+}
+
+/// A tiny_http server on a copy of `listener`, and the watch on that copy.
+fn serve_on(listener: &TcpListener) -> Result<(conn::ListenerCopy, Server), String> {
+    let l = listener.try_clone().map_err(|e| e.to_string())?;
+    let copy = conn::ListenerCopy::new(&l).map_err(|e| e.to_string())?;
+    let server = Server::from_listener(l, None).map_err(|e| e.to_string())?;
+    Ok((copy, server))
 }
 
 fn backoff(failures: &mut u32) {

@@ -805,16 +805,12 @@ fn accept_errors_do_not_stop_the_server() {
     for limit in [40, 41] {
         let tmp = temp_dir("pgbt-http-");
         let log = tmp.path().join("pgbootfs.log");
-        let child = Command::new("prlimit")
-            .arg(format!("--nofile={limit}:{limit}"))
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={limit}:{limit}"))
             .args(["--", bin()])
             .args(["--db", &pg.conninfo("postgres")])
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "pgbootfs=debug,info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .args(["serve", "--listen", "127.0.0.1:0"]);
+        let child = spawn_logged(cmd, &log);
         let srv = Server::wait(child, log, tmp);
         let held: Vec<TcpStream> = (0..60)
             .map(|_| TcpStream::connect(srv.addr).unwrap())

@@ -5,10 +5,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::{bin, temp_dir};
+use super::{bin, spawn_logged, temp_dir};
 
 /// A running `pgbootfs serve`, stopped on drop.
 pub struct Server {
@@ -24,14 +24,10 @@ impl Server {
     pub fn start(conninfo: &str, extra: &[&str]) -> Server {
         let tmp = temp_dir("pgbt-http-");
         let log = tmp.path().join("pgbootfs.log");
-        let child = Command::new(bin())
-            .args(["--db", conninfo, "serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "pgbootfs=debug,info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["--db", conninfo, "serve", "--listen", "127.0.0.1:0"])
+            .args(extra);
+        let child = spawn_logged(cmd, &log);
         Self::wait(child, log, tmp)
     }
 

@@ -451,6 +451,15 @@ pub fn sparse_store(tail: &[u8]) -> Cluster {
     pg
 }
 
+/// Starts a pgbootfs command with debug logging into `log`.
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> std::process::Child {
+    cmd.env("RUST_LOG", "pgbootfs=debug,info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// Whether FUSE tests can run. Under CI=true a missing FUSE fails the test.
 pub fn fuse_or_skip(test: &str) -> bool {
     let ok = fs::OpenOptions::new()
@@ -499,15 +508,9 @@ impl Mount {
 
     pub fn start_at(tmp: tempfile::TempDir, dir: PathBuf, conninfo: &str, extra: &[&str]) -> Mount {
         let log = tmp.path().join("pgbootfs.log");
-        let child = Command::new(bin())
-            .args(["--db", conninfo, "mount"])
-            .arg(&dir)
-            .args(extra)
-            .env("RUST_LOG", "pgbootfs=debug,info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["--db", conninfo, "mount"]).arg(&dir).args(extra);
+        let child = spawn_logged(cmd, &log);
         let mut m = Mount {
             child: Some(child),
             dir,
