@@ -579,6 +579,59 @@ impl Catalog {
 }
 
 impl Tree {
+    /// A tree of the given files (`/os/arch/.../name` paths), with no database: for
+    /// tests and tools. Inode numbers follow the order of `files`.
+    pub fn from_files(files: &[(&str, FileInfo)]) -> Tree {
+        let mut inodes = InodeTable::default();
+        let mut t = Tree::default();
+        t.nodes.insert(ROOT, dir_node(ROOT, ROOT, "/".into()));
+        for (path, info) in files {
+            let Some((dirs, name)) = path.rsplit_once('/') else {
+                continue;
+            };
+            let mut parent = ROOT;
+            let mut at = String::new();
+            for d in dirs.split('/').filter(|d| !d.is_empty()) {
+                at = format!("{at}/{d}");
+                parent = t.ensure_dir(&mut inodes, parent, &at, d, UNIX_EPOCH);
+            }
+            let ino = inodes.ino(&format!("{path}\0{}", info.sha256));
+            if !t.add_child(parent, name, ino) {
+                continue;
+            }
+            t.file_count += 1;
+            t.total_bytes += info.size;
+            t.nodes.insert(
+                ino,
+                Node {
+                    ino,
+                    parent,
+                    path: path.to_string(),
+                    mtime: UNIX_EPOCH,
+                    kind: NodeKind::File(info.clone()),
+                },
+            );
+        }
+        t
+    }
+
+    /// A directory's entries, `.` and `..` first, as a listing shows them; None
+    /// if `ino` is not a directory of this tree.
+    pub fn children(&self, ino: Ino) -> Option<Vec<(&str, &Node)>> {
+        let node = self.get(ino)?;
+        let NodeKind::Dir(entries) = &node.kind else {
+            return None;
+        };
+        let parent = self.get(node.parent).unwrap_or(node);
+        let mut list = vec![(".", node), ("..", parent)];
+        list.extend(
+            entries
+                .iter()
+                .filter_map(|(name, ino)| Some((name.as_str(), self.get(*ino)?))),
+        );
+        Some(list)
+    }
+
     fn ensure_dir(
         &mut self,
         inodes: &mut InodeTable,

@@ -1,19 +1,22 @@
 //! pgbootfs: MAAS boot images kept as PostgreSQL large objects, served as a
-//! read-only file system (and, through the same handles, over HTTP).
+//! read-only file system and over HTTP, through the same handles.
 //!
-//! Layout: [`db`] finds the database; [`catalog`] holds the metadata snapshot of the
-//! tree; [`handle`] is one open large object with its own connection and
-//! transaction, the only reader of image bytes; [`fs`] adapts the kernel's FUSE
-//! calls to those; [`mount`] wires it up and runs its lifecycle. [`store`] is the
-//! writing side: import, ls, verify and remove.
+//! Layers, dependencies pointing down (doc/DEVELOPMENT.md has the diagram):
+//! - front ends: [`mount`] (with [`fs`]), [`http`], [`store`] (import, ls, verify,
+//!   remove); [`daemon`] is the start-up and shutdown that `mount` and `serve` share;
+//! - [`handle`]: every read of image bytes, over a shared chunk cache;
+//! - [`catalog`]: the metadata snapshot of the tree, and the MAAS schema queries;
+//! - [`db`]: where the database is and how to connect; [`mountinfo`]: the mount table.
 
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod catalog;
+pub mod daemon;
 pub mod db;
 pub mod fs;
 pub mod handle;
 pub mod http;
 pub mod mount;
+pub mod mountinfo;
 pub mod store;
-mod stream;

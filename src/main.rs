@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use pgbootfs::db::DbConfig;
+use pgbootfs::handle::PoolOptions;
 use pgbootfs::http::{self, HttpOptions, ServeOptions};
 use pgbootfs::mount::{self, MountOptions};
 use pgbootfs::store;
@@ -81,16 +82,17 @@ struct MountArgs {
     /// Seconds between catalog reloads: added or removed images show up this late.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     refresh: u64,
-    /// Seconds an open waits for a free handle connection before failing with EAGAIN.
+    /// Seconds a read waits for a free handle connection before failing with EAGAIN.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pool_timeout: u64,
-    /// Most files open at once (each holds one database connection).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    max_handles: u32,
-    /// FUSE worker threads. A request waiting on the database holds its thread, so
-    /// more threads than cores keep other files moving.
+    #[command(flatten)]
+    pool: PoolArgs,
+    /// FUSE worker threads: metadata requests and reads answered from memory.
     #[arg(long, default_value_t = 16, value_name = "N")]
     threads: usize,
+    /// Threads for reads that wait on the database; they never hold up metadata.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    read_threads: usize,
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
     allow_other: bool,
@@ -112,17 +114,44 @@ struct ServeArgs {
     /// Seconds between catalog reloads: added or removed images show up this late.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     refresh: u64,
-    /// Most downloads reading at once (each holds one database connection).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    max_handles: u32,
+    #[command(flatten)]
+    pool: PoolArgs,
     #[command(flatten)]
     http_opts: HttpArgs,
 }
 
 #[derive(clap::Args)]
+struct PoolArgs {
+    /// Most database connections for reading images (each reader that needs the
+    /// database holds one; readers of bytes already in memory hold none).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_handles: u32,
+    /// Seconds after which an open file that is not being read gives back its
+    /// connection and snapshot (its next read sets up again).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    handle_idle: u64,
+    /// MiB of image chunks kept in memory, shared by all readers of the same image.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    cache_memory: u64,
+}
+
+impl PoolArgs {
+    fn options(&self, timeout: Duration) -> PoolOptions {
+        PoolOptions {
+            max: self.max_handles,
+            timeout,
+            handle_idle: Duration::from_secs(self.handle_idle.max(1)),
+            cache_memory: self.cache_memory << 20,
+            ..PoolOptions::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
 struct HttpArgs {
-    /// HTTP requests handled at once; more wait in a queue.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    /// HTTP requests handled at once; more wait in a queue. A download of bytes in
+    /// memory holds no database connection, so this can exceed --max-handles.
+    #[arg(long, default_value_t = 160, value_name = "N")]
     http_workers: usize,
     /// Seconds a client may accept no bytes before it is dropped.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
@@ -184,6 +213,21 @@ fn raise_fd_limit() {
     }
 }
 
+/// Is the cause of `e`, anywhere down its chain, a closed pipe?
+fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -192,20 +236,20 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let cli = Cli::parse();
     let result = DbConfig::resolve(cli.db.as_deref())
-        .map_err(|e| e.to_string())
+        .map_err(Box::<dyn std::error::Error>::from)
         .and_then(|db| match cli.command {
             Command::Mount(args) => {
                 let opts = MountOptions {
                     mountpoint: args.mountpoint,
                     refresh: Duration::from_secs(args.refresh.max(1)),
-                    pool_timeout: Duration::from_secs(args.pool_timeout),
-                    max_handles: args.max_handles,
+                    pool: args.pool.options(Duration::from_secs(args.pool_timeout)),
                     threads: args.threads,
+                    read_threads: args.read_threads,
                     allow_other: args.allow_other,
                     read_ahead_kb: args.read_ahead_kb,
                     http: args.http.map(|addr| args.http_opts.options(addr)),
                 };
-                mount::run(&db, &opts).map_err(|e| e.to_string())
+                mount::run(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }
             Command::Import(args) => {
                 let opts = store::import::ImportOptions {
@@ -224,31 +268,35 @@ fn main() -> ExitCode {
                             s.files_shared
                         )
                     })
-                    .map_err(|e| e.to_string())
+                    .map_err(Box::<dyn std::error::Error>::from)
             }
             Command::Ls(args) => {
                 store::list::run(&db, &args.path, args.json, &mut std::io::stdout())
-                    .map_err(|e| e.to_string())
+                    .map_err(Box::<dyn std::error::Error>::from)
             }
             Command::Verify(args) => store::verify::run(&db, &args.path, &mut std::io::stdout())
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(Box::<dyn std::error::Error>::from),
             Command::Remove(args) => store::remove::run(&db, &args.path, &mut std::io::stdout())
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(Box::<dyn std::error::Error>::from),
             Command::Serve(args) => {
                 let opts = ServeOptions {
                     http: args.http_opts.options(args.listen),
                     refresh: Duration::from_secs(args.refresh.max(1)),
-                    max_handles: args.max_handles,
+                    pool: args
+                        .pool
+                        .options(Duration::from_secs(args.http_opts.http_pool_wait.max(1))),
                 };
-                http::serve(&db, &opts).map_err(|e| e.to_string())
+                http::serve(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("pgbootfs: error: {msg}");
+        // `pgbootfs ls | head`: the reader went away, which is not our failure.
+        Err(e) if broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgbootfs: error: {e}");
             ExitCode::FAILURE
         }
     }

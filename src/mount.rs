@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::CatalogError;
+use crate::daemon::{Services, StopSignals};
 use crate::db::DbConfig;
-use crate::fs::{BootFs, OpenTable};
-use crate::handle::HandlePool;
+use crate::fs::{BootFs, FsCore, OpenTable};
+use crate::handle::PoolOptions;
 use crate::http::HttpOptions;
 
 /// Options of `pgbootfs mount`.
@@ -24,12 +25,12 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     /// How often the catalog is reloaded.
     pub refresh: Duration,
-    /// How long an open waits for a free handle connection.
-    pub pool_timeout: Duration,
-    /// Most handle connections open at once.
-    pub max_handles: u32,
-    /// FUSE worker threads.
+    /// Handle connections and the memory cache.
+    pub pool: PoolOptions,
+    /// FUSE worker threads (metadata and reads from memory).
     pub threads: usize,
+    /// Threads for reads that wait on the database.
+    pub read_threads: usize,
     /// Let other users read the mount (needs `user_allow_other` for non-root).
     pub allow_other: bool,
     /// Kernel read-ahead for the mount, in KiB (settable as root only).
@@ -52,6 +53,8 @@ pub enum MountError {
         /// The system's complaint.
         err: io::Error,
     },
+    /// A thread or the signal handler could not be set up.
+    Start(&'static str, io::Error),
     /// The HTTP server could not start (`--http`).
     Http(io::Error),
 }
@@ -66,12 +69,23 @@ impl fmt::Display for MountError {
                 "cannot mount at {}: {err} (is /dev/fuse present and usable, and fuse3 installed?)",
                 path.display()
             ),
+            MountError::Start(what, e) => write!(f, "cannot start {what}: {e}"),
             MountError::Http(e) => write!(f, "--http: {e}"),
         }
     }
 }
 
-impl std::error::Error for MountError {}
+impl std::error::Error for MountError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MountError::Catalog(e) => Some(e),
+            MountError::Mount { err, .. } | MountError::Start(_, err) | MountError::Http(err) => {
+                Some(err)
+            }
+            MountError::Mountpoint(_) => None,
+        }
+    }
+}
 
 impl From<CatalogError> for MountError {
     fn from(e: CatalogError) -> Self {
@@ -80,24 +94,29 @@ impl From<CatalogError> for MountError {
 }
 
 enum Event {
-    Signal(i32),
+    Signal,
     SessionEnded(io::Result<()>),
 }
 
 /// Mounts and serves until a signal or an external unmount.
 pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
-    // Block the stop signals before any thread starts, so only sigwait sees them.
-    let signals = block_stop_signals();
+    let mut signals = StopSignals::catch().map_err(|e| MountError::Start("signals", e))?;
     prepare_mountpoint(&opts.mountpoint)?;
     // Resolved now: once mounted, a stat of the mountpoint waits for our own session.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
-    let catalog = Arc::new(Catalog::open(db)?);
-    let pool = HandlePool::new(db, opts.max_handles, opts.pool_timeout);
+    let services = Services::start(db, &opts.pool)?;
     if let Some(http_opts) = &opts.http {
-        crate::http::start(catalog.clone(), &pool, http_opts).map_err(MountError::Http)?;
+        crate::http::start(services.catalog.clone(), &services.pool, http_opts)
+            .map_err(MountError::Http)?;
     }
     let open = Arc::new(OpenTable::default());
-    let fs = BootFs::new(catalog.clone(), pool, open.clone());
+    let core = FsCore::new(
+        services.catalog.clone(),
+        services.pool.clone(),
+        open.clone(),
+    );
+    let fs = BootFs::new(Arc::new(core), opts.read_threads)
+        .map_err(|e| MountError::Start("the read threads", e))?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -121,11 +140,11 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         })?;
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();
-    catalog
-        .spawn_refresher(opts.refresh, move |changes| {
+    services
+        .refresh_every(opts.refresh, move |changes| {
             crate::fs::forget(&notifier, changes)
         })
-        .map_err(|e| MountError::Mountpoint(format!("cannot start the refresh thread: {e}")))?;
+        .map_err(|e| MountError::Start("the refresh thread", e))?;
     raise_read_ahead(&canonical, opts.read_ahead_kb);
     info!(
         "serving {} at {} (refresh every {}s)",
@@ -136,29 +155,26 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
 
     let (tx, rx) = mpsc::channel();
     let tx_session = tx.clone();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
             let _ = tx_session.send(Event::SessionEnded(session.run()));
-        });
-    if let Err(e) = spawned {
-        return Err(MountError::Mountpoint(format!(
-            "cannot start the FUSE session: {e}"
-        )));
-    }
-    let _ = std::thread::Builder::new()
+        })
+        .map_err(|e| MountError::Start("the FUSE session", e))?;
+    std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            while let Some(sig) = wait_signal(&signals) {
-                if tx.send(Event::Signal(sig)).is_err() {
+            while signals.wait().is_some() {
+                if tx.send(Event::Signal).is_err() {
                     return;
                 }
             }
-        });
+        })
+        .map_err(|e| MountError::Start("the signal thread", e))?;
 
     match rx.recv() {
-        Ok(Event::Signal(sig)) => {
-            info!("signal {sig}: unmounting {}", opts.mountpoint.display());
+        Ok(Event::Signal) => {
+            info!("unmounting {}", opts.mountpoint.display());
             if let Err(e) = unmounter.unmount() {
                 info!("plain unmount failed ({e}): detaching lazily");
                 detach(&opts.mountpoint);
@@ -249,44 +265,13 @@ fn detach(path: &Path) {
 /// Sets the mount's kernel read-ahead. FUSE starts it at 128 KiB, which also caps
 /// each read request at 128 KiB; a larger window lets the kernel send 1 MiB requests.
 fn raise_read_ahead(mountpoint: &Path, kb: u32) {
-    let Some(dev) = mount_device(mountpoint) else {
+    let Some(m) = crate::mountinfo::find(mountpoint) else {
         debug!("no mountinfo entry for {}", mountpoint.display());
         return;
     };
-    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", m.device);
     match std::fs::write(&knob, kb.to_string()) {
         Ok(()) => debug!("{knob} = {kb}"),
         Err(e) => info!("cannot set {knob} ({e}): kernel read-ahead stays at its default"),
     }
-}
-
-/// The `major:minor` of the mount at canonical `path`, from /proc/self/mountinfo.
-fn mount_device(want: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // Fields: id parent major:minor root mountpoint ...; the last match is the top mount.
-    info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let point = f.get(4)?.replace("\\040", " ");
-        (Path::new(&point) == want).then(|| f[2].to_string())
-    })
-}
-
-pub(crate) fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-set manipulation on a zeroed local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-pub(crate) fn wait_signal(set: &libc::sigset_t) -> Option<i32> {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: set is a valid signal set; sig is a valid out pointer.
-    let rc = unsafe { libc::sigwait(set, &mut sig) };
-    (rc == 0).then_some(sig)
 }

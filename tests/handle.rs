@@ -1,22 +1,34 @@
 //! The handle type on its own, against a real PostgreSQL: every access pattern the
 //! kernel or an HTTP client produces must return the stored bytes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use pgbootfs::catalog::FileInfo;
 use pgbootfs::db::DbConfig;
-use pgbootfs::handle::{Handle, HandlePool};
+use pgbootfs::handle::{Handle, HandlePool, PoolOptions};
 
-fn setup(data: &[u8]) -> (Cluster, HandlePool, u32) {
+fn setup(data: &[u8]) -> (Cluster, HandlePool, FileInfo) {
     let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     let oid = m.file(s, "squashfs", data);
     let db = DbConfig::resolve(Some(&pg.conninfo("postgres"))).unwrap();
-    let pool = HandlePool::new(&db, 4, Duration::from_secs(5));
-    (pg, pool, oid)
+    let pool = HandlePool::new(
+        &db,
+        &PoolOptions {
+            max: 4,
+            timeout: Duration::from_secs(5),
+            ..PoolOptions::default()
+        },
+    );
+    let info = FileInfo {
+        oid,
+        size: data.len() as u64,
+        sha256: sha256_hex(data),
+        filetype: "squashfs".into(),
+    };
+    (pg, pool, info)
 }
 
 fn read(h: &Handle, off: u64, len: usize) -> Vec<u8> {
@@ -31,10 +43,12 @@ fn expect(data: &[u8], off: u64, len: usize) -> &[u8] {
 #[test]
 fn sequential_out_of_order_and_seeking_reads_return_the_stored_bytes() {
     let data = bytes(1, 40 * (1 << 20) + 4321);
-    let (_pg, pool, oid) = setup(&data);
-    let h = Handle::new(&pool, oid, data.len() as u64, "/t/squashfs");
-    h.ensure_open().unwrap();
-    h.ensure_open().unwrap(); // idempotent
+    let (_pg, pool, file) = setup(&data);
+    let h = pool.open(&file, "/t/squashfs");
+    assert!(!h.holds_connection(), "set-up waits for the first read");
+    h.prepare(0).unwrap();
+    h.prepare(0).unwrap(); // idempotent
+    assert!(h.holds_connection());
 
     // A sequential reader in kernel-sized requests, with neighbours swapped as the
     // kernel's parallel read-ahead does.
@@ -84,13 +98,13 @@ fn sequential_out_of_order_and_seeking_reads_return_the_stored_bytes() {
 #[test]
 fn many_handles_read_in_parallel_and_give_their_connections_back() {
     let data = bytes(2, 9 * (1 << 20) + 5);
-    let (pg, pool, oid) = setup(&data);
+    let (pg, pool, file) = setup(&data);
     std::thread::scope(|s| {
         for t in 0..4u64 {
-            let (pool, data) = (&pool, &data);
+            let (pool, data, file) = (&pool, &data, &file);
             s.spawn(move || {
                 for round in 0..3u64 {
-                    let h = Handle::new(pool, oid, data.len() as u64, "/t/squashfs");
+                    let h = pool.open(file, "/t/squashfs");
                     // Each thread starts at a different place and streams on.
                     let mut off = (t * 2 + round) << 20;
                     while off < data.len() as u64 {

@@ -1,16 +1,14 @@
 //! The FUSE mount against a real PostgreSQL cluster and a real kernel mount.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Every path below `root`, relative, with "/" suffix for directories.
 fn walk(root: &Path) -> BTreeSet<String> {
@@ -278,8 +276,10 @@ fn each_open_file_has_its_own_backend_and_transaction() {
     let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
-    m.file(s, "a", &bytes(51, 3 << 20));
-    m.file(s, "b", &bytes(52, 3 << 20));
+    // Large enough that ten bytes read leave each handle mid-way, its read-ahead
+    // held back on its connection (a handle that has every byte gives it back).
+    m.file(s, "a", &bytes(51, 64 << 20));
+    m.file(s, "b", &bytes(52, 64 << 20));
     let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
     let mut fa = fs::File::open(mnt.path("ubuntu/amd64/generic/focal/1/a")).unwrap();
     let mut fb = fs::File::open(mnt.path("ubuntu/amd64/generic/focal/1/b")).unwrap();
@@ -502,42 +502,46 @@ fn cached_listings_follow_changes_while_being_read() {
 
 /// A store with one file, `ubuntu/amd64/generic/focal/1/a` of `len` bytes, mounted
 /// with `--refresh 1`: the cluster, the mount, the file's path and its bytes.
-fn one_file_mounted(seed: u64, len: usize) -> (Cluster, Mount, PathBuf, Vec<u8>) {
-    let (pg, mut c) = store();
-    let mut m = Maas { client: &mut c };
-    let s = m.set("ubuntu/focal", "amd64/generic", "1");
-    let data = bytes(seed, len);
-    m.file(s, "a", &data);
-    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
-    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
-    (pg, mnt, p, data)
-}
-
 #[test]
 fn reads_go_on_after_the_database_restarts() {
     if !fuse_or_skip("reads_go_on_after_the_database_restarts") {
         return;
     }
-    let (pg, mnt, p, data) = one_file_mounted(93, 300_000);
-    // Four files open at once leave four idle connections in the handle pool.
-    let open: Vec<fs::File> = (0..4).map(|_| fs::File::open(&p).unwrap()).collect();
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let len = 48 << 20;
+    let data: Vec<Vec<u8>> = (0..4).map(|i| bytes(930 + i, len)).collect();
+    for (i, d) in data.iter().enumerate() {
+        m.file(s, &format!("f{i}"), d);
+    }
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let path = |i: usize| mnt.path(&format!("ubuntu/amd64/generic/focal/1/f{i}"));
+    // Four files read at once leave four connections in the handle pool once
+    // closed: each handle's read-ahead held its own.
+    let open: Vec<fs::File> = (0..4).map(|i| fs::File::open(path(i)).unwrap()).collect();
     for f in &open {
         let mut buf = [0u8; 10];
         f.read_exact_at(&mut buf, 0).unwrap();
     }
     drop(open);
     pg.restart();
-    // Every pooled connection is dead now; each open must still succeed.
+    // Every pooled connection is dead now; reads of bytes not yet in memory (the
+    // tails, which no read-ahead reached) must still succeed.
     for i in 0..6 {
-        let mut f = fs::File::open(&p).unwrap_or_else(|e| panic!("open {i}: {e}\n{}", mnt.log()));
-        let mut got = Vec::new();
-        f.read_to_end(&mut got)
+        let f =
+            fs::File::open(path(i % 4)).unwrap_or_else(|e| panic!("open {i}: {e}\n{}", mnt.log()));
+        let at = len - (1 << 20) * (1 + i / 4);
+        let mut got = vec![0u8; 1 << 20];
+        f.read_exact_at(&mut got, at as u64)
             .unwrap_or_else(|e| panic!("read {i}: {e}\n{}", mnt.log()));
-        assert_eq!(got, data, "read {i}");
-        drop(f);
-        // A new file must not be served from the page cache: drop it.
-        let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+        assert!(got == data[i % 4][at..at + (1 << 20)], "read {i}");
     }
+    assert_eq!(
+        sha256_hex(&fs::read(path(2)).unwrap()),
+        sha256_hex(&data[2]),
+        "a whole file after the restart"
+    );
     // The catalog reconnects too: a new image still shows up.
     let mut c = pg.client("postgres");
     let mut m = Maas { client: &mut c };
@@ -552,24 +556,38 @@ fn reads_go_on_after_the_database_restarts() {
 }
 
 #[test]
-fn opens_fail_at_once_while_the_database_is_down() {
-    if !fuse_or_skip("opens_fail_at_once_while_the_database_is_down") {
+fn reads_fail_at_once_while_the_database_is_down() {
+    if !fuse_or_skip("reads_fail_at_once_while_the_database_is_down") {
         return;
     }
-    // The default pool timeout is 30 s: an open must not wait for it.
-    let (pg, mnt, p, data) = one_file_mounted(95, 1000);
+    // The default pool timeout is 30 s: a read must not wait for it.
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let data = bytes(95, 1000);
+    m.file(s, "a", &data);
+    m.file(s, "b", &bytes(96, 1000));
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let p = mnt.path("ubuntu/amd64/generic/focal/1/a");
+    let never_read = mnt.path("ubuntu/amd64/generic/focal/1/b");
     assert_eq!(fs::read(&p).unwrap(), data);
     pg.stop_server();
     for _ in 0..3 {
         let t = std::time::Instant::now();
-        let err = fs::File::open(&p).expect_err("open with the database down");
+        // Opening needs no database; the first read that needs it fails at once.
+        let mut f = fs::File::open(&never_read).expect("open needs no database");
+        let err = f
+            .read(&mut [0u8; 10])
+            .expect_err("read with the database down");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         assert!(
             t.elapsed() < Duration::from_secs(5),
-            "open took {:?}",
+            "read took {:?}",
             t.elapsed()
         );
     }
+    // Bytes already in memory are still served.
+    assert_eq!(fs::read(&p).unwrap(), data);
     // The tree stays browsable from the catalog's snapshot, refreshes failing.
     assert!(
         wait_until(Duration::from_secs(15), || mnt
@@ -643,7 +661,7 @@ fn sigterm_unmounts_ends_transactions_and_exits_zero() {
     let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
-    m.file(s, "a", &bytes(81, 2 << 20));
+    m.file(s, "a", &bytes(81, 64 << 20));
     let mut mnt = Mount::start(&pg.conninfo("postgres"), &[]);
     // Hold a file open, so the mount is busy.
     let mut f = fs::File::open(mnt.path("ubuntu/amd64/generic/focal/1/a")).unwrap();
@@ -680,7 +698,8 @@ fn stale_mount_from_a_killed_run_is_cleaned_up() {
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
     m.file(s, "a", &bytes(91, 1000));
     let tmp = temp_dir("pgbt-mnt-");
-    let dir = tmp.path().join("mnt");
+    // The mount table escapes these: each must be read back as written.
+    let dir = tmp.path().join("mnt a\tb\\c");
     fs::create_dir(&dir).unwrap();
     let mut first = Mount::start_at(
         temp_dir("pgbt-log-"),
@@ -763,7 +782,7 @@ fn exhausted_pool_gives_eagain_and_missing_object_gives_eio() {
     let (pg, mut c) = store();
     let mut m = Maas { client: &mut c };
     let s = m.set("ubuntu/focal", "amd64/generic", "1");
-    m.file(s, "a", &bytes(101, 1000));
+    m.file(s, "a", &bytes(101, 64 << 20));
     m.file(s, "b", &bytes(102, 1000));
     let gone = m.file(s, "gone", &bytes(103, 1000));
     let mnt = Mount::start(
@@ -771,8 +790,11 @@ fn exhausted_pool_gives_eagain_and_missing_object_gives_eio() {
         &["--max-handles", "1", "--pool-timeout", "1"],
     );
     let dir = mnt.path("ubuntu/amd64/generic/focal/1");
-    let held = fs::File::open(dir.join("a")).unwrap();
-    let e = fs::File::open(dir.join("b")).unwrap_err();
+    // A reader mid-way through a large file holds the only connection.
+    let mut held = fs::File::open(dir.join("a")).unwrap();
+    held.read_exact(&mut [0u8; 10]).unwrap();
+    let mut b = fs::File::open(dir.join("b")).expect("open needs no connection");
+    let e = b.read(&mut [0u8; 10]).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
     assert!(mnt.log().contains("busy"), "{}", mnt.log());
     drop(held);
@@ -792,6 +814,6 @@ fn exhausted_pool_gives_eagain_and_missing_object_gives_eio() {
             "pgbootfs-handle"
         )
         .is_empty()),
-        "a failed open leaves no transaction"
+        "a failed read leaves no transaction"
     );
 }

@@ -1,14 +1,12 @@
 //! `pgbootfs import`, `ls`, `verify` and `remove` against real PostgreSQL clusters,
 //! a real FUSE mount and a mirror written by the real `sstream-mirror`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::time::Duration;
 
-use common::store::*;
-use common::*;
+use crate::common::store::*;
+use crate::common::*;
 
 const JAMMY: &str = "ubuntu/amd64/ga-22.04/jammy";
 
@@ -508,6 +506,27 @@ fn remove_leaves_no_orphans_and_no_dangling_rows() {
 }
 
 #[test]
+fn ls_into_a_closed_pipe_ends_quietly() {
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    let (src, _) = sample_tree();
+    import(&db, &src);
+    // As `pgbootfs ls --json | head -1` once head has gone: every write fails with
+    // EPIPE, which is the reader's choice, not an error of ours.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(bin())
+        .args(["--db", &db, "ls", "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {err}", out.status);
+    assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
 fn ls_shows_sizes_sha256_and_unfinished_files() {
     let pg = Cluster::start();
     let db = pg.conninfo("postgres");
@@ -669,9 +688,16 @@ fn remove_leaves_open_readers_their_snapshot() {
         .get(0);
     // The mount's own handle type, opened before the removal.
     let cfg = pgbootfs::db::DbConfig::resolve(Some(&db)).unwrap();
-    let pool = pgbootfs::handle::HandlePool::new(&cfg, 2, Duration::from_secs(10));
-    let h = pgbootfs::handle::Handle::new(&pool, oid, data.len() as u64, "squashfs");
-    h.ensure_open().unwrap();
+    let pool = pgbootfs::handle::HandlePool::new(&cfg, &Default::default());
+    let file = pgbootfs::catalog::FileInfo {
+        oid,
+        size: data.len() as u64,
+        sha256: sha256_hex(&data),
+        filetype: "squashfs".into(),
+    };
+    let h = pool.open(&file, "squashfs");
+    // The first read sets the handle up, and with it the snapshot.
+    h.prepare(0).unwrap();
     pgbootfs_ok(&db, &["remove", &format!("{JAMMY}/20240101")]);
     assert_eq!(
         counts(&mut c).large_objects,

@@ -10,9 +10,9 @@ use log::{debug, warn};
 use sha2::{Digest, Sha256};
 use tiny_http::Request;
 
-use crate::handle::{Handle, HandleErrorKind, READ_CHUNK};
+use crate::handle::{ErrorClass, Handle, READ_CHUNK};
 
-use super::{conn, range};
+use super::{conditional, conn};
 
 /// Seconds a client is told to wait after a 503.
 const RETRY_AFTER: &str = "5";
@@ -91,15 +91,18 @@ impl Reply {
             .header("ETag", tag.clone())
             .header("Cache-Control", "no-cache");
         let unchanged = if !if_none_match.is_empty() {
-            range::none_match_hits(if_none_match, &tag)
+            conditional::none_match_hits(if_none_match, &tag)
         } else {
             let modified = reply
                 .headers
                 .iter()
                 .find(|(name, _)| *name == "Last-Modified")
-                .and_then(|(_, v)| range::parse_date(v));
-            match (modified, if_modified_since.and_then(range::parse_date)) {
-                (Some(m), Some(since)) => range::not_modified_since(m, since),
+                .and_then(|(_, v)| conditional::parse_date(v));
+            match (
+                modified,
+                if_modified_since.and_then(conditional::parse_date),
+            ) {
+                (Some(m), Some(since)) => conditional::not_modified_since(m, since),
                 _ => false,
             }
         };
@@ -144,7 +147,7 @@ pub(super) fn send(
     peer: Option<SocketAddr>,
 ) -> (u16, u64, String) {
     let mut w = rq.into_writer();
-    if let Body::File { handle, len, .. } = &reply.body
+    if let Body::File { handle, len, start } = &reply.body
         && !head
         && *len > 0
     {
@@ -153,14 +156,16 @@ pub(super) fn send(
         if let Err(e) = w.flush() {
             return (reply.status, 0, format!(" (client gone: {e})"));
         }
-        if let Err(e) = handle.ensure_open() {
-            // Busy or unreachable: worth retrying. Anything else is our fault.
-            let busy = e.errno() == libc::EAGAIN || matches!(e.kind, HandleErrorKind::Connect(_));
+        // The first bytes, from memory or the database: a failure here can still
+        // be told to the client as a status.
+        if let Err(e) = handle.prepare(*start) {
             warn!("http: {e}");
-            reply = if busy {
-                Reply::text(503).header("Retry-After", RETRY_AFTER)
-            } else {
-                Reply::text(500)
+            reply = match e.class() {
+                // Worth retrying.
+                ErrorClass::Busy | ErrorClass::Unavailable => {
+                    Reply::text(503).header("Retry-After", RETRY_AFTER)
+                }
+                ErrorClass::Gone | ErrorClass::Broken => Reply::text(500),
             };
         }
     }
@@ -168,7 +173,7 @@ pub(super) fn send(
         "HTTP/1.1 {} {}\r\nServer: pgbootfs\r\nDate: {}\r\n",
         reply.status,
         reason(reply.status),
-        range::fmt_date(SystemTime::now())
+        conditional::fmt_date(SystemTime::now())
     );
     for (name, value) in &reply.headers {
         head_bytes.push_str(&format!("{name}: {value}\r\n"));

@@ -148,10 +148,7 @@ pub fn run(
     for f in &files {
         sets.entry(f.set_path()).or_default().push(f);
     }
-    let write_err = |e: std::io::Error| StoreError::Io {
-        path: "standard output".into(),
-        err: e,
-    };
+    let write_err = StoreError::Output;
     if as_json {
         let doc = json!({
             "path": under.display(),

@@ -71,6 +71,8 @@ pub enum StoreError {
     },
     /// Nothing in the store matches PATH.
     NotFound(String),
+    /// Writing the report to standard output failed (a closed pipe, say).
+    Output(std::io::Error),
     /// `verify` found problems (already reported one by one).
     VerifyFailed {
         /// How many files are wrong.
@@ -113,6 +115,7 @@ impl fmt::Display for StoreError {
                 "{}: {detail}; its version was not imported",
                 path.display()
             ),
+            StoreError::Output(e) => write!(f, "writing standard output: {e}"),
             StoreError::BadPath { path, reason } => write!(f, "invalid path {path:?}: {reason}"),
             StoreError::NotFound(path) => write!(
                 f,
@@ -125,7 +128,15 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Db(e) => Some(e),
+            StoreError::Io { err, .. } | StoreError::Output(err) => Some(err),
+            _ => None,
+        }
+    }
+}
 
 impl From<DbError> for StoreError {
     fn from(e: DbError) -> Self {

@@ -110,10 +110,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
         "removed {} version(s), {} file row(s), {} large object(s), {} resource(s) left empty",
         summary.sets, summary.files, summary.largefiles, summary.resources
     )
-    .map_err(|e| StoreError::Io {
-        path: "standard output".into(),
-        err: e,
-    })?;
+    .map_err(StoreError::Output)?;
     Ok(summary)
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
 
 use log::info;
 use sha2::{Digest, Sha256};
@@ -11,8 +10,9 @@ use sha2::{Digest, Sha256};
 use super::list::{StoredFile, load, require_tables};
 use super::progress::Progress;
 use super::{StoreError, StorePath, db_err, hex};
+use crate::catalog::FileInfo;
 use crate::db::DbConfig;
-use crate::handle::{Handle, HandlePool};
+use crate::handle::{HandlePool, PoolOptions};
 
 /// Bytes asked of the handle per read: big enough that per-call costs vanish.
 const STEP: usize = 1 << 20;
@@ -66,7 +66,17 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<VerifyRepo
         .values()
         .map(|fs| fs[0].total_size.max(0) as u64)
         .sum();
-    let pool = HandlePool::new(db, 1, Duration::from_secs(30));
+    // Chunks are shared only within one object, and few are kept: verify checks
+    // each object's own bytes, read once.
+    let pool = HandlePool::new(
+        db,
+        &PoolOptions {
+            max: 1,
+            cache_memory: 8 << 20,
+            share_by_sha256: false,
+            ..PoolOptions::default()
+        },
+    );
     let mut progress = Progress::new("verify", total);
     for ((oid, _), fs) in &by_oid {
         let f = fs[0];
@@ -88,10 +98,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<VerifyRepo
         }
     }
     progress.finish();
-    let write_err = |e: std::io::Error| StoreError::Io {
-        path: "standard output".into(),
-        err: e,
-    };
+    let write_err = StoreError::Output;
     for s in &report.skipped {
         writeln!(out, "skipped {s}").map_err(write_err)?;
     }
@@ -133,13 +140,19 @@ fn check_object(
         )
         .ok()
         .and_then(|r| r.get(0));
-    let handle = Handle::new(pool, f.oid, size, &f.path());
-    if let Err(e) = handle.ensure_open() {
+    let info = FileInfo {
+        oid: f.oid,
+        size,
+        sha256: f.sha256.clone(),
+        filetype: String::new(),
+    };
+    let handle = pool.open(&info, &f.path());
+    if let Err(e) = handle.prepare(0) {
         progress.skip(size);
         return Ok(Some(format!(
             "cannot read large object {}: {}",
             f.oid,
-            e.kind_text()
+            e.reason()
         )));
     }
     let mut hasher = Sha256::new();
@@ -161,7 +174,7 @@ fn check_object(
                 return Ok(Some(format!(
                     "reading large object {} at byte {offset}: {}",
                     f.oid,
-                    e.kind_text()
+                    e.reason()
                 )));
             }
         }
@@ -183,18 +196,4 @@ fn check_object(
         )));
     }
     Ok(None)
-}
-
-/// The error without the path prefix (the report line already names the path).
-trait KindText {
-    fn kind_text(&self) -> String;
-}
-
-impl KindText for crate::handle::HandleError {
-    fn kind_text(&self) -> String {
-        let full = self.to_string();
-        full.strip_prefix(&format!("{}: ", self.path))
-            .unwrap_or(&full)
-            .to_string()
-    }
 }

@@ -3,8 +3,6 @@
 //! MAAS does, and a real `pgbootfs mount` process. Everything started here is
 //! stopped in `Drop`, so a failing test cleans up too.
 
-#![allow(dead_code)]
-
 pub mod http;
 pub mod store;
 
@@ -482,11 +480,8 @@ pub fn bin() -> &'static str {
 }
 
 pub fn is_mounted(dir: &Path) -> bool {
-    let want = dir.to_string_lossy().to_string();
-    fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    // The crate's own parser: it undoes every octal escape of the mount table.
+    pgbootfs::mountinfo::mounts().iter().any(|m| m.point == dir)
 }
 
 /// A running `pgbootfs mount`, stopped (and its mount removed) on drop.
@@ -539,10 +534,6 @@ impl Mount {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
     }
 
     /// Sends `sig` and waits for the exit.

@@ -9,14 +9,13 @@
 //! (pipelined requests hold no connection while they wait), and ends with the body,
 //! on disconnect or on error.
 
+pub mod conditional;
 mod conn;
 mod listing;
 pub mod path;
-pub mod range;
 mod response;
-mod streams;
+mod simplestreams;
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -28,11 +27,12 @@ use log::{error, info, warn};
 use tiny_http::{Method, Request, Server};
 
 use crate::catalog::{Catalog, CatalogError, FileInfo, Node, NodeKind};
+use crate::daemon::{Services, StopSignals};
 use crate::db::DbConfig;
-use crate::handle::{Handle, HandlePool};
+use crate::handle::{HandlePool, PoolOptions};
 
+use conditional::RangeAsk;
 use path::{PathError, Target};
-use range::RangeAsk;
 use response::{Body, Reply};
 
 /// Options of the HTTP server.
@@ -70,8 +70,8 @@ pub struct ServeOptions {
     pub http: HttpOptions,
     /// How often the catalog is reloaded.
     pub refresh: Duration,
-    /// Most handle connections open at once.
-    pub max_handles: u32,
+    /// Handle connections and the memory cache.
+    pub pool: PoolOptions,
 }
 
 /// Why `pgbootfs serve` could not start.
@@ -83,8 +83,8 @@ pub enum ServeError {
     Io(io::Error),
 }
 
-impl fmt::Display for ServeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::Catalog(e) => e.fmt(f),
             ServeError::Io(e) => e.fmt(f),
@@ -92,26 +92,29 @@ impl fmt::Display for ServeError {
     }
 }
 
-impl std::error::Error for ServeError {}
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServeError::Catalog(e) => Some(e),
+            ServeError::Io(e) => Some(e),
+        }
+    }
+}
 
 /// `pgbootfs serve`: HTTP only, until SIGINT, SIGTERM or SIGHUP.
 pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
-    // Block the stop signals before any thread starts, so only sigwait sees them.
-    let signals = crate::mount::block_stop_signals();
-    let catalog = Arc::new(Catalog::open(db).map_err(ServeError::Catalog)?);
-    catalog
-        .spawn_refresher(opts.refresh, |_| {})
+    let mut signals = StopSignals::catch().map_err(ServeError::Io)?;
+    let services = Services::start(db, &opts.pool).map_err(ServeError::Catalog)?;
+    services
+        .refresh_every(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;
-    let pool = HandlePool::new(db, opts.max_handles, opts.http.pool_wait);
-    start(catalog, &pool, &opts.http).map_err(ServeError::Io)?;
+    start(services.catalog.clone(), &services.pool, &opts.http).map_err(ServeError::Io)?;
     info!(
         "serving {} (refresh every {}s)",
         db.describe(),
         opts.refresh.as_secs()
     );
-    if let Some(sig) = crate::mount::wait_signal(&signals) {
-        info!("signal {sig}: stopping");
-    }
+    signals.wait();
     // Exiting closes every handle connection; the server ends their transactions.
     Ok(())
 }
@@ -331,12 +334,18 @@ fn route(ctx: &Ctx, rq: &Request) -> Reply {
         .map_or(SystemTime::UNIX_EPOCH, |n| n.mtime);
     let parts = match target {
         Target::StreamIndex => {
-            return Reply::json(&streams::index(&tree, &range::fmt_date(updated)))
-                .header("Last-Modified", range::fmt_date(updated));
+            return Reply::json(&simplestreams::index(
+                &tree,
+                &conditional::fmt_date(updated),
+            ))
+            .header("Last-Modified", conditional::fmt_date(updated));
         }
         Target::StreamProducts => {
-            return Reply::json(&streams::products(&tree, &range::fmt_date(updated)))
-                .header("Last-Modified", range::fmt_date(updated));
+            return Reply::json(&simplestreams::products(
+                &tree,
+                &conditional::fmt_date(updated),
+            ))
+            .header("Last-Modified", conditional::fmt_date(updated));
         }
         Target::Tree(parts, trailing) => (parts, trailing),
     };
@@ -381,8 +390,8 @@ fn path_depth(url: &str) -> usize {
 }
 
 fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
-    let tag = range::etag(&f.sha256);
-    let modified = range::fmt_date(node.mtime);
+    let tag = conditional::etag(&f.sha256);
+    let modified = conditional::fmt_date(node.mtime);
     // no-cache: a cache may keep the image but must revalidate it, which costs a
     // 304 and no bytes; heuristic freshness could serve an image replaced since.
     let validators = |r: Reply| {
@@ -393,26 +402,26 @@ fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
     // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
     let inm: Vec<&str> = headers(rq, "If-None-Match").collect();
     let not_modified = if !inm.is_empty() {
-        range::none_match_hits(&inm, &tag)
+        conditional::none_match_hits(&inm, &tag)
     } else {
         header(rq, "If-Modified-Since")
-            .and_then(range::parse_date)
-            .is_some_and(|since| range::not_modified_since(node.mtime, since))
+            .and_then(conditional::parse_date)
+            .is_some_and(|since| conditional::not_modified_since(node.mtime, since))
     };
     if not_modified {
         return validators(Reply::new(304, Body::None));
     }
     // Range is defined for GET only; a stale If-Range gets the whole file.
     let mut ask = match header(rq, "Range") {
-        Some(v) if *rq.method() == Method::Get => range::parse_range(v, f.size),
+        Some(v) if *rq.method() == Method::Get => conditional::parse_range(v, f.size),
         _ => RangeAsk::Full,
     };
     if ask != RangeAsk::Full
-        && header(rq, "If-Range").is_some_and(|v| !range::if_range_holds(v, &tag, node.mtime))
+        && header(rq, "If-Range").is_some_and(|v| !conditional::if_range_holds(v, &tag, node.mtime))
     {
         ask = RangeAsk::Full;
     }
-    let handle = || Box::new(Handle::new(&ctx.pool, f.oid, f.size, &node.path));
+    let handle = || Box::new(ctx.pool.open(f, &node.path));
     let reply = match ask {
         RangeAsk::Unsatisfiable => {
             Reply::text(416).header("Content-Range", format!("bytes */{}", f.size))

@@ -1,0 +1,438 @@
+//! The `fuser` adapter: turns kernel requests into [`FsCore`] calls and results
+//! into replies, mapping errors in one place ([`FsError::errno`]).
+//!
+//! Reads never wait on the threads that serve metadata: a read whose bytes are in
+//! memory is answered at once; any other goes, with its reply, to a bounded pool of
+//! read threads, where it may wait for the database. `lookup`, `getattr`,
+//! `readdir` and `statfs` therefore answer within milliseconds whatever the data
+//! side is doing.
+
+use std::ffi::OsStr;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use log::{debug, info, warn};
+
+use super::core::{Attr, FsCore, Kind, TTL};
+use super::error::FsError;
+use crate::catalog::Changes;
+use crate::handle::{Handle, READ_CHUNK};
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+/// A read waiting for bytes that are not in memory.
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+/// The read threads: a fixed number, fed through one queue.
+struct ReadWorkers {
+    tx: Mutex<Sender<ReadJob>>,
+}
+
+impl ReadWorkers {
+    fn start(n: usize) -> std::io::Result<ReadWorkers> {
+        let (tx, rx) = channel::<ReadJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..n.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("fuse-read-{i}"))
+                .spawn(move || read_worker(&rx))?;
+        }
+        Ok(ReadWorkers { tx: Mutex::new(tx) })
+    }
+
+    fn submit(&self, job: ReadJob) -> Result<(), ReadJob> {
+        match self.tx.lock() {
+            Ok(tx) => tx.send(job).map_err(|e| e.0),
+            Err(_) => Err(job),
+        }
+    }
+}
+
+fn read_worker(rx: &Mutex<Receiver<ReadJob>>) {
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// The read-only file system as `fuser` sees it.
+pub struct BootFs {
+    core: Arc<FsCore>,
+    readers: ReadWorkers,
+    uid: u32,
+    gid: u32,
+}
+
+impl BootFs {
+    /// The adapter over `core`, with `read_threads` threads for reads that wait on
+    /// the database.
+    pub fn new(core: Arc<FsCore>, read_threads: usize) -> std::io::Result<BootFs> {
+        // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Ok(BootFs {
+            core,
+            readers: ReadWorkers::start(read_threads)?,
+            uid,
+            gid,
+        })
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: a.mtime,
+            mtime: a.mtime,
+            ctime: a.mtime,
+            crtime: a.mtime,
+            kind: file_type(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+}
+
+/// Reads `size` bytes at `offset` of `handle` into `reply`.
+fn read_into_reply(handle: &Handle, offset: u64, size: u32, reply: ReplyData) {
+    let mut reply = Some(reply);
+    let res = handle.read_with(offset, size as usize, |bytes| {
+        if let Some(r) = reply.take() {
+            r.data(bytes);
+        }
+    });
+    if let (Err(e), Some(r)) = (res, reply.take()) {
+        r.error(errno(&FsError::Read(e)));
+    }
+}
+
+/// Tells the kernel to drop what it cached of a refresh's changes: names that now
+/// lead elsewhere or nowhere, listings and attributes of changed directories, and
+/// attributes of changed files. Call it outside request handlers: an invalidation
+/// may wait for a request in flight on the same directory.
+pub fn forget(notifier: &Notifier, changes: &Changes) {
+    let mut refused = 0;
+    let mut first: Option<std::io::Error> = None;
+    let mut check = |r: std::io::Result<()>| match r {
+        // The kernel had nothing cached for it, or the mount is already gone.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => {}
+        Err(e) => {
+            refused += 1;
+            first.get_or_insert(e);
+        }
+        Ok(()) => {}
+    };
+    for (parent, name) in &changes.names {
+        check(notifier.inval_entry(INodeNo(*parent), OsStr::new(name)));
+    }
+    for dir in &changes.dirs {
+        check(notifier.inval_inode(INodeNo(*dir), 0, 0));
+    }
+    for file in &changes.files {
+        // A negative offset drops attributes only: the cached content stays valid.
+        check(notifier.inval_inode(INodeNo(*file), -1, 0));
+    }
+    if let Some(e) = first {
+        warn!(
+            "the kernel refused {refused} cache invalidations (first: {e}); \
+             changed paths may show their old state for up to {}s",
+            TTL.as_secs()
+        );
+    }
+    debug!(
+        "kernel told of {} names, {} directories, {} files",
+        changes.names.len(),
+        changes.dirs.len(),
+        changes.files.len()
+    );
+}
+
+/// Answers a probe we do not support, quietly: tools such as `file`, `e2fsck` or
+/// Python's isatty check send them routinely, and fuser's default logs a warning.
+macro_rules! unsupported {
+    ($reply:expr, $errno:expr, $what:literal) => {{
+        debug!(concat!("unsupported ", $what));
+        $reply.error($errno)
+    }};
+}
+
+impl Filesystem for BootFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Listings carry attributes (no lookup per entry for `ls -l` or `find`).
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if config.add_capabilities(plus).is_err() {
+            debug!("kernel lacks readdirplus");
+        }
+        // A cached listing is used only while the directory's mtime is the one it
+        // was cached at. The catalog moves a directory's mtime whenever its entries
+        // change, so a listing read from an older tree just before a refresh cannot
+        // outlive the refresh's invalidation.
+        if config
+            .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_err()
+        {
+            warn!("kernel lacks auto_inval_data: listings may stay stale until the next change");
+        }
+        // fuser derives the largest read request from max_write: match the handle's
+        // chunk, so aligned requests never straddle two chunks.
+        let _ = config.set_max_write(READ_CHUNK as u32);
+        info!("mounted: {} files", self.core.tree().file_count());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let res = name
+            .to_str()
+            .ok_or(FsError::NotFound)
+            .and_then(|n| self.core.lookup(parent.0, n));
+        match res {
+            Ok(a) => reply.entry(&a.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.getattr(ino.0, fh.map(|f| f.0)) {
+            Ok(a) => reply.attr(&a.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match self.core.open(ino.0, write) {
+            // Content under an inode never changes, so the page cache stays valid.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handle = match self.core.handle(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut reply = Some(reply);
+        let answered = handle.read_cached(offset, size as usize, |bytes| {
+            if let Some(r) = reply.take() {
+                r.data(bytes);
+            }
+        });
+        let (None, Some(reply)) = (answered, reply) else {
+            return;
+        };
+        let job: ReadJob = Box::new(move || read_into_reply(&handle, offset, size, reply));
+        if let Err(job) = self.readers.submit(job) {
+            // The read threads are gone (shutting down): read here rather than drop it.
+            job();
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.core.release(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever dirty.
+        reply.ok();
+    }
+
+    // No extended attributes. ENOSYS (not ENODATA) makes the kernel stop asking for
+    // the rest of the mount's life: `ls -l` otherwise costs two round trips per file.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        unsupported!(reply, Errno::ENOTTY, "ioctl")
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // ENOSYS: the kernel then answers SEEK_DATA/SEEK_HOLE itself, for good.
+        unsupported!(reply, Errno::ENOSYS, "lseek")
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(ino.0) {
+            // The kernel may keep listings: `forget` drops them when they change.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
+            reply.add(INodeNo(a.ino), next, file_type(a.kind), name)
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
+            reply.add(
+                INodeNo(a.ino),
+                next,
+                name,
+                &a.ttl,
+                &self.attr(a),
+                Generation(0),
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let t = self.core.totals();
+        reply.statfs(t.bytes.div_ceil(4096), 0, 0, t.inodes, 0, 4096, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.core.access(ino.0, mask.contains(AccessFlags::W_OK)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    // Calls that would change the tree never arrive: the mount is MS_RDONLY, so
+    // the kernel answers EROFS itself (tests/mount.rs checks ten kinds of write).
+}

@@ -1,0 +1,497 @@
+//! One open image, and everything that reads image bytes; FUSE, HTTP and `verify`
+//! all read through [`Handle`].
+//!
+//! The rule (from MAAS's 2014 fix): a handle that reads from the database does so
+//! on its own pooled connection and its own `REPEATABLE READ READ ONLY`
+//! transaction, never the catalog's; set-up is lazy and idempotent, on the first
+//! read that needs the database; the transaction ends before the connection goes
+//! back to the pool. Between those, bytes come from the [`cache`] shared by every
+//! handle of the pool, keyed by sha256: content is identified by its sha256, so
+//! bytes of that sha256 from any source are the snapshot's bytes.
+//!
+//! A handle holds its connection only while it needs it: it gives it back when it
+//! has everything (its stream delivered the last byte), when it is closed, and
+//! when its reader paused for the pool's `handle_idle` (see [`idle`]). The next
+//! miss sets up again, with the same content check as the first time.
+//!
+//! Layout: [`pool`] makes and lends connections; [`cache`] holds chunks and decides
+//! who fetches what; [`readahead`] streams a sequential reader's object into the
+//! cache; [`idle`] gives back paused handles' connections; [`error`] classifies
+//! what goes wrong. Nothing here knows about FUSE or HTTP.
+
+pub mod cache;
+pub mod error;
+mod idle;
+pub mod pool;
+mod readahead;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, warn};
+use parking_lot::Mutex;
+
+use crate::catalog::FileInfo;
+use cache::{CHUNK, Content, Step};
+pub use error::{ErrorClass, HandleError, HandleErrorKind};
+use idle::Idle;
+use pool::{Conn, end_txn};
+pub use pool::{HandlePool, PoolOptions};
+use readahead::{Outcome, Readahead};
+
+/// Size and alignment of the chunks readers are served from; the mount caps
+/// kernel read requests at this size.
+pub const READ_CHUNK: u64 = CHUNK;
+
+/// A read at most this far past the handle's last one continues it: the kernel's
+/// parallel read-ahead requests arrive slightly out of order.
+const STREAM_SKIP: u64 = 16 << 20;
+
+/// After a set-up found the pool busy, further set-ups of the handle fail at once
+/// for this long.
+const BUSY_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a reader waits on another's fetch before looking again.
+const WAIT_STEP: Duration = Duration::from_millis(100);
+
+/// One open image. Touches no database until a read needs bytes no reader of the
+/// same content has brought into memory.
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: HandlePool,
+    content: Content,
+    /// The cache key: the sha256, or sha256@oid where sharing is by object.
+    key: String,
+    oid: u32,
+    size: u64,
+    sha256: String,
+    path: String,
+    /// Set by close: reads from memory check it too.
+    closed: AtomicBool,
+    /// Milliseconds since `epoch` of the last read, for the idle sweeper.
+    used: AtomicU64,
+    /// End of the last read: a miss just past it continues a sequential read.
+    /// Outside the state lock, so a read from memory never waits for one that
+    /// waits for the database.
+    last_end: AtomicU64,
+    epoch: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The connection, inside the handle's transaction, while no stream holds it.
+    conn: Option<Conn>,
+    /// Read-ahead on the handle's connection, feeding the shared cache.
+    stream: Option<Readahead>,
+    /// How many times the handle set up a transaction (the first, then after
+    /// each release).
+    setups: u32,
+    /// When a set-up last found every connection busy: the kernel follows a failed
+    /// read-ahead with a read of its own, which must not wait out the pool
+    /// timeout a second time.
+    busy_at: Option<Instant>,
+    closed: bool,
+}
+
+impl HandlePool {
+    /// A handle on `file`, shown as `path` in messages.
+    pub fn open(&self, file: &FileInfo, path: &str) -> Handle {
+        let key = if self.share_by_sha256 {
+            file.sha256.clone()
+        } else {
+            format!("{}@{}", file.sha256, file.oid)
+        };
+        let shared = Arc::new(Shared {
+            pool: self.clone(),
+            content: self.cache.content(&key, file.size),
+            key,
+            oid: file.oid,
+            size: file.size,
+            sha256: file.sha256.clone(),
+            path: path.to_string(),
+            closed: AtomicBool::new(false),
+            used: AtomicU64::new(0),
+            last_end: AtomicU64::new(0),
+            epoch: Instant::now(),
+            state: Mutex::new(State::default()),
+        });
+        let weak: std::sync::Weak<dyn Idle> = Arc::downgrade(&shared) as _;
+        self.watch(weak);
+        Handle { shared }
+    }
+}
+
+impl Handle {
+    /// The image path this handle reads.
+    pub fn path(&self) -> &str {
+        &self.shared.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.shared.size
+    }
+
+    /// Makes sure the bytes at `offset` can be had, from memory or the database
+    /// (setting up the handle if they must come from there): lets a caller fail
+    /// before it has promised anything, as HTTP does before its headers.
+    pub fn prepare(&self, offset: u64) -> Result<(), HandleError> {
+        if offset >= self.shared.size {
+            return Ok(());
+        }
+        self.shared.chunk(offset / CHUNK).map(|_| ())
+    }
+
+    /// Is this handle holding a database connection now?
+    pub fn holds_connection(&self) -> bool {
+        let st = self.shared.state.lock();
+        st.conn.is_some() || st.stream.as_ref().is_some_and(|s| !s.ended())
+    }
+
+    /// Calls `f` with the bytes at `offset..offset+len` (fewer at the end of the file).
+    pub fn read_with<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, HandleError> {
+        let sh = &self.shared;
+        let end = offset.saturating_add(len as u64).min(sh.size);
+        if offset >= end {
+            return Ok(f(&[]));
+        }
+        sh.touch();
+        let first = offset / CHUNK;
+        let r = if (end - 1) / CHUNK == first {
+            // The common case: one chunk, replied to from the shared buffer.
+            let data = sh.chunk(first)?;
+            let at = (offset - first * CHUNK) as usize;
+            f(&data[at..at + (end - offset) as usize])
+        } else {
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            let mut pos = offset;
+            while pos < end {
+                let idx = pos / CHUNK;
+                let data = sh.chunk(idx)?;
+                let at = (pos - idx * CHUNK) as usize;
+                let take = ((end - pos) as usize).min(data.len() - at);
+                out.extend_from_slice(&data[at..at + take]);
+                pos += take as u64;
+            }
+            f(&out)
+        };
+        sh.note_end(end);
+        Ok(r)
+    }
+
+    /// Calls `f` with the bytes at `offset..offset+len` only if every one of them is
+    /// in memory now; None (and `f` not called) if any would need the database.
+    pub fn read_cached<R>(&self, offset: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let sh = &self.shared;
+        let end = offset.saturating_add(len as u64).min(sh.size);
+        if offset >= end {
+            return Some(f(&[]));
+        }
+        if sh.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let first = offset / CHUNK;
+        let last = (end - 1) / CHUNK;
+        let chunks: Vec<Arc<Vec<u8>>> = (first..=last)
+            .map(|i| sh.content.get(i))
+            .collect::<Option<_>>()?;
+        sh.touch();
+        let at = (offset - first * CHUNK) as usize;
+        let r = if let [one] = chunks.as_slice() {
+            f(&one[at..at + (end - offset) as usize])
+        } else {
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            for c in &chunks {
+                out.extend_from_slice(c);
+            }
+            f(&out[at..at + (end - offset) as usize])
+        };
+        sh.note_end(end);
+        Some(r)
+    }
+
+    /// Copies the bytes at `offset` into `buf`; returns how many (0 at the end).
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize, HandleError> {
+        self.read_with(offset, buf.len(), |bytes| {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        })
+    }
+
+    /// Ends the transaction and gives the connection back. Idempotent; later reads fail.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        let mut st = self.shared.state.lock();
+        st.closed = true;
+        self.shared.release(&mut st);
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.used.store(ms, Ordering::Relaxed);
+    }
+
+    /// Remembers where the reader got to, for telling sequential reads from seeks.
+    fn note_end(&self, end: u64) {
+        let _ = self
+            .last_end
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                (end > last || end + STREAM_SKIP < last).then_some(end)
+            });
+    }
+
+    fn idle_for(&self) -> Duration {
+        let used = Duration::from_millis(self.used.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(used)
+    }
+
+    fn error(&self, kind: HandleErrorKind) -> HandleError {
+        HandleError {
+            path: self.path.clone(),
+            kind,
+        }
+    }
+
+    /// Chunk `idx`: from memory, from another reader's fetch, or fetched here.
+    fn chunk(&self, idx: u64) -> Result<Arc<Vec<u8>>, HandleError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(self.error(HandleErrorKind::Failed));
+        }
+        if let Some(d) = self.content.get(idx) {
+            return Ok(d);
+        }
+        let mut st = self.state.lock();
+        loop {
+            if st.closed {
+                return Err(self.error(HandleErrorKind::Failed));
+            }
+            let off = idx * CHUNK;
+            let last_end = self.last_end.load(Ordering::Relaxed);
+            let sequential = off >= last_end.saturating_sub(CHUNK)
+                && off <= last_end.saturating_add(STREAM_SKIP);
+            match self.content.step(idx, sequential, WAIT_STEP) {
+                Step::Hit(d) => return Ok(d),
+                Step::Retry => self.check_stream(&mut st)?,
+                Step::Stream(id) => {
+                    if let Err(e) = self.start_stream(&mut st, id, off) {
+                        self.content.end_stream(id);
+                        return Err(self.fail(&mut st, e));
+                    }
+                }
+                Step::Fetch => {
+                    return match self.fetch(&mut st, idx) {
+                        Ok(d) => {
+                            self.content.insert(idx, d.clone());
+                            Ok(d)
+                        }
+                        Err(e) => {
+                            self.content.abandon(idx);
+                            Err(self.fail(&mut st, e))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Reaps the handle's own stream once it ended: its connection comes back, or
+    /// its failure becomes this handle's.
+    fn check_stream(&self, st: &mut State) -> Result<(), HandleError> {
+        if st.stream.as_ref().is_some_and(Readahead::ended) {
+            self.take_stream(st)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the handle's stream and takes back its connection.
+    fn take_stream(&self, st: &mut State) -> Result<(), HandleError> {
+        let Some(s) = st.stream.take() else {
+            return Ok(());
+        };
+        match s.stop(&self.content) {
+            Outcome::Stopped(conn) => st.conn = Some(*conn),
+            Outcome::Finished => {}
+            Outcome::Failed(kind) => {
+                let e = self.error(kind);
+                return Err(self.fail(st, e));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_stream(&self, st: &mut State, id: u64, off: u64) -> Result<(), HandleError> {
+        self.take_stream(st)?;
+        self.connection(st)?;
+        let Some(conn) = st.conn.take() else {
+            return Err(self.error(HandleErrorKind::Failed));
+        };
+        let content = self.pool.cache.content(&self.key, self.size);
+        let s = Readahead::start(conn, content, id, self.oid, off, self.size)
+            .map_err(|e| self.error(HandleErrorKind::Thread(e.to_string())))?;
+        st.stream = Some(s);
+        Ok(())
+    }
+
+    /// One round trip for one chunk. Gives the connection back after the last
+    /// chunk of the object when nothing else uses it.
+    fn fetch(&self, st: &mut State, idx: u64) -> Result<Arc<Vec<u8>>, HandleError> {
+        self.take_stream(st)?;
+        let start = idx * CHUNK;
+        let len = CHUNK.min(self.size - start);
+        let conn = self.connection(st)?;
+        let read = conn.read.clone();
+        let row = conn
+            .client
+            .query_one(&read, &[&self.oid, &(start as i64), &(len as i32)])
+            .map_err(|e| self.error(HandleErrorKind::Db(e)))?;
+        let bytes: &[u8] = row.get(0);
+        if bytes.len() as u64 != len {
+            return Err(self.error(HandleErrorKind::Truncated {
+                expected: start + len,
+                actual: start + bytes.len() as u64,
+            }));
+        }
+        let data = Arc::new(bytes.to_vec());
+        if start + len >= self.size {
+            self.release(st);
+        }
+        Ok(data)
+    }
+
+    /// The handle's connection, set up (pool, transaction, content check) if it
+    /// has none. Idempotent.
+    fn connection<'a>(&self, st: &'a mut State) -> Result<&'a mut Conn, HandleError> {
+        if st.conn.is_none() {
+            if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
+                return Err(self.error(HandleErrorKind::PoolExhausted(self.pool.timeout())));
+            }
+            let conn = self.begin(st.setups).inspect_err(|e| {
+                if e.class() == ErrorClass::Busy {
+                    st.busy_at = Some(Instant::now());
+                }
+            })?;
+            st.setups += 1;
+            st.conn = Some(conn);
+        }
+        st.conn
+            .as_mut()
+            .ok_or_else(|| self.error(HandleErrorKind::Failed))
+    }
+
+    fn begin(&self, setups: u32) -> Result<Conn, HandleError> {
+        // Idle pooled connections die together when the server restarts: each dead
+        // one is discarded and the next tried, until a live or new one answers.
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.pool.get(&self.path)?;
+            conn.in_txn = true;
+            let res = conn
+                .client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .and_then(|_| {
+                    let open = conn.open.clone();
+                    conn.client.query_one(&open, &[&self.oid])
+                });
+            let row = match res {
+                Ok(row) => row,
+                Err(e) if conn.client.is_closed() && attempt <= self.pool.max_size() => {
+                    debug!("{}: pooled connection was dead ({e}); retrying", self.path);
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => {
+                    end_txn(&mut conn);
+                    return Err(self.error(HandleErrorKind::Db(e)));
+                }
+            };
+            let actual = row.get::<_, i64>(0).max(0) as u64;
+            let sha: Option<String> = row.get(1);
+            let kind = match sha {
+                Some(now) if !now.eq_ignore_ascii_case(&self.sha256) => {
+                    Some(HandleErrorKind::Changed { now })
+                }
+                _ if actual < self.size => Some(HandleErrorKind::Truncated {
+                    expected: self.size,
+                    actual,
+                }),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                end_txn(&mut conn);
+                return Err(self.error(kind));
+            }
+            if actual > self.size {
+                warn!(
+                    "{}: large object {} holds {actual} bytes, catalog says {}; serving {}",
+                    self.path, self.oid, self.size, self.size
+                );
+            }
+            debug!(
+                "{}: large object {} set up (time {})",
+                self.path,
+                self.oid,
+                setups + 1
+            );
+            return Ok(conn);
+        }
+    }
+
+    /// Logs `err` and ends the transaction. The handle stays usable: its next
+    /// read that needs the database sets up again, with the content check, so a
+    /// reader lives through a busy pool or a server restart without other bytes.
+    fn fail(&self, st: &mut State, err: HandleError) -> HandleError {
+        error!("read failed: {err}");
+        self.release(st);
+        err
+    }
+
+    /// Stops read-ahead, ends the transaction and gives the connection back.
+    fn release(&self, st: &mut State) {
+        if let Some(s) = st.stream.take()
+            && let Outcome::Stopped(conn) = s.stop(&self.content)
+        {
+            st.conn = Some(*conn);
+        }
+        if let Some(mut conn) = st.conn.take() {
+            end_txn(&mut conn);
+        }
+    }
+}
+
+impl Idle for Shared {
+    fn release_if_idle(&self, idle: Duration) {
+        if self.idle_for() < idle {
+            return;
+        }
+        // A read in progress is not idle; never wait for one here.
+        let Some(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if st.conn.is_some() || st.stream.is_some() {
+            debug!(
+                "{}: unused for {}s, giving back its connection",
+                self.path,
+                self.idle_for().as_secs()
+            );
+            self.release(&mut st);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The connections handles read through: a pool of their own (never the catalog's),
+//! each connection set up for long reads with its statements prepared once, and
+//! the rule that no connection goes back to the pool inside a transaction.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use parking_lot::Mutex;
+use postgres::{Client, NoTls, Statement};
+use r2d2::{ManageConnection, Pool, PooledConnection};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::cache::ChunkCache;
+use super::error::{HandleError, HandleErrorKind};
+use super::idle::{Idle, Registry};
+use crate::db::DbConfig;
+
+/// How handles get and keep their connections.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Most handle connections open at once.
+    pub max: u32,
+    /// How long a read waits for a free connection.
+    pub timeout: Duration,
+    /// A handle unused this long gives back its connection and snapshot.
+    pub handle_idle: Duration,
+    /// A pooled connection unused this long is closed (r2d2 checks every 30 s).
+    pub conn_idle: Duration,
+    /// Bytes of image chunks kept in memory, shared by every handle of the pool.
+    pub cache_memory: u64,
+    /// Share chunks between objects of the same sha256 (true), or only between
+    /// handles on the same object (false: for `verify`, which checks that sha256).
+    pub share_by_sha256: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max: 64,
+            timeout: Duration::from_secs(30),
+            handle_idle: Duration::from_secs(30),
+            conn_idle: Duration::from_secs(30),
+            cache_memory: 256 << 20,
+            share_by_sha256: true,
+        }
+    }
+}
+
+/// A pooled connection reserved for handles, with its statements prepared once.
+pub struct HandleConn {
+    pub(crate) client: Client,
+    pub(crate) read: Statement,
+    /// Opens the object (pinning the snapshot, checking existence and permission)
+    /// and gives its size, and, where the MAAS tables exist, the sha256 its row
+    /// now claims: one round trip for the whole content check.
+    pub(crate) open: Statement,
+    pub(crate) in_txn: bool,
+}
+
+/// Makes handle connections: no idle-in-transaction timeout, statements prepared.
+#[derive(Debug)]
+pub struct HandleManager {
+    inner: PostgresConnectionManager<NoTls>,
+}
+
+impl ManageConnection for HandleManager {
+    type Connection = HandleConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<HandleConn, postgres::Error> {
+        let mut client = self.inner.connect()?;
+        // A reader may pause; the idle sweeper, not the server, ends such a transaction.
+        client.batch_execute("SET idle_in_transaction_session_timeout = 0")?;
+        let read = client.prepare("SELECT lo_get($1::oid, $2::int8, $3::int4)")?;
+        let has_rows: bool = client
+            .query_one(
+                "SELECT to_regclass('maasserver_largefile') IS NOT NULL",
+                &[],
+            )?
+            .get(0);
+        let open = if has_rows {
+            client.prepare(
+                "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
+                 (SELECT sha256 FROM maasserver_largefile WHERE content = $1::oid LIMIT 1)",
+            )?
+        } else {
+            client.prepare("SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), NULL::text")?
+        };
+        Ok(HandleConn {
+            client,
+            read,
+            open,
+            in_txn: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut HandleConn) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut HandleConn) -> bool {
+        // Never let a connection go back inside a transaction.
+        conn.in_txn || conn.client.is_closed()
+    }
+}
+
+/// A connection borrowed from the pool.
+pub(crate) type Conn = PooledConnection<HandleManager>;
+
+/// The pool of connections that handles draw from, with the chunk cache they
+/// share; cheap to clone.
+#[derive(Clone)]
+pub struct HandlePool {
+    pool: Pool<HandleManager>,
+    timeout: Duration,
+    handle_idle: Duration,
+    pub(crate) share_by_sha256: bool,
+    unreachable: Arc<Unreachable>,
+    pub(crate) cache: Arc<ChunkCache>,
+    registry: Arc<Registry>,
+}
+
+/// The last failure to open a new connection, as r2d2 reports it. While the
+/// server is down a read fails at once with this, instead of holding its thread
+/// for the whole pool timeout.
+#[derive(Debug, Default)]
+struct Unreachable(Mutex<Option<Failure>>);
+
+#[derive(Debug)]
+struct Failure {
+    at: Instant,
+    why: String,
+    logged: Instant,
+}
+
+/// How often a read waiting for a connection checks whether the server is down.
+const POOL_POLL: Duration = Duration::from_millis(200);
+
+/// How long a failed connection attempt counts as news.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+/// While connections keep failing, at most one warning per this.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl Unreachable {
+    fn recent(&self) -> Option<String> {
+        let last = self.0.lock();
+        let f = last.as_ref()?;
+        (f.at.elapsed() < UNREACHABLE_FOR).then(|| f.why.clone())
+    }
+
+    fn clear(&self) {
+        *self.0.lock() = None;
+    }
+}
+
+/// Feeds r2d2's connection errors into an [`Unreachable`].
+#[derive(Debug)]
+struct RecordUnreachable(Arc<Unreachable>);
+
+impl r2d2::HandleError<postgres::Error> for RecordUnreachable {
+    fn handle_error(&self, err: postgres::Error) {
+        let why = crate::db::connect_reason(&err);
+        let now = Instant::now();
+        let mut last = self.0.0.lock();
+        let logged = match last.as_ref() {
+            Some(f) if f.logged.elapsed() < WARN_EVERY => {
+                debug!("handle connection failed: {why}");
+                f.logged
+            }
+            _ => {
+                warn!("handle connections: cannot connect to the database: {why}");
+                now
+            }
+        };
+        *last = Some(Failure {
+            at: now,
+            why,
+            logged,
+        });
+    }
+}
+
+impl HandlePool {
+    /// A pool as `opts` says; connects lazily, on the first read that needs it.
+    pub fn new(db: &DbConfig, opts: &PoolOptions) -> HandlePool {
+        let manager = HandleManager {
+            inner: PostgresConnectionManager::new(db.postgres_config("pgbootfs-handle"), NoTls),
+        };
+        let unreachable = Arc::new(Unreachable::default());
+        let pool = Pool::builder()
+            .max_size(opts.max.max(1))
+            .min_idle(Some(0))
+            .idle_timeout(Some(opts.conn_idle.max(Duration::from_secs(1))))
+            .test_on_check_out(false)
+            .connection_timeout(opts.timeout.max(Duration::from_millis(1)))
+            .error_handler(Box::new(RecordUnreachable(unreachable.clone())))
+            .build_unchecked(manager);
+        HandlePool {
+            pool,
+            timeout: opts.timeout,
+            handle_idle: opts.handle_idle,
+            share_by_sha256: opts.share_by_sha256,
+            unreachable,
+            cache: Arc::new(ChunkCache::new(opts.cache_memory)),
+            registry: Arc::default(),
+        }
+    }
+
+    /// The same pool (same connections, cache and limit) whose reads wait at most
+    /// `timeout` for a free connection: HTTP answers 503 rather than queue for long.
+    pub fn with_timeout(&self, timeout: Duration) -> HandlePool {
+        HandlePool {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// Connections open now (in use and idle).
+    pub fn connections(&self) -> u32 {
+        self.pool.state().connections
+    }
+
+    /// How long a read waits for a free connection.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Most connections the pool opens.
+    pub(crate) fn max_size(&self) -> u32 {
+        self.pool.max_size()
+    }
+
+    /// Has the idle sweeper watch a new handle.
+    pub(crate) fn watch(&self, h: Weak<dyn Idle>) {
+        self.registry.watch(h, self.handle_idle);
+    }
+
+    /// A connection within the pool timeout; at once an error while new connections
+    /// fail, since waiting for a server that is down only ties up the caller.
+    pub(crate) fn get(&self, path: &str) -> Result<Conn, HandleError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match self.pool.get_timeout(left.min(POOL_POLL)) {
+                Ok(conn) => {
+                    self.unreachable.clear();
+                    return Ok(conn);
+                }
+                Err(e) => e,
+            };
+            let state = self.pool.state();
+            let exhausted =
+                state.connections >= self.pool.max_size() && state.idle_connections == 0;
+            let kind = match self.unreachable.recent() {
+                Some(why) if !exhausted => HandleErrorKind::Connect(why),
+                _ if Instant::now() < deadline => continue,
+                _ if exhausted => HandleErrorKind::PoolExhausted(self.timeout),
+                _ => HandleErrorKind::Connect(err.to_string()),
+            };
+            return Err(HandleError {
+                path: path.to_string(),
+                kind,
+            });
+        }
+    }
+}
+
+/// Ends the transaction; a connection where that fails stays marked and is discarded.
+pub(crate) fn end_txn(conn: &mut HandleConn) {
+    if !conn.in_txn {
+        return;
+    }
+    match conn.client.batch_execute("ROLLBACK") {
+        Ok(()) => conn.in_txn = false,
+        Err(e) => debug!("ending a handle transaction failed, discarding the connection: {e}"),
+    }
+}

@@ -1,0 +1,350 @@
+//! Many readers, few connections: the shared chunk cache, lazy and idle-released
+//! handles, and a mount whose metadata never waits behind its data.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::http::Server;
+use crate::common::*;
+
+const DIR: &str = "ubuntu/amd64/generic/focal/1";
+
+/// Handle connections of ours now, and how many sit in a transaction.
+fn handle_backends(c: &mut postgres::Client) -> (i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE xact_start IS NOT NULL) \
+             FROM pg_stat_activity WHERE application_name = 'pgbootfs-handle'",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// pgbootfs sessions idle inside a transaction.
+fn idle_in_txn(c: &mut postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbootfs%' \
+         AND state LIKE 'idle in transaction%'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Blocks of pg_largeobject the server has touched so far (read or hit).
+fn lo_blocks(c: &mut postgres::Client) -> i64 {
+    // Backends flush their counters when idle, at most once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.query_one(
+        "SELECT coalesce(heap_blks_read, 0) + coalesce(heap_blks_hit, 0) \
+         FROM pg_statio_all_tables WHERE relid = 'pg_largeobject'::regclass",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Samples the number of handle connections every 20 ms while `busy` holds;
+/// returns the largest seen.
+fn sample_max(pg: &Cluster, busy: Arc<AtomicBool>) -> std::thread::JoinHandle<i64> {
+    let mut c = pg.client("postgres");
+    std::thread::spawn(move || {
+        let mut max = 0;
+        while busy.load(Ordering::Relaxed) {
+            max = max.max(handle_backends(&mut c).0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        max
+    })
+}
+
+/// Runs `n` copies of a shell command at once; returns each one's stdout.
+fn storm(n: usize, cmd: &str) -> Vec<String> {
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new("sh")
+                .args(["-c", cmd])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "`{cmd}` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_storm_of_readers_costs_one_database_read_and_few_connections() {
+    if !fuse_or_skip("a_storm_of_readers_costs_one_database_read_and_few_connections") {
+        return;
+    }
+    let (pg, mut c) = store();
+    c.execute("ALTER SYSTEM SET max_connections = 300", &[])
+        .unwrap();
+    drop(c);
+    pg.restart();
+    let mut c = pg.client("postgres");
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let data = bytes(201, 16 << 20);
+    let oid = m.file(s, "squashfs", &data);
+    let want = sha256_hex(&data);
+
+    // What one plain read of the object costs the server, in blocks.
+    let before = lo_blocks(&mut c);
+    c.query_one("SELECT length(lo_get($1))", &[&oid]).unwrap();
+    let one_read = lo_blocks(&mut c) - before;
+    assert!(one_read > 0);
+
+    let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
+    let path = mnt.path(&format!("{DIR}/squashfs"));
+    let before = lo_blocks(&mut c);
+    let busy = Arc::new(AtomicBool::new(true));
+    let sampler = sample_max(&pg, busy.clone());
+    let sums = storm(150, &format!("sha256sum '{}'", path.display()));
+    busy.store(false, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    for s in &sums {
+        assert!(s.starts_with(&want), "wrong sha256: {s}\n{}", mnt.log());
+    }
+    assert!(most <= 4, "{most} handle connections during the storm");
+    let mount_blocks = lo_blocks(&mut c) - before;
+    assert!(
+        mount_blocks as f64 <= 1.3 * one_read as f64,
+        "the mount's storm read {mount_blocks} blocks; one read is {one_read}"
+    );
+    drop(mnt);
+
+    // The same over HTTP, from a fresh server (an empty cache).
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let url = srv.url(&format!("/{DIR}/squashfs"));
+    let before = lo_blocks(&mut c);
+    let busy = Arc::new(AtomicBool::new(true));
+    let sampler = sample_max(&pg, busy.clone());
+    let sums = storm(150, &format!("curl -sf '{url}' | sha256sum"));
+    busy.store(false, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    for s in &sums {
+        assert!(s.starts_with(&want), "wrong sha256: {s}\n{}", srv.log());
+    }
+    assert!(most <= 4, "{most} handle connections during the HTTP storm");
+    let http_blocks = lo_blocks(&mut c) - before;
+    assert!(
+        http_blocks as f64 <= 1.3 * one_read as f64,
+        "the HTTP storm read {http_blocks} blocks; one read is {one_read}"
+    );
+    assert!(!srv.log().contains(" 503 "), "{}", srv.log());
+}
+
+#[test]
+fn hundreds_of_open_files_do_not_starve_readers_of_connections() {
+    if !fuse_or_skip("hundreds_of_open_files_do_not_starve_readers_of_connections") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let files: Vec<Vec<u8>> = (0..8).map(|i| bytes(300 + i, 4 << 20)).collect();
+    for (i, d) in files.iter().enumerate() {
+        m.file(s, &format!("f{i}"), d);
+    }
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--max-handles", "4"]);
+    let path = |i: usize| mnt.path(&format!("{DIR}/f{}", i % 8));
+    // 500 descriptors held open, some of them read a little, as a web server's
+    // open-file cache or a backup tool would hold them.
+    let held: Vec<fs::File> = (0..500)
+        .map(|i| {
+            let f = fs::File::open(path(i)).unwrap();
+            if i % 50 == 0 {
+                f.read_exact_at(&mut [0u8; 16], 0).unwrap();
+            }
+            f
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for r in 0..20 {
+            let (path, files) = (&path, &files);
+            s.spawn(move || {
+                let got = fs::read(path(r)).unwrap_or_else(|e| panic!("reader {r}: {e}"));
+                assert!(got == files[r % 8], "reader {r} got other bytes");
+            });
+        }
+    });
+    drop(held);
+    assert!(!mnt.log().contains("busy for"), "{}", mnt.log());
+}
+
+#[test]
+fn metadata_answers_at_once_while_reads_wait_for_connections() {
+    if !fuse_or_skip("metadata_answers_at_once_while_reads_wait_for_connections") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    for i in 0..6 {
+        m.file(s, &format!("f{i}"), &bytes(400 + i, 48 << 20));
+    }
+    let pool_timeout = 4;
+    let mnt = Mount::start(
+        &pg.conninfo("postgres"),
+        &[
+            "--max-handles",
+            "2",
+            "--pool-timeout",
+            &pool_timeout.to_string(),
+        ],
+    );
+    let path = |i: usize| mnt.path(&format!("{DIR}/f{i}"));
+    // Two readers mid-way through their files hold both connections.
+    let holders: Vec<fs::File> = (0..2)
+        .map(|i| {
+            let mut f = fs::File::open(path(i)).unwrap();
+            f.read_exact(&mut [0u8; 10]).unwrap();
+            f
+        })
+        .collect();
+    assert_eq!(handle_backends(&mut c).1, 2, "both connections held");
+    // Four more readers wait for a connection, on the read threads.
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let started = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for i in 2..6 {
+            let (waits, started, path) = (waits.clone(), started.clone(), &path);
+            s.spawn(move || {
+                let mut f = fs::File::open(path(i)).unwrap();
+                started.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let r = f.read(&mut [0u8; 10]);
+                waits
+                    .lock()
+                    .unwrap()
+                    .push((t.elapsed(), r.map_err(|e| e.raw_os_error())));
+            });
+        }
+        assert!(wait_until(Duration::from_secs(5), || started
+            .load(Ordering::Relaxed)
+            == 4));
+        std::thread::sleep(Duration::from_millis(300));
+        // Meanwhile stat, ls -l and find answer at once.
+        for (what, cmd) in [
+            ("stat", format!("stat '{}'", path(5).display())),
+            ("ls -l", format!("ls -l '{}'", mnt.path(DIR).display())),
+            ("find", format!("find '{}'", mnt.dir.display())),
+        ] {
+            let t = Instant::now();
+            sh(&cmd);
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "{what} took {:?} while reads waited",
+                t.elapsed()
+            );
+        }
+    });
+    let waits = waits.lock().unwrap();
+    assert_eq!(waits.len(), 4);
+    for (took, res) in waits.iter() {
+        assert_eq!(*res, Err(Some(libc::EAGAIN)), "a waiting read");
+        assert!(
+            *took <= Duration::from_secs(pool_timeout + 1),
+            "a waiting read took {took:?}, past --pool-timeout"
+        );
+    }
+    drop(holders);
+}
+
+#[test]
+fn an_idle_open_file_gives_back_its_snapshot_and_sets_up_again() {
+    if !fuse_or_skip("an_idle_open_file_gives_back_its_snapshot_and_sets_up_again") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let data = bytes(500, 64 << 20);
+    let oid = m.file(s, "squashfs", &data);
+    // The smallest memory cache, so later reads need the database again.
+    let mnt = Mount::start(
+        &pg.conninfo("postgres"),
+        &["--handle-idle", "2", "--cache-memory", "0"],
+    );
+    let f = fs::File::open(mnt.path(&format!("{DIR}/squashfs"))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut buf[..10], 0).unwrap();
+    assert_eq!(handle_backends(&mut c).1, 1, "the first read set up");
+    let released = wait_until(Duration::from_secs(8), || {
+        handle_backends(&mut c).1 == 0 && idle_in_txn(&mut c) == 0
+    });
+    assert!(
+        released,
+        "still in a transaction after --handle-idle:\n{}",
+        mnt.log()
+    );
+    // The next read sets up again and gets the right bytes.
+    let at = 40 << 20;
+    f.read_exact_at(&mut buf, at as u64).unwrap();
+    assert!(
+        buf == data[at..at + (1 << 20)],
+        "bytes after the set-up again"
+    );
+
+    // The image is replaced and its object unlinked while the file is open.
+    let mut tx = c.transaction().unwrap();
+    let replacement = bytes(501, 64 << 20);
+    let new_oid: u32 = tx
+        .query_one("SELECT lo_from_bytea(0, $1)", &[&replacement])
+        .unwrap()
+        .get(0);
+    tx.execute(
+        "UPDATE maasserver_largefile SET content = $1, sha256 = $2 WHERE content = $3",
+        &[&new_oid, &sha256_hex(&replacement), &oid],
+    )
+    .unwrap();
+    tx.execute("SELECT lo_unlink($1)", &[&oid]).unwrap();
+    tx.commit().unwrap();
+    assert!(wait_until(Duration::from_secs(8), || handle_backends(
+        &mut c
+    )
+    .1 == 0));
+    // Its next set-up finds the content gone: EIO, never other bytes.
+    let e = f.read_exact_at(&mut buf, 20 << 20).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+}
+
+#[test]
+fn probes_of_unsupported_calls_are_answered_quietly() {
+    if !fuse_or_skip("probes_of_unsupported_calls_are_answered_quietly") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    m.file(s, "boot-kernel", &bytes(600, 5000));
+    let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
+    let p = mnt.path(&format!("{DIR}/boot-kernel"));
+    // isatty() is a TCGETS ioctl; the answer must be "not a terminal".
+    let out = sh(&format!(
+        "python3 -c 'import sys; print(open(sys.argv[1], \"rb\").isatty())' '{}'",
+        p.display()
+    ));
+    assert_eq!(out.trim(), "False");
+    let _ = Command::new("file").arg(&p).output();
+    assert!(!mnt.log().contains("Not Implemented"), "{}", mnt.log());
+}

@@ -1,0 +1,9 @@
+//! The integration tests, one binary so the harness compiles once: each module
+//! drives the real `pgbootfs` against a PostgreSQL cluster it starts itself.
+
+mod cache;
+mod common;
+mod handle;
+mod http;
+mod mount;
+mod store;
