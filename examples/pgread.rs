@@ -5,6 +5,7 @@
 //! pgread CONNINFO lo-get OID SIZE CHUNK [READERS]   lo_get loop in a repeatable-read txn
 //! pgread CONNINFO copy OID SIZE ROW [READERS]       one COPY (binary) of lo_get rows
 //! pgread - ttfb FILE COUNT                          open + 4 KiB pread at random offsets
+//! pgread CONNINFO handle OID SIZE SHA256            pgbootfs's own Handle, 512 KiB reads
 //! ```
 //! Prints one line: `bytes=N secs=S mbps=M` (or `median_ms=… p99_ms=…` for ttfb).
 
@@ -45,6 +46,27 @@ fn main() {
             report(bytes, start.elapsed().as_secs_f64());
         }
         "ttfb" => ttfb(&args[2], num(3) as usize),
+        "handle" => {
+            let db = pgbootfs::db::DbConfig::resolve(Some(&conninfo)).expect("conninfo");
+            let pool = pgbootfs::handle::HandlePool::new(&db, &Default::default());
+            let file = pgbootfs::catalog::FileInfo {
+                oid: num(2) as u32,
+                size: num(3),
+                sha256: args[4].clone(),
+                filetype: String::new(),
+            };
+            let h = pool.open(&file, "pgread");
+            let start = Instant::now();
+            let mut off = 0u64;
+            while off < file.size {
+                off += h
+                    .read_with(off, pgbootfs::handle::READ_CHUNK as usize, |b| {
+                        b.len() as u64
+                    })
+                    .expect("read");
+            }
+            report(off, start.elapsed().as_secs_f64());
+        }
         other => panic!("unknown mode {other}"),
     }
 }

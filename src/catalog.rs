@@ -615,6 +615,14 @@ impl Tree {
         t
     }
 
+    /// The sha256 of every file of this tree.
+    pub fn sha256s(&self) -> std::collections::HashSet<&str> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.file().map(|f| f.sha256.as_str()))
+            .collect()
+    }
+
     /// A directory's entries, `.` and `..` first, as a listing shows them; None
     /// if `ino` is not a directory of this tree.
     pub fn children(&self, ino: Ino) -> Option<Vec<(&str, &Node)>> {

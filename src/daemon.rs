@@ -4,7 +4,8 @@
 //! never on each other.
 
 use std::io;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use log::info;
@@ -13,7 +14,44 @@ use signal_hook::iterator::Signals;
 
 use crate::catalog::{Catalog, CatalogError, Changes};
 use crate::db::DbConfig;
+use crate::handle::disk::DiskCache;
 use crate::handle::{HandlePool, PoolOptions};
+
+/// Where the disk cache lives and how large it may grow (`--cache-dir`, `--cache-size`).
+#[derive(Debug, Clone)]
+pub struct CacheDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Most bytes of cached files.
+    pub max_bytes: u64,
+}
+
+/// Why start-up failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// The catalog could not be loaded.
+    Catalog(CatalogError),
+    /// The disk cache directory cannot be used.
+    CacheDir(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Catalog(e) => e.fmt(f),
+            StartError::CacheDir(e) => write!(f, "--cache-dir: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Catalog(e) => Some(e),
+            StartError::CacheDir(e) => Some(e),
+        }
+    }
+}
 
 /// What every long-running command shares: the metadata snapshot and the pool
 /// that image reads draw their connections from.
@@ -26,20 +64,45 @@ pub struct Services {
 
 impl Services {
     /// Loads the catalog (failing with a clear line when the database or its
-    /// tables are missing) and sets up the handle pool, which connects lazily.
-    pub fn start(db: &DbConfig, pool: &PoolOptions) -> Result<Services, CatalogError> {
-        let catalog = Arc::new(Catalog::open(db)?);
-        let pool = HandlePool::new(db, pool);
+    /// tables are missing) and sets up the handle pool, which connects lazily,
+    /// and the disk cache if asked for (failing if its directory is unusable: an
+    /// operator who asked for one should not silently run without).
+    pub fn start(
+        db: &DbConfig,
+        pool: &PoolOptions,
+        cache_dir: Option<&CacheDir>,
+    ) -> Result<Services, StartError> {
+        let catalog = Arc::new(Catalog::open(db).map_err(StartError::Catalog)?);
+        let mut pool = HandlePool::new(db, pool);
+        if let Some(c) = cache_dir {
+            let disk = DiskCache::open(&c.dir, c.max_bytes).map_err(StartError::CacheDir)?;
+            let tree = catalog.snapshot();
+            let shas = tree.sha256s();
+            disk.retain(|sha| shas.contains(sha));
+            pool = pool.with_disk(disk);
+        }
         Ok(Services { catalog, pool })
     }
 
-    /// Reloads the catalog every `every`, passing each change set to `on_change`.
+    /// Reloads the catalog every `every`, passing each change set to `on_change`;
+    /// the disk cache then drops what the catalog no longer names.
     pub fn refresh_every(
         &self,
         every: Duration,
         on_change: impl Fn(&Changes) + Send + 'static,
     ) -> io::Result<()> {
-        self.catalog.spawn_refresher(every, on_change).map(|_| ())
+        let disk = self.pool.disk().cloned();
+        let catalog: Weak<Catalog> = Arc::downgrade(&self.catalog);
+        self.catalog
+            .spawn_refresher(every, move |changes| {
+                on_change(changes);
+                if let (Some(disk), Some(catalog)) = (&disk, catalog.upgrade()) {
+                    let tree = catalog.snapshot();
+                    let shas = tree.sha256s();
+                    disk.retain(|sha| shas.contains(sha));
+                }
+            })
+            .map(|_| ())
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use pgbootfs::daemon::CacheDir;
 use pgbootfs::db::DbConfig;
 use pgbootfs::handle::PoolOptions;
 use pgbootfs::http::{self, HttpOptions, ServeOptions};
@@ -133,9 +134,23 @@ struct PoolArgs {
     /// MiB of image chunks kept in memory, shared by all readers of the same image.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     cache_memory: u64,
+    /// Keep verified copies of whole images in DIR (files named by sha256), served
+    /// without the database and, on the mount, by the kernel (passthrough).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// MiB the disk cache may hold; least recently used images go first.
+    #[arg(long, default_value_t = 10240, value_name = "MIB")]
+    cache_size: u64,
 }
 
 impl PoolArgs {
+    fn cache_dir(&self) -> Option<CacheDir> {
+        self.cache_dir.as_ref().map(|dir| CacheDir {
+            dir: dir.clone(),
+            max_bytes: self.cache_size << 20,
+        })
+    }
+
     fn options(&self, timeout: Duration) -> PoolOptions {
         PoolOptions {
             max: self.max_handles,
@@ -243,6 +258,7 @@ fn main() -> ExitCode {
                     mountpoint: args.mountpoint,
                     refresh: Duration::from_secs(args.refresh.max(1)),
                     pool: args.pool.options(Duration::from_secs(args.pool_timeout)),
+                    cache_dir: args.pool.cache_dir(),
                     threads: args.threads,
                     read_threads: args.read_threads,
                     allow_other: args.allow_other,
@@ -287,6 +303,7 @@ fn main() -> ExitCode {
                     pool: args
                         .pool
                         .options(Duration::from_secs(args.http_opts.http_pool_wait.max(1))),
+                    cache_dir: args.pool.cache_dir(),
                 };
                 http::serve(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::catalog::CatalogError;
-use crate::daemon::{Services, StopSignals};
+use crate::daemon::{CacheDir, Services, StartError, StopSignals};
 use crate::db::DbConfig;
 use crate::fs::{BootFs, FsCore, OpenTable};
 use crate::handle::PoolOptions;
@@ -27,6 +26,8 @@ pub struct MountOptions {
     pub refresh: Duration,
     /// Handle connections and the memory cache.
     pub pool: PoolOptions,
+    /// The disk cache, if any.
+    pub cache_dir: Option<CacheDir>,
     /// FUSE worker threads (metadata and reads from memory).
     pub threads: usize,
     /// Threads for reads that wait on the database.
@@ -42,8 +43,8 @@ pub struct MountOptions {
 /// Why a mount could not start.
 #[derive(Debug)]
 pub enum MountError {
-    /// The catalog could not be loaded.
-    Catalog(CatalogError),
+    /// The catalog or the disk cache could not be set up.
+    Start(StartError),
     /// The mountpoint is unusable; the message says how to fix it.
     Mountpoint(String),
     /// The kernel refused the mount.
@@ -54,7 +55,7 @@ pub enum MountError {
         err: io::Error,
     },
     /// A thread or the signal handler could not be set up.
-    Start(&'static str, io::Error),
+    Spawn(&'static str, io::Error),
     /// The HTTP server could not start (`--http`).
     Http(io::Error),
 }
@@ -62,14 +63,14 @@ pub enum MountError {
 impl fmt::Display for MountError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MountError::Catalog(e) => e.fmt(f),
+            MountError::Start(e) => e.fmt(f),
             MountError::Mountpoint(m) => f.write_str(m),
             MountError::Mount { path, err } => write!(
                 f,
                 "cannot mount at {}: {err} (is /dev/fuse present and usable, and fuse3 installed?)",
                 path.display()
             ),
-            MountError::Start(what, e) => write!(f, "cannot start {what}: {e}"),
+            MountError::Spawn(what, e) => write!(f, "cannot start {what}: {e}"),
             MountError::Http(e) => write!(f, "--http: {e}"),
         }
     }
@@ -78,8 +79,8 @@ impl fmt::Display for MountError {
 impl std::error::Error for MountError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            MountError::Catalog(e) => Some(e),
-            MountError::Mount { err, .. } | MountError::Start(_, err) | MountError::Http(err) => {
+            MountError::Start(e) => Some(e),
+            MountError::Mount { err, .. } | MountError::Spawn(_, err) | MountError::Http(err) => {
                 Some(err)
             }
             MountError::Mountpoint(_) => None,
@@ -87,9 +88,9 @@ impl std::error::Error for MountError {
     }
 }
 
-impl From<CatalogError> for MountError {
-    fn from(e: CatalogError) -> Self {
-        MountError::Catalog(e)
+impl From<StartError> for MountError {
+    fn from(e: StartError) -> Self {
+        MountError::Start(e)
     }
 }
 
@@ -100,11 +101,11 @@ enum Event {
 
 /// Mounts and serves until a signal or an external unmount.
 pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
-    let mut signals = StopSignals::catch().map_err(|e| MountError::Start("signals", e))?;
+    let mut signals = StopSignals::catch().map_err(|e| MountError::Spawn("signals", e))?;
     prepare_mountpoint(&opts.mountpoint)?;
     // Resolved now: once mounted, a stat of the mountpoint waits for our own session.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
-    let services = Services::start(db, &opts.pool)?;
+    let services = Services::start(db, &opts.pool, opts.cache_dir.as_ref())?;
     if let Some(http_opts) = &opts.http {
         crate::http::start(services.catalog.clone(), &services.pool, http_opts)
             .map_err(MountError::Http)?;
@@ -115,8 +116,9 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         services.pool.clone(),
         open.clone(),
     );
-    let fs = BootFs::new(Arc::new(core), opts.read_threads)
-        .map_err(|e| MountError::Start("the read threads", e))?;
+    let passthrough = services.pool.disk().is_some();
+    let fs = BootFs::new(Arc::new(core), opts.read_threads, passthrough)
+        .map_err(|e| MountError::Spawn("the read threads", e))?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -144,7 +146,7 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         .refresh_every(opts.refresh, move |changes| {
             crate::fs::forget(&notifier, changes)
         })
-        .map_err(|e| MountError::Start("the refresh thread", e))?;
+        .map_err(|e| MountError::Spawn("the refresh thread", e))?;
     raise_read_ahead(&canonical, opts.read_ahead_kb);
     info!(
         "serving {} at {} (refresh every {}s)",
@@ -160,7 +162,7 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         .spawn(move || {
             let _ = tx_session.send(Event::SessionEnded(session.run()));
         })
-        .map_err(|e| MountError::Start("the FUSE session", e))?;
+        .map_err(|e| MountError::Spawn("the FUSE session", e))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -170,7 +172,7 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
                 }
             }
         })
-        .map_err(|e| MountError::Start("the signal thread", e))?;
+        .map_err(|e| MountError::Spawn("the signal thread", e))?;
 
     match rx.recv() {
         Ok(Event::Signal) => {

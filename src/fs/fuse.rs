@@ -7,15 +7,17 @@
 //! `readdir` and `statfs` therefore answer within milliseconds whatever the data
 //! side is doing.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use log::{debug, info, warn};
 
@@ -83,12 +85,25 @@ pub struct BootFs {
     readers: ReadWorkers,
     uid: u32,
     gid: u32,
+    /// Hand files in the disk cache to the kernel (asked for, then granted at init).
+    passthrough: AtomicBool,
+    /// The kernel's reference to each passed-through inode's cache file. The kernel
+    /// wants one per inode for all its open handles, so it is shared while any is open.
+    backing: Mutex<HashMap<u64, Weak<BackingId>>>,
+    /// The backing each passed-through file handle holds.
+    backed: Mutex<HashMap<u64, Arc<BackingId>>>,
 }
 
 impl BootFs {
     /// The adapter over `core`, with `read_threads` threads for reads that wait on
     /// the database.
-    pub fn new(core: Arc<FsCore>, read_threads: usize) -> std::io::Result<BootFs> {
+    /// the database; `passthrough` asks the kernel to read files in the disk
+    /// cache itself.
+    pub fn new(
+        core: Arc<FsCore>,
+        read_threads: usize,
+        passthrough: bool,
+    ) -> std::io::Result<BootFs> {
         // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         Ok(BootFs {
@@ -96,7 +111,43 @@ impl BootFs {
             readers: ReadWorkers::start(read_threads)?,
             uid,
             gid,
+            passthrough: AtomicBool::new(passthrough),
+            backing: Mutex::default(),
+            backed: Mutex::default(),
         })
+    }
+
+    /// Opens `fh` as a passthrough of its disk-cache file, if it has one; false if
+    /// the file must be served by the daemon.
+    fn open_passthrough(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let file = self.core.handle(fh).ok()?.cached_file()?;
+        let mut backing = self.backing.lock().ok()?;
+        let id = match backing.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => match reply.open_backing(&file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    backing.insert(ino, Arc::downgrade(&id));
+                    id
+                }
+                Err(e) => {
+                    warn!(
+                        "passthrough refused by the kernel ({e}): cached files are read by pgbootfs"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        backing.retain(|_, w| w.strong_count() > 0);
+        drop(backing);
+        if let Ok(mut backed) = self.backed.lock() {
+            backed.insert(fh, id.clone());
+        }
+        Some(id)
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -203,6 +254,19 @@ impl Filesystem for BootFs {
         // fuser derives the largest read request from max_write: match the handle's
         // chunk, so aligned requests never straddle two chunks.
         let _ = config.set_max_write(READ_CHUNK as u32);
+        if self.passthrough.load(Ordering::Relaxed) {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(granted, Ordering::Relaxed);
+            if granted {
+                info!("passthrough: on (the kernel reads files in the disk cache itself)");
+            } else {
+                info!(
+                    "passthrough: off (the kernel lacks FUSE passthrough, Linux 6.9+): \
+                     pgbootfs reads files in the disk cache"
+                );
+            }
+        }
         info!("mounted: {} files", self.core.tree().file_count());
         Ok(())
     }
@@ -228,8 +292,12 @@ impl Filesystem for BootFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.core.open(ino.0, write) {
-            // Content under an inode never changes, so the page cache stays valid.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => match self.open_passthrough(ino.0, fh, &reply) {
+                // Reads of this file never reach us: the kernel reads the cache file.
+                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                // Content under an inode never changes, so the page cache stays valid.
+                None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -276,6 +344,9 @@ impl Filesystem for BootFs {
         reply: ReplyEmpty,
     ) {
         self.core.release(fh.0);
+        if let Ok(mut backed) = self.backed.lock() {
+            backed.remove(&fh.0);
+        }
         reply.ok();
     }
 

@@ -43,6 +43,70 @@ type Key = (Arc<str>, u64);
 pub struct ChunkCache {
     budget: u64,
     state: Mutex<State>,
+    buffers: Arc<Buffers>,
+}
+
+/// Ready chunk buffers. A fresh 512 KiB buffer costs 128 page faults when first
+/// written, and on a cold read those faults, taken by the read-ahead thread, were
+/// a third of its time (perf, BENCHMARKS.md): a helper thread keeps a few buffers
+/// faulted in ahead of need, on an otherwise idle core, and evicted chunks'
+/// buffers are reused.
+struct Buffers {
+    free: Mutex<Vec<Vec<u8>>>,
+    wanted: Condvar,
+    started: std::sync::Once,
+}
+
+/// Buffers kept ready: 8 MiB.
+const READY: usize = 16;
+
+impl Buffers {
+    fn take(self: &Arc<Self>) -> Vec<u8> {
+        self.started.call_once(|| {
+            let me = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("chunk-buffers".into())
+                .spawn(move || Buffers::keep_ready(&me));
+            if let Err(e) = spawned {
+                log::debug!("no buffer helper thread ({e}): buffers are made on demand");
+            }
+        });
+        let mut free = self.free.lock();
+        let buf = free.pop();
+        if free.len() < READY / 2 {
+            self.wanted.notify_one();
+        }
+        drop(free);
+        buf.unwrap_or_else(|| Vec::with_capacity(CHUNK as usize))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        let mut free = self.free.lock();
+        if free.len() < READY && buf.capacity() >= CHUNK as usize {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+
+    /// Keeps READY faulted-in buffers while the cache lives.
+    fn keep_ready(me: &std::sync::Weak<Buffers>) {
+        loop {
+            let Some(b) = me.upgrade() else { return };
+            let missing = READY.saturating_sub(b.free.lock().len());
+            for _ in 0..missing {
+                // Writing every page faults it in here, not in the read-ahead thread
+                // (vec![0; n] would not: calloc hands out untouched zero pages).
+                let mut v = Vec::with_capacity(CHUNK as usize);
+                v.resize(CHUNK as usize, 1u8);
+                v.clear();
+                b.give(v);
+            }
+            let mut free = b.free.lock();
+            if free.len() >= READY {
+                b.wanted.wait_for(&mut free, Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 struct State {
@@ -56,9 +120,30 @@ struct State {
 /// What is going on for one content while handles on it exist.
 struct Entry {
     handles: usize,
+    /// Where streams wait for room (see [`Content::room`]).
     cv: Arc<Condvar>,
     fetching: HashSet<u64>,
     streams: Vec<Front>,
+    /// Readers waiting for a chunk, one condition per chunk: a delivery wakes only
+    /// its own readers. (One condition for all had every waiting reader wake and
+    /// take the lock at every chunk, which slowed the stream delivering them.)
+    waiting: HashMap<u64, Arc<Condvar>>,
+}
+
+impl Entry {
+    /// Wakes the readers of chunk `idx`.
+    fn wake(&mut self, idx: u64) {
+        if let Some(cv) = self.waiting.remove(&idx) {
+            cv.notify_all();
+        }
+    }
+
+    /// Wakes every waiting reader, to look again (a fetch or stream ended).
+    fn wake_all(&mut self) {
+        for (_, cv) in self.waiting.drain() {
+            cv.notify_all();
+        }
+    }
 }
 
 /// A running stream's position: the next offset it delivers, and the furthest
@@ -100,6 +185,11 @@ impl ChunkCache {
                 next_stream: 1,
                 streams: 0,
             }),
+            buffers: Arc::new(Buffers {
+                free: Mutex::new(Vec::new()),
+                wanted: Condvar::new(),
+                started: std::sync::Once::new(),
+            }),
         }
     }
 
@@ -120,6 +210,7 @@ impl ChunkCache {
             cv: Arc::new(Condvar::new()),
             fetching: HashSet::new(),
             streams: Vec::new(),
+            waiting: HashMap::new(),
         });
         entry.handles += 1;
         Content {
@@ -188,7 +279,11 @@ impl Content {
         self.want(&mut st, off);
         let entry = self.entry(&mut st);
         if entry.fetching.contains(&idx) || entry.streams.iter().any(|f| f.covers(off)) {
-            let cv = entry.cv.clone();
+            let cv = entry
+                .waiting
+                .entry(idx)
+                .or_insert_with(|| Arc::new(Condvar::new()))
+                .clone();
             cv.wait_for(&mut st, wait);
             return Step::Retry;
         }
@@ -210,30 +305,48 @@ impl Content {
     /// Stores a chunk fetched after [`Step::Fetch`] and wakes its waiters.
     pub(crate) fn insert(&self, idx: u64, data: Arc<Vec<u8>>) {
         let mut st = self.lock();
-        self.entry(&mut st).fetching.remove(&idx);
         self.store(&mut st, idx, data);
-        self.cv.notify_all();
+        let entry = self.entry(&mut st);
+        entry.fetching.remove(&idx);
+        entry.wake(idx);
     }
 
     /// Gives up a fetch after [`Step::Fetch`]; a waiter will try for itself.
     pub(crate) fn abandon(&self, idx: u64) {
         let mut st = self.lock();
-        self.entry(&mut st).fetching.remove(&idx);
-        self.cv.notify_all();
+        let entry = self.entry(&mut st);
+        entry.fetching.remove(&idx);
+        entry.wake(idx);
     }
 
     fn store(&self, st: &mut State, idx: u64, data: Arc<Vec<u8>>) {
         let len = data.len() as u64;
         if let Some(old) = st.chunks.put((self.key.clone(), idx), data) {
             st.bytes -= old.len() as u64;
+            self.recycle(old);
         }
         st.bytes += len;
         while st.bytes > self.cache.budget {
             match st.chunks.pop_lru() {
-                Some((_, old)) => st.bytes -= old.len() as u64,
+                Some((_, old)) => {
+                    st.bytes -= old.len() as u64;
+                    self.recycle(old);
+                }
                 None => break,
             }
         }
+    }
+
+    /// Reuses an evicted chunk's buffer if no reader still holds it.
+    fn recycle(&self, old: Arc<Vec<u8>>) {
+        if let Ok(buf) = Arc::try_unwrap(old) {
+            self.cache.buffers.give(buf);
+        }
+    }
+
+    /// An empty buffer with room for a chunk, ready to be written.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        self.cache.buffers.take()
     }
 
     /// Waits until stream `id` may deliver its next chunk: while it is more than
@@ -267,25 +380,28 @@ impl Content {
         let end = start + data.len() as u64;
         let mut st = self.lock();
         self.store(&mut st, start / CHUNK, data);
-        if let Some(f) = self.entry(&mut st).streams.iter_mut().find(|f| f.id == id) {
+        let entry = self.entry(&mut st);
+        if let Some(f) = entry.streams.iter_mut().find(|f| f.id == id) {
             f.next = end;
         }
-        self.cv.notify_all();
+        entry.wake(start / CHUNK);
     }
 
     /// Ends stream `id`: what it did not deliver, readers fetch for themselves.
     pub(crate) fn end_stream(&self, id: u64) {
         let mut st = self.lock();
-        let streams = &mut self.entry(&mut st).streams;
-        let before = streams.len();
-        streams.retain(|f| f.id != id);
-        if streams.len() < before {
+        let entry = self.entry(&mut st);
+        let before = entry.streams.len();
+        entry.streams.retain(|f| f.id != id);
+        let ended = entry.streams.len() < before;
+        entry.wake_all();
+        self.cv.notify_all();
+        if ended {
             st.streams -= 1;
         }
-        self.cv.notify_all();
     }
 
-    /// Wakes everyone waiting on this content (a stop request, say).
+    /// Wakes the streams of this content (to see a stop request, say).
     pub(crate) fn wake(&self) {
         self.cv.notify_all();
     }

@@ -47,11 +47,9 @@ pub enum HandleErrorKind {
         /// Bytes the large object holds.
         actual: u64,
     },
-    /// The large object now belongs to other content than this handle was opened on.
-    Changed {
-        /// The sha256 the database now gives for the object.
-        now: String,
-    },
+    /// No row names the large object with the sha256 this handle was opened on
+    /// any more: its content was replaced.
+    Changed,
     /// The handle was closed.
     Failed,
     /// A thread could not be started or died.
@@ -78,7 +76,7 @@ impl HandleError {
                 _ => ErrorClass::Broken,
             },
             HandleErrorKind::Stream(_) => ErrorClass::Unavailable,
-            HandleErrorKind::Truncated { .. } | HandleErrorKind::Changed { .. } => ErrorClass::Gone,
+            HandleErrorKind::Truncated { .. } | HandleErrorKind::Changed => ErrorClass::Gone,
             HandleErrorKind::Failed | HandleErrorKind::Thread(_) => ErrorClass::Broken,
         }
     }
@@ -96,8 +94,8 @@ impl HandleError {
             HandleErrorKind::Truncated { expected, actual } => {
                 format!("large object holds {actual} bytes but the catalog says {expected}")
             }
-            HandleErrorKind::Changed { now } => {
-                format!("the large object now holds other content (sha256 {now}); reopen the file")
+            HandleErrorKind::Changed => {
+                "no row names the large object with this sha256 any more: it was replaced".into()
             }
             HandleErrorKind::Failed => "the file was closed".to_string(),
             HandleErrorKind::Thread(e) => format!("read-ahead thread: {e}"),

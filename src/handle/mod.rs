@@ -15,11 +15,12 @@
 //! miss sets up again, with the same content check as the first time.
 //!
 //! Layout: [`pool`] makes and lends connections; [`cache`] holds chunks and decides
-//! who fetches what; [`readahead`] streams a sequential reader's object into the
+//! who fetches what; [`disk`] keeps verified whole images on disk (`--cache-dir`); [`readahead`] streams a sequential reader's object into the
 //! cache; [`idle`] gives back paused handles' connections; [`error`] classifies
 //! what goes wrong. Nothing here knows about FUSE or HTTP.
 
 pub mod cache;
+pub mod disk;
 pub mod error;
 mod idle;
 pub mod pool;
@@ -91,6 +92,10 @@ struct State {
     /// How many times the handle set up a transaction (the first, then after
     /// each release).
     setups: u32,
+    /// The disk cache's file of this content, once found there.
+    disk: Option<Arc<std::fs::File>>,
+    /// Whether this handle already tried to start filling the disk cache.
+    fill_tried: bool,
     /// When a set-up last found every connection busy: the kernel follows a failed
     /// read-ahead with a read of its own, which must not wait out the pool
     /// timeout a second time.
@@ -279,6 +284,9 @@ impl Shared {
             return Ok(d);
         }
         let mut st = self.state.lock();
+        if let Some(d) = self.disk_chunk(&mut st, idx) {
+            return Ok(d);
+        }
         loop {
             if st.closed {
                 return Err(self.error(HandleErrorKind::Failed));
@@ -289,14 +297,20 @@ impl Shared {
                 && off <= last_end.saturating_add(STREAM_SKIP);
             match self.content.step(idx, sequential, WAIT_STEP) {
                 Step::Hit(d) => return Ok(d),
-                Step::Retry => self.check_stream(&mut st)?,
+                Step::Retry => {
+                    if let Err(e) = self.check_stream(&mut st) {
+                        return Err(self.fail(&mut st, e));
+                    }
+                }
                 Step::Stream(id) => {
+                    self.start_fill(&mut st);
                     if let Err(e) = self.start_stream(&mut st, id, off) {
                         self.content.end_stream(id);
                         return Err(self.fail(&mut st, e));
                     }
                 }
                 Step::Fetch => {
+                    self.start_fill(&mut st);
                     return match self.fetch(&mut st, idx) {
                         Ok(d) => {
                             self.content.insert(idx, d.clone());
@@ -309,6 +323,68 @@ impl Shared {
                     };
                 }
             }
+        }
+    }
+
+    /// Chunk `idx` from the disk cache, if the content is there.
+    fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        if st.disk.is_none() && self.pool.share_by_sha256 {
+            st.disk = self
+                .pool
+                .disk
+                .as_ref()?
+                .lookup(&self.sha256, self.size)
+                .map(Arc::new);
+        }
+        let file = st.disk.as_ref()?;
+        let start = idx * CHUNK;
+        let len = CHUNK.min(self.size - start) as usize;
+        let mut buf = self.content.buffer();
+        buf.resize(len, 0);
+        match file.read_exact_at(&mut buf, start) {
+            Ok(()) => Some(Arc::new(buf)),
+            Err(e) => {
+                warn!(
+                    "{}: reading the disk cache failed ({e}); using the database",
+                    self.path
+                );
+                st.disk = None;
+                None
+            }
+        }
+    }
+
+    /// Starts copying the whole image into the disk cache, once per handle, when
+    /// the pool has one and the image is not there yet. A thread reads it through
+    /// a handle of its own, so it shares the stream and chunks of every reader and
+    /// costs the database nothing more.
+    fn start_fill(&self, st: &mut State) {
+        if st.fill_tried || !self.pool.share_by_sha256 {
+            return;
+        }
+        st.fill_tried = true;
+        let Some(fill) = self
+            .pool
+            .disk
+            .as_ref()
+            .and_then(|d| d.begin(&self.sha256, self.size))
+        else {
+            return;
+        };
+        let info = FileInfo {
+            oid: self.oid,
+            size: self.size,
+            sha256: self.sha256.clone(),
+            filetype: String::new(),
+        };
+        let pool = self.pool.clone();
+        let path = self.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cache-fill".into())
+            .spawn(move || fill_disk(&pool, &info, &path, fill));
+        if let Err(e) = spawned {
+            warn!("{}: cannot start filling the disk cache: {e}", self.path);
         }
     }
 
@@ -329,10 +405,8 @@ impl Shared {
         match s.stop(&self.content) {
             Outcome::Stopped(conn) => st.conn = Some(*conn),
             Outcome::Finished => {}
-            Outcome::Failed(kind) => {
-                let e = self.error(kind);
-                return Err(self.fail(st, e));
-            }
+            // The caller logs it and ends the transaction (see `fail`).
+            Outcome::Failed(kind) => return Err(self.error(kind)),
         }
         Ok(())
     }
@@ -369,7 +443,9 @@ impl Shared {
                 actual: start + bytes.len() as u64,
             }));
         }
-        let data = Arc::new(bytes.to_vec());
+        let mut buf = self.content.buffer();
+        buf.extend_from_slice(bytes);
+        let data = Arc::new(buf);
         if start + len >= self.size {
             self.release(st);
         }
@@ -408,7 +484,7 @@ impl Shared {
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .and_then(|_| {
                     let open = conn.open.clone();
-                    conn.client.query_one(&open, &[&self.oid])
+                    conn.client.query_one(&open, &[&self.oid, &self.sha256])
                 });
             let row = match res {
                 Ok(row) => row,
@@ -423,11 +499,9 @@ impl Shared {
                 }
             };
             let actual = row.get::<_, i64>(0).max(0) as u64;
-            let sha: Option<String> = row.get(1);
-            let kind = match sha {
-                Some(now) if !now.eq_ignore_ascii_case(&self.sha256) => {
-                    Some(HandleErrorKind::Changed { now })
-                }
+            let named: Option<bool> = row.get(1);
+            let kind = match named {
+                Some(false) => Some(HandleErrorKind::Changed),
                 _ if actual < self.size => Some(HandleErrorKind::Truncated {
                     expected: self.size,
                     actual,
@@ -473,6 +547,41 @@ impl Shared {
         if let Some(mut conn) = st.conn.take() {
             end_txn(&mut conn);
         }
+    }
+}
+
+/// Reads `info` from 0 to the end through a handle of its own into `fill`.
+fn fill_disk(pool: &HandlePool, info: &FileInfo, path: &str, mut fill: disk::Fill) {
+    let h = pool.open(info, path);
+    let mut off = 0u64;
+    while off < info.size {
+        let res = h.read_with(off, CHUNK as usize, |b| {
+            fill.write(off, b).then_some(b.len() as u64)
+        });
+        match res {
+            Ok(Some(n)) if n > 0 => off += n,
+            Ok(_) => return,
+            Err(e) => {
+                debug!("{path}: filling the disk cache stopped: {e}");
+                return;
+            }
+        }
+    }
+    h.close();
+    if fill.finish() {
+        debug!("{path}: in the disk cache");
+    }
+}
+
+impl Handle {
+    /// The disk cache's verified file of this content, if it is there: the mount
+    /// hands it to the kernel for passthrough.
+    pub fn cached_file(&self) -> Option<std::fs::File> {
+        let sh = &self.shared;
+        if !sh.pool.share_by_sha256 {
+            return None;
+        }
+        sh.pool.disk.as_ref()?.lookup(&sh.sha256, sh.size)
     }
 }
 

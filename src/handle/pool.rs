@@ -12,6 +12,7 @@ use r2d2::{ManageConnection, Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::cache::ChunkCache;
+use super::disk::DiskCache;
 use super::error::{HandleError, HandleErrorKind};
 use super::idle::{Idle, Registry};
 use crate::db::DbConfig;
@@ -52,8 +53,8 @@ pub struct HandleConn {
     pub(crate) client: Client,
     pub(crate) read: Statement,
     /// Opens the object (pinning the snapshot, checking existence and permission)
-    /// and gives its size, and, where the MAAS tables exist, the sha256 its row
-    /// now claims: one round trip for the whole content check.
+    /// and gives its size, and, where the MAAS tables exist, whether a row still
+    /// names the object with the handle's sha256: one round trip for the check.
     pub(crate) open: Statement,
     pub(crate) in_txn: bool,
 }
@@ -80,12 +81,17 @@ impl ManageConnection for HandleManager {
             )?
             .get(0);
         let open = if has_rows {
+            // NULL when no row names the object (a store being written, or none
+            // at all), false when rows name it but none with this sha256.
             client.prepare(
                 "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
-                 (SELECT sha256 FROM maasserver_largefile WHERE content = $1::oid LIMIT 1)",
+                 (SELECT bool_or(sha256 = $2) FROM maasserver_largefile WHERE content = $1::oid)",
             )?
         } else {
-            client.prepare("SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), NULL::text")?
+            client.prepare(
+                "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
+                 (SELECT NULL::bool WHERE $2::text IS NULL)",
+            )?
         };
         Ok(HandleConn {
             client,
@@ -118,6 +124,7 @@ pub struct HandlePool {
     pub(crate) share_by_sha256: bool,
     unreachable: Arc<Unreachable>,
     pub(crate) cache: Arc<ChunkCache>,
+    pub(crate) disk: Option<Arc<DiskCache>>,
     registry: Arc<Registry>,
 }
 
@@ -204,8 +211,22 @@ impl HandlePool {
             share_by_sha256: opts.share_by_sha256,
             unreachable,
             cache: Arc::new(ChunkCache::new(opts.cache_memory)),
+            disk: None,
             registry: Arc::default(),
         }
+    }
+
+    /// The same pool, also reading from and filling the disk cache `disk`.
+    pub fn with_disk(self, disk: Arc<DiskCache>) -> HandlePool {
+        HandlePool {
+            disk: Some(disk),
+            ..self
+        }
+    }
+
+    /// The disk cache, if the pool has one.
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
     }
 
     /// The same pool (same connections, cache and limit) whose reads wait at most

@@ -170,8 +170,7 @@ impl Worker {
             read_exact(&mut r, &mut len).map_err(io)?;
             let mut left = i32::from_be_bytes(len).max(0) as u64;
             while left > 0 {
-                let (start, data) =
-                    cur.get_or_insert_with(|| (at, Vec::with_capacity(CHUNK as usize)));
+                let (start, data) = cur.get_or_insert_with(|| (at, self.content.buffer()));
                 let boundary = (*start / CHUNK + 1) * CHUNK;
                 let n = left.min(boundary - (*start + data.len() as u64));
                 append(&mut r, data, n as usize).map_err(io)?;

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{error, info, warn};
 use tiny_http::{Method, Request, Server};
 
-use crate::catalog::{Catalog, CatalogError, FileInfo, Node, NodeKind};
-use crate::daemon::{Services, StopSignals};
+use crate::catalog::{Catalog, FileInfo, Node, NodeKind};
+use crate::daemon::{CacheDir, Services, StartError, StopSignals};
 use crate::db::DbConfig;
 use crate::handle::{HandlePool, PoolOptions};
 
@@ -72,13 +72,15 @@ pub struct ServeOptions {
     pub refresh: Duration,
     /// Handle connections and the memory cache.
     pub pool: PoolOptions,
+    /// The disk cache, if any.
+    pub cache_dir: Option<CacheDir>,
 }
 
 /// Why `pgbootfs serve` could not start.
 #[derive(Debug)]
 pub enum ServeError {
-    /// The catalog could not be loaded.
-    Catalog(CatalogError),
+    /// The catalog or the disk cache could not be set up.
+    Start(StartError),
     /// Listening or starting threads failed.
     Io(io::Error),
 }
@@ -86,7 +88,7 @@ pub enum ServeError {
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ServeError::Catalog(e) => e.fmt(f),
+            ServeError::Start(e) => e.fmt(f),
             ServeError::Io(e) => e.fmt(f),
         }
     }
@@ -95,7 +97,7 @@ impl std::fmt::Display for ServeError {
 impl std::error::Error for ServeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ServeError::Catalog(e) => Some(e),
+            ServeError::Start(e) => Some(e),
             ServeError::Io(e) => Some(e),
         }
     }
@@ -104,7 +106,8 @@ impl std::error::Error for ServeError {
 /// `pgbootfs serve`: HTTP only, until SIGINT, SIGTERM or SIGHUP.
 pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     let mut signals = StopSignals::catch().map_err(ServeError::Io)?;
-    let services = Services::start(db, &opts.pool).map_err(ServeError::Catalog)?;
+    let services =
+        Services::start(db, &opts.pool, opts.cache_dir.as_ref()).map_err(ServeError::Start)?;
     services
         .refresh_every(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;

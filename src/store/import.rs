@@ -66,23 +66,29 @@ pub fn run(db: &DbConfig, src: &Path, opts: &ImportOptions) -> Result<ImportSumm
     prefer_lz4(&mut client)?;
     let cols = ensure_schema(&mut client)?;
     let stmts = Statements::prepare(&mut client, &cols)?;
-    let cols = &cols;
-    let mut progress = Progress::new("import", source.bytes());
-    let mut summary = ImportSummary::default();
+    let mut run = Run {
+        cols: &cols,
+        stmts: &stmts,
+        kind: source.kind,
+        opts,
+        progress: Progress::new("import", source.bytes()),
+        summary: ImportSummary::default(),
+    };
     for set in &source.sets {
-        import_set(
-            &mut client,
-            cols,
-            &stmts,
-            set,
-            source.kind,
-            opts,
-            &mut progress,
-            &mut summary,
-        )?;
+        run.import_set(&mut client, set)?;
     }
-    progress.finish();
-    Ok(summary)
+    run.progress.finish();
+    Ok(run.summary)
+}
+
+/// One import: what every version's transaction needs, and what it reports.
+struct Run<'a> {
+    cols: &'a Columns,
+    stmts: &'a Statements,
+    kind: SourceKind,
+    opts: &'a ImportOptions,
+    progress: Progress,
+    summary: ImportSummary,
 }
 
 /// pg_largeobject rows (2 KiB pages) sit just over the server's compression
@@ -157,59 +163,53 @@ impl Statements {
 /// A stored file of an existing version: sha256, size, and whether it is complete.
 type StoredFiles = BTreeMap<String, (String, i64, bool)>;
 
-#[allow(clippy::too_many_arguments)]
-fn import_set(
-    client: &mut Client,
-    cols: &Columns,
-    stmts: &Statements,
-    set: &SourceSet,
-    kind: SourceKind,
-    opts: &ImportOptions,
-    progress: &mut Progress,
-    summary: &mut ImportSummary,
-) -> Result<(), StoreError> {
-    let path = set.path();
-    let mut txn = client
-        .transaction()
-        .map_err(|e| db_err("starting a transaction", &e))?;
-    lock_store(&mut txn)?;
-    let (resource_id, existing) = find_set(&mut txn, set)?;
-    let mut replaced = false;
-    let mut old_largefiles = Vec::new();
-    if let Some(set_id) = existing {
-        let stored = stored_files(&mut txn, set_id)?;
-        let differences = compare(set, kind, &stored, progress)?;
-        if differences.is_empty() {
-            progress.info(&format!("import: {path}: already stored, unchanged"));
-            summary.sets_unchanged += 1;
-            return Ok(());
+impl Run<'_> {
+    /// Writes one version in one transaction: nothing of it is visible until commit.
+    fn import_set(&mut self, client: &mut Client, set: &SourceSet) -> Result<(), StoreError> {
+        let (cols, stmts, kind, opts) = (self.cols, self.stmts, self.kind, self.opts);
+        let (progress, summary) = (&mut self.progress, &mut self.summary);
+        let path = set.path();
+        let mut txn = client
+            .transaction()
+            .map_err(|e| db_err("starting a transaction", &e))?;
+        lock_store(&mut txn)?;
+        let (resource_id, existing) = find_set(&mut txn, set)?;
+        let mut replaced = false;
+        let mut old_largefiles = Vec::new();
+        if let Some(set_id) = existing {
+            let stored = stored_files(&mut txn, set_id)?;
+            let differences = compare(set, kind, &stored, progress)?;
+            if differences.is_empty() {
+                progress.info(&format!("import: {path}: already stored, unchanged"));
+                summary.sets_unchanged += 1;
+                return Ok(());
+            }
+            if !opts.replace {
+                return Err(StoreError::Conflict { path, differences });
+            }
+            progress.info(&format!(
+                "import: {path}: replacing the stored version (--replace)"
+            ));
+            replaced = true;
+            old_largefiles = delete_set_rows(&mut txn, &[set_id])?;
         }
-        if !opts.replace {
-            return Err(StoreError::Conflict { path, differences });
+        let mut files = Vec::with_capacity(set.files.len());
+        for f in &set.files {
+            let lf = store_content(&mut txn, stmts, set, f, progress, summary)?;
+            files.push((f, lf));
         }
-        progress.info(&format!(
-            "import: {path}: replacing the stored version (--replace)"
-        ));
-        replaced = true;
-        old_largefiles = delete_set_rows(&mut txn, &[set_id])?;
-    }
-    let mut files = Vec::with_capacity(set.files.len());
-    for f in &set.files {
-        let lf = store_content(&mut txn, stmts, set, f, progress, summary)?;
-        files.push((f, lf));
-    }
-    let resource_id = match resource_id {
-        Some(id) => {
-            txn.execute(
-                "UPDATE maasserver_bootresource SET updated = now() WHERE id = $1::int8",
-                &[&id],
-            )
-            .map_err(|e| db_err(format!("updating the resource of {path}"), &e))?;
-            id
-        }
-        None => insert_resource(&mut txn, cols, set)?,
-    };
-    let set_id: i64 = txn
+        let resource_id = match resource_id {
+            Some(id) => {
+                txn.execute(
+                    "UPDATE maasserver_bootresource SET updated = now() WHERE id = $1::int8",
+                    &[&id],
+                )
+                .map_err(|e| db_err(format!("updating the resource of {path}"), &e))?;
+                id
+            }
+            None => insert_resource(&mut txn, cols, set)?,
+        };
+        let set_id: i64 = txn
         .query_one(
             "INSERT INTO maasserver_bootresourceset (created, updated, version, label, resource_id) \
              VALUES (now(), now(), $1, $2, $3::int8) RETURNING id::int8",
@@ -217,34 +217,35 @@ fn import_set(
         )
         .map_err(|e| db_err(format!("inserting the set row of {path}"), &e))?
         .get(0);
-    for (f, lf) in &files {
-        txn.execute(
-            &stmts.insert_file,
-            &[&f.filename, &f.filetype, &f.extra, lf, &set_id],
-        )
-        .map_err(|e| {
-            db_err(
-                format!("inserting the file row of {path}/{}", f.filename),
-                &e,
+        for (f, lf) in &files {
+            txn.execute(
+                &stmts.insert_file,
+                &[&f.filename, &f.filetype, &f.extra, lf, &set_id],
             )
-        })?;
+            .map_err(|e| {
+                db_err(
+                    format!("inserting the file row of {path}/{}", f.filename),
+                    &e,
+                )
+            })?;
+        }
+        if replaced {
+            // Old content no file of the new version shares is dropped with its object.
+            drop_unused_largefiles(&mut txn, &old_largefiles)?;
+        }
+        txn.commit()
+            .map_err(|e| db_err(format!("committing {path}"), &e))?;
+        progress.info(&format!(
+            "import: {path}: committed ({} file(s))",
+            set.files.len()
+        ));
+        if replaced {
+            summary.sets_replaced += 1;
+        } else {
+            summary.sets_written += 1;
+        }
+        Ok(())
     }
-    if replaced {
-        // Old content no file of the new version shares is dropped with its object.
-        drop_unused_largefiles(&mut txn, &old_largefiles)?;
-    }
-    txn.commit()
-        .map_err(|e| db_err(format!("committing {path}"), &e))?;
-    progress.info(&format!(
-        "import: {path}: committed ({} file(s))",
-        set.files.len()
-    ));
-    if replaced {
-        summary.sets_replaced += 1;
-    } else {
-        summary.sets_written += 1;
-    }
-    Ok(())
 }
 
 /// The resource id (if the resource exists) and the set id (if the version does).
