@@ -251,6 +251,7 @@ fn metadata_answers_at_once_while_reads_wait_for_connections() {
         ] {
             let t = Instant::now();
             sh(&cmd);
+            eprintln!("{what} under a saturated pool: {:?}", t.elapsed());
             assert!(
                 t.elapsed() < Duration::from_secs(2),
                 "{what} took {:?} while reads waited",

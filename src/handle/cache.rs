@@ -60,6 +60,9 @@ struct Buffers {
 /// Buffers kept ready: 8 MiB.
 const READY: usize = 16;
 
+/// Evicted buffers kept for reuse: 32 MiB.
+const KEEP: usize = 64;
+
 impl Buffers {
     fn take(self: &Arc<Self>) -> Vec<u8> {
         self.started.call_once(|| {
@@ -82,7 +85,7 @@ impl Buffers {
 
     fn give(&self, mut buf: Vec<u8>) {
         let mut free = self.free.lock();
-        if free.len() < READY && buf.capacity() >= CHUNK as usize {
+        if free.len() < KEEP && buf.capacity() >= CHUNK as usize {
             buf.clear();
             free.push(buf);
         }
@@ -326,7 +329,11 @@ impl Content {
             self.recycle(old);
         }
         st.bytes += len;
-        while st.bytes > self.cache.budget {
+        // Buffers kept for reuse and chunks being filled by streams count against
+        // the budget too: the budget bounds all chunk memory, not just the cache.
+        let reserved = (self.cache.buffers.free.lock().len() + st.streams) as u64 * CHUNK;
+        let cap = self.cache.budget.saturating_sub(reserved).max(4 * CHUNK);
+        while st.bytes > cap {
             match st.chunks.pop_lru() {
                 Some((_, old)) => {
                     st.bytes -= old.len() as u64;

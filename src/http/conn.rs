@@ -3,6 +3,13 @@
 //! sockets inherit it), and a connection is cut by finding its descriptor in
 //! `/proc/self/fd` by its addresses and shutting it down. The same scan lets a
 //! watchdog cut clients that are slow to send a request or send endless headers.
+//!
+//! The listener is ours, so its options go through `socket2`. The accepted sockets
+//! are tiny_http's: we only know their numbers, which tiny_http may close at any
+//! moment. socket2 (through `BorrowedFd`) requires a descriptor that stays open
+//! while borrowed, which we cannot promise, so those few calls stay plain libc
+//! calls, where a descriptor closed meanwhile just fails with EBADF (and a reused
+//! number is caught by checking its peer again).
 
 use std::collections::HashMap;
 use std::io;
@@ -19,23 +26,7 @@ use parking_lot::Mutex;
 /// a write to a client that stopped reading fails after that long.
 pub fn bind(addr: SocketAddr, send_timeout: Duration) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
-    let tv = libc::timeval {
-        tv_sec: send_timeout.as_secs() as libc::time_t,
-        tv_usec: send_timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: a valid socket descriptor and a timeval of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    socket2::SockRef::from(&listener).set_write_timeout(Some(send_timeout))?;
     Ok(listener)
 }
 
