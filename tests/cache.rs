@@ -90,6 +90,23 @@ fn storm(n: usize, cmd: &str) -> Vec<String> {
         .collect()
 }
 
+/// 150 copies of `cmd` at once, each of which must print `want` first; returns
+/// the most handle connections seen meanwhile and the blocks of pg_largeobject
+/// the server read.
+fn checked_storm(pg: &Cluster, cmd: &str, want: &str) -> (i64, i64) {
+    let mut c = pg.client("postgres");
+    let before = lo_blocks(&mut c);
+    let busy = Arc::new(AtomicBool::new(true));
+    let sampler = sample_max(pg, busy.clone());
+    let outs = storm(150, cmd);
+    busy.store(false, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    for out in &outs {
+        assert!(out.starts_with(want), "`{cmd}` printed {out}");
+    }
+    (most, lo_blocks(&mut c) - before)
+}
+
 #[test]
 fn a_storm_of_readers_costs_one_database_read_and_few_connections() {
     if !fuse_or_skip("a_storm_of_readers_costs_one_database_read_and_few_connections") {
@@ -115,40 +132,24 @@ fn a_storm_of_readers_costs_one_database_read_and_few_connections() {
 
     let mnt = Mount::start(&pg.conninfo("postgres"), &[]);
     let path = mnt.path(&format!("{DIR}/squashfs"));
-    let before = lo_blocks(&mut c);
-    let busy = Arc::new(AtomicBool::new(true));
-    let sampler = sample_max(&pg, busy.clone());
-    let sums = storm(150, &format!("sha256sum '{}'", path.display()));
-    busy.store(false, Ordering::Relaxed);
-    let most = sampler.join().unwrap();
-    for s in &sums {
-        assert!(s.starts_with(&want), "wrong sha256: {s}\n{}", mnt.log());
-    }
+    let (most, blocks) = checked_storm(&pg, &format!("sha256sum '{}'", path.display()), &want);
     assert!(most <= 4, "{most} handle connections during the storm");
-    let mount_blocks = lo_blocks(&mut c) - before;
     assert!(
-        mount_blocks as f64 <= 1.3 * one_read as f64,
-        "the mount's storm read {mount_blocks} blocks; one read is {one_read}"
+        blocks as f64 <= 1.3 * one_read as f64,
+        "the mount's storm read {blocks} blocks; one read is {one_read}\n{}",
+        mnt.log()
     );
     drop(mnt);
 
     // The same over HTTP, from a fresh server (an empty cache).
     let srv = Server::start(&pg.conninfo("postgres"), &[]);
     let url = srv.url(&format!("/{DIR}/squashfs"));
-    let before = lo_blocks(&mut c);
-    let busy = Arc::new(AtomicBool::new(true));
-    let sampler = sample_max(&pg, busy.clone());
-    let sums = storm(150, &format!("curl -sf '{url}' | sha256sum"));
-    busy.store(false, Ordering::Relaxed);
-    let most = sampler.join().unwrap();
-    for s in &sums {
-        assert!(s.starts_with(&want), "wrong sha256: {s}\n{}", srv.log());
-    }
+    let (most, blocks) = checked_storm(&pg, &format!("curl -sf '{url}' | sha256sum"), &want);
     assert!(most <= 4, "{most} handle connections during the HTTP storm");
-    let http_blocks = lo_blocks(&mut c) - before;
     assert!(
-        http_blocks as f64 <= 1.3 * one_read as f64,
-        "the HTTP storm read {http_blocks} blocks; one read is {one_read}"
+        blocks as f64 <= 1.3 * one_read as f64,
+        "the HTTP storm read {blocks} blocks; one read is {one_read}\n{}",
+        srv.log()
     );
     assert!(!srv.log().contains(" 503 "), "{}", srv.log());
 }
@@ -307,19 +308,7 @@ fn an_idle_open_file_gives_back_its_snapshot_and_sets_up_again() {
     );
 
     // The image is replaced and its object unlinked while the file is open.
-    let mut tx = c.transaction().unwrap();
-    let replacement = bytes(501, 64 << 20);
-    let new_oid: u32 = tx
-        .query_one("SELECT lo_from_bytea(0, $1)", &[&replacement])
-        .unwrap()
-        .get(0);
-    tx.execute(
-        "UPDATE maasserver_largefile SET content = $1, sha256 = $2 WHERE content = $3",
-        &[&new_oid, &sha256_hex(&replacement), &oid],
-    )
-    .unwrap();
-    tx.execute("SELECT lo_unlink($1)", &[&oid]).unwrap();
-    tx.commit().unwrap();
+    Maas { client: &mut c }.replace_content(oid, &bytes(501, 64 << 20));
     assert!(wait_until(Duration::from_secs(8), || handle_backends(
         &mut c
     )
@@ -609,20 +598,7 @@ fn the_disk_cache_keeps_verified_images_and_serves_them_without_the_database() {
     // A replaced image's old file leaves the cache. (The server restarted: a new
     // client.)
     let mut c = pg.client("postgres");
-    let new_b = bytes(802, 1 << 20);
-    let mut tx = c.transaction().unwrap();
-    let new_oid: u32 = tx
-        .query_one("SELECT lo_from_bytea(0, $1)", &[&new_b])
-        .unwrap()
-        .get(0);
-    tx.execute(
-        "UPDATE maasserver_largefile SET content = $1, sha256 = $2, size = $3, total_size = $3 \
-         WHERE content = $4",
-        &[&new_oid, &sha256_hex(&new_b), &(new_b.len() as i64), &b_oid],
-    )
-    .unwrap();
-    tx.execute("SELECT lo_unlink($1)", &[&b_oid]).unwrap();
-    tx.commit().unwrap();
+    Maas { client: &mut c }.replace_content(b_oid, &bytes(802, 1 << 20));
     assert!(
         wait_until(Duration::from_secs(10), || !victim.exists()),
         "{}",

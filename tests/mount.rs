@@ -343,18 +343,7 @@ fn open_reader_keeps_its_snapshot_after_replace_and_unlink() {
 
     // Another session replaces the content and unlinks the old object.
     let replacement = bytes(62, 8 << 20);
-    let mut tx = c.transaction().unwrap();
-    let new_oid: u32 = tx
-        .query_one("SELECT lo_from_bytea(0, $1)", &[&replacement])
-        .unwrap()
-        .get(0);
-    tx.execute(
-        "UPDATE maasserver_largefile SET content = $1, sha256 = $2 WHERE content = $3",
-        &[&new_oid, &sha256_hex(&replacement), &old_oid],
-    )
-    .unwrap();
-    tx.execute("SELECT lo_unlink($1)", &[&old_oid]).unwrap();
-    tx.commit().unwrap();
+    Maas { client: &mut c }.replace_content(old_oid, &replacement);
 
     let mut rest = Vec::new();
     f.read_to_end(&mut rest).unwrap();

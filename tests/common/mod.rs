@@ -282,6 +282,26 @@ pub struct Maas<'a> {
 }
 
 impl<'a> Maas<'a> {
+    /// Replaces the content of the largefile on `old_oid` with `data`, in one
+    /// transaction that also unlinks the old object, as a re-import does; returns
+    /// the new object.
+    pub fn replace_content(&mut self, old_oid: u32, data: &[u8]) -> u32 {
+        let mut tx = self.client.transaction().unwrap();
+        let new_oid: u32 = tx
+            .query_one("SELECT lo_from_bytea(0, $1)", &[&data])
+            .unwrap()
+            .get(0);
+        tx.execute(
+            "UPDATE maasserver_largefile SET content = $1, sha256 = $2, \
+             size = $3, total_size = $3 WHERE content = $4",
+            &[&new_oid, &sha256_hex(data), &(data.len() as i64), &old_oid],
+        )
+        .unwrap();
+        tx.execute("SELECT lo_unlink($1)", &[&old_oid]).unwrap();
+        tx.commit().unwrap();
+        new_oid
+    }
+
     /// Creates the four tables from the shipped schema.
     pub fn create_schema(client: &mut Client) {
         client.batch_execute(SCHEMA).unwrap();
