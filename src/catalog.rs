@@ -17,7 +17,7 @@ use postgres::NoTls;
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::db::{DbConfig, DbError, describe_pg_error};
+use crate::db::{DbConfig, DbError};
 
 /// An inode number.
 pub type Ino = u64;
@@ -61,7 +61,14 @@ impl fmt::Display for CatalogError {
     }
 }
 
-impl std::error::Error for CatalogError {}
+impl std::error::Error for CatalogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CatalogError::Db(e) => Some(e),
+            CatalogError::MissingTables { .. } => None,
+        }
+    }
+}
 
 impl From<DbError> for CatalogError {
     fn from(e: DbError) -> Self {
@@ -325,16 +332,13 @@ impl Catalog {
     pub fn open(db: &DbConfig) -> Result<Catalog, CatalogError> {
         let pool = db.metadata_pool()?;
         let target = db.describe();
-        let mut client = pool.get().map_err(|e| DbError::Connect {
-            target: target.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut client = pool.get().map_err(|e| DbError::pool(target.clone(), &e))?;
         let missing: Vec<String> = client
             .query(
                 "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL ORDER BY t",
                 &[&TABLES.to_vec()],
             )
-            .map_err(|e| DbError::query("checking for the MAAS tables", &e))?
+            .map_err(|e| DbError::query("checking for the MAAS tables", e))?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -349,7 +353,7 @@ impl Catalog {
                  AND attname = 'size' AND NOT attisdropped)",
                 &[],
             )
-            .map_err(|e| DbError::query("reading maasserver_largefile's columns", &e))?
+            .map_err(|e| DbError::query("reading maasserver_largefile's columns", e))?
             .get(0);
         if !has_size {
             info!(
@@ -443,16 +447,13 @@ impl Catalog {
     }
 
     fn load_rows(&self) -> Result<Vec<Row>, CatalogError> {
-        let mut client = self.pool.get().map_err(|e| DbError::Connect {
-            target: self.target.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut client = self
+            .pool
+            .get()
+            .map_err(|e| DbError::pool(self.target.clone(), &e))?;
         let rows = client
             .query(self.query.as_str(), &[])
-            .map_err(|e| DbError::Query {
-                what: "loading the image catalog".into(),
-                reason: describe_pg_error(&e),
-            })?;
+            .map_err(|e| DbError::query("loading the image catalog", e))?;
         Ok(rows
             .iter()
             .map(|r| Row {

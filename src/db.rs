@@ -35,15 +35,24 @@ pub enum DbError {
     Connect {
         /// host, port, database and user, without the password.
         target: String,
-        /// The driver's complaint.
+        /// The driver's complaint, in plain words.
         reason: String,
+        /// The driver's error, when the driver (not the pool) failed.
+        source: Option<postgres::Error>,
     },
     /// A query failed on a connection that was otherwise fine.
     Query {
         /// What was being done.
         what: String,
-        /// The server's complaint.
-        reason: String,
+        /// The driver's error (`code()` gives the SQLSTATE).
+        source: postgres::Error,
+    },
+    /// The database lacks the MAAS image tables.
+    NotAStore {
+        /// host, port and database.
+        target: String,
+        /// The tables missing.
+        missing: Vec<String>,
     },
 }
 
@@ -53,22 +62,47 @@ impl fmt::Display for DbError {
             DbError::BadConninfo { source, reason } => {
                 write!(f, "invalid connection string in {source}: {reason}")
             }
-            DbError::Connect { target, reason } => {
+            DbError::Connect { target, reason, .. } => {
                 write!(f, "cannot connect to PostgreSQL at {target}: {reason}")
             }
-            DbError::Query { what, reason } => write!(f, "{what}: {reason}"),
+            DbError::Query { what, source } => write!(f, "{what}: {}", describe_pg_error(source)),
+            DbError::NotAStore { target, missing } => write!(
+                f,
+                "database {target} is not a MAAS image store: missing table(s) {} \
+                 (create them with `pgbootfs import`)",
+                missing.join(", ")
+            ),
         }
     }
 }
 
-impl std::error::Error for DbError {}
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DbError::Connect {
+                source: Some(e), ..
+            }
+            | DbError::Query { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl DbError {
     /// Wraps a driver error met while doing `what`.
-    pub fn query(what: impl Into<String>, err: &postgres::Error) -> DbError {
+    pub fn query(what: impl Into<String>, err: postgres::Error) -> DbError {
         DbError::Query {
             what: what.into(),
-            reason: describe_pg_error(err),
+            source: err,
+        }
+    }
+
+    /// A connection from a pool could not be had (r2d2 keeps only a message).
+    pub fn pool(target: impl Into<String>, err: &r2d2::Error) -> DbError {
+        DbError::Connect {
+            target: target.into(),
+            reason: err.to_string(),
+            source: None,
         }
     }
 }
@@ -202,14 +236,15 @@ impl DbConfig {
     pub fn connect(&self, app: &str) -> Result<Client, DbError> {
         self.postgres_config(app)
             .connect(NoTls)
-            .map_err(|e| self.connect_error(&e))
+            .map_err(|e| self.connect_error(e))
     }
 
     /// The error for a failed connection attempt, naming where we tried to go.
-    pub fn connect_error(&self, err: &postgres::Error) -> DbError {
+    pub fn connect_error(&self, err: postgres::Error) -> DbError {
         DbError::Connect {
             target: self.describe(),
-            reason: connect_reason(err),
+            reason: connect_reason(&err),
+            source: Some(err),
         }
     }
 
@@ -218,10 +253,10 @@ impl DbConfig {
         let manager =
             PostgresConnectionManager::new(self.postgres_config("pgbootfs-catalog"), NoTls);
         // Connect once now so an unreachable server is reported at start, by name.
-        let mut probe = manager.connect().map_err(|e| self.connect_error(&e))?;
+        let mut probe = manager.connect().map_err(|e| self.connect_error(e))?;
         manager
             .is_valid(&mut probe)
-            .map_err(|e| self.connect_error(&e))?;
+            .map_err(|e| self.connect_error(e))?;
         drop(probe);
         // The refresher logs failures itself, once a minute while they last: r2d2's
         // own handler would log every reconnection attempt.

@@ -228,19 +228,13 @@ fn raise_fd_limit() {
     }
 }
 
-/// Is the cause of `e`, anywhere down its chain, a closed pipe?
-fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+/// Did the command fail only because standard output was closed (`| head`)?
+/// Only a write to standard output counts: a closed pipe anywhere else (the
+/// database connection, say) is a real failure.
+fn stdout_closed(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<store::StoreError>().is_some_and(|s| {
+        matches!(s, store::StoreError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Caps glibc's malloc arenas at two. Chunk buffers are 512 KiB, made and freed by
@@ -325,7 +319,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `pgbootfs ls | head`: the reader went away, which is not our failure.
-        Err(e) if broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) if stdout_closed(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgbootfs: error: {e}");
             ExitCode::FAILURE

@@ -515,6 +515,8 @@ fn the_disk_cache_keeps_verified_images_and_serves_them_without_the_database() {
     let pb = mnt.path(&format!("{DIR}/b"));
 
     // A whole read fills the cache, under its sha256, once the hash matched.
+    let held = fs::File::open(&pa).unwrap();
+    held.read_exact_at(&mut [0u8; 16], 0).unwrap();
     assert!(fs::read(&pa).unwrap() == a);
     assert!(
         wait_until(Duration::from_secs(10), || cache_entries(&dir).0
@@ -525,6 +527,12 @@ fn the_disk_cache_keeps_verified_images_and_serves_them_without_the_database() {
     );
     assert!(cache_entries(&dir).1.is_empty(), "no .part file left");
     assert_eq!(sha256_hex(&fs::read(dir.join(&sha_a)).unwrap()), sha_a);
+
+    // The file held open from before it was cached keeps later opens of the same
+    // inode off passthrough (the kernel refuses to mix the two modes on one inode).
+    let again = fs::read(&pa).expect("an open while an earlier one is held");
+    assert!(again == a);
+    drop(held);
 
     // Passthrough: once open, the file is read by the kernel from the cache file,
     // with the daemon stopped cold.

@@ -127,3 +127,22 @@ fn many_handles_read_in_parallel_and_give_their_connections_back() {
     assert_eq!(in_txn, 0, "every handle ended its transaction");
     assert!(pool.connections() <= 4);
 }
+
+#[test]
+fn errors_keep_the_servers_sqlstate_and_are_classified_once() {
+    let data = bytes(3, 1000);
+    let (pg, pool, file) = setup(&data);
+    let mut c = pg.client("postgres");
+    c.execute("SELECT lo_unlink($1)", &[&file.oid]).unwrap();
+    let h = pool.open(&file, "/t/gone");
+    let e = h.prepare(0).expect_err("the object is gone");
+    assert_eq!(e.class(), pgbootfs::handle::ErrorClass::Gone, "{e}");
+    let pg_err = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<postgres::Error>())
+        .expect("the driver's error is kept as the source");
+    assert_eq!(
+        pg_err.code(),
+        Some(&postgres::error::SqlState::UNDEFINED_OBJECT)
+    );
+    assert!(e.to_string().starts_with("/t/gone: "), "{e}");
+}

@@ -87,11 +87,24 @@ pub struct BootFs {
     gid: u32,
     /// Hand files in the disk cache to the kernel (asked for, then granted at init).
     passthrough: AtomicBool,
-    /// The kernel's reference to each passed-through inode's cache file. The kernel
-    /// wants one per inode for all its open handles, so it is shared while any is open.
-    backing: Mutex<HashMap<u64, Weak<BackingId>>>,
+    /// Which open files are passed through and which are not, per inode.
+    modes: Mutex<Modes>,
+}
+
+/// The kernel keeps one I/O mode per inode: while any handle of an inode is open
+/// through the page cache, a passthrough open of it fails (ETXTBSY), and the other
+/// way round. So an inode's opens follow its open handles' mode; only an inode with
+/// none open may change.
+#[derive(Default)]
+struct Modes {
+    /// The kernel's reference to each passed-through inode's cache file, one per
+    /// inode for all its open handles, shared while any is open.
+    backing: HashMap<u64, Weak<BackingId>>,
     /// The backing each passed-through file handle holds.
-    backed: Mutex<HashMap<u64, Arc<BackingId>>>,
+    backed: HashMap<u64, Arc<BackingId>>,
+    /// Handles open through the page cache: inode by handle, and count by inode.
+    plain_fh: HashMap<u64, u64>,
+    plain: HashMap<u64, usize>,
 }
 
 impl BootFs {
@@ -112,42 +125,8 @@ impl BootFs {
             uid,
             gid,
             passthrough: AtomicBool::new(passthrough),
-            backing: Mutex::default(),
-            backed: Mutex::default(),
+            modes: Mutex::default(),
         })
-    }
-
-    /// Opens `fh` as a passthrough of its disk-cache file, if it has one; false if
-    /// the file must be served by the daemon.
-    fn open_passthrough(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
-        let file = self.core.handle(fh).ok()?.cached_file()?;
-        let mut backing = self.backing.lock().ok()?;
-        let id = match backing.get(&ino).and_then(Weak::upgrade) {
-            Some(id) => id,
-            None => match reply.open_backing(&file) {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    backing.insert(ino, Arc::downgrade(&id));
-                    id
-                }
-                Err(e) => {
-                    warn!(
-                        "passthrough refused by the kernel ({e}): cached files are read by pgbootfs"
-                    );
-                    self.passthrough.store(false, Ordering::Relaxed);
-                    return None;
-                }
-            },
-        };
-        backing.retain(|_, w| w.strong_count() > 0);
-        drop(backing);
-        if let Ok(mut backed) = self.backed.lock() {
-            backed.insert(fh, id.clone());
-        }
-        Some(id)
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -167,6 +146,72 @@ impl BootFs {
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,
+        }
+    }
+
+    /// Decides how `fh` of inode `ino` is opened: through the kernel's passthrough
+    /// of its disk-cache file (Some), or served by us through the page cache (None).
+    fn open_mode(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        let mut modes = self.modes.lock().ok()?;
+        let id = self.backing_for(&mut modes, ino, fh, reply);
+        match &id {
+            Some(id) => {
+                modes.backed.insert(fh, id.clone());
+            }
+            None => {
+                modes.plain_fh.insert(fh, ino);
+                *modes.plain.entry(ino).or_default() += 1;
+            }
+        }
+        id
+    }
+
+    fn backing_for(
+        &self,
+        modes: &mut Modes,
+        ino: u64,
+        fh: u64,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed)
+            || modes.plain.get(&ino).is_some_and(|n| *n > 0)
+        {
+            return None;
+        }
+        // Open handles of this inode are passed through: this one must be too, on
+        // the same backing (which holds its file open even if the cache evicted it).
+        if let Some(id) = modes.backing.get(&ino).and_then(Weak::upgrade) {
+            return Some(id);
+        }
+        let file = self.core.handle(fh).ok()?.cached_file()?;
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                modes.backing.retain(|_, w| w.strong_count() > 0);
+                modes.backing.insert(ino, Arc::downgrade(&id));
+                Some(id)
+            }
+            Err(e) => {
+                warn!("passthrough refused by the kernel ({e}): cached files are read by pgbootfs");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Forgets how `fh` was opened.
+    fn closed(&self, fh: u64) {
+        let Ok(mut modes) = self.modes.lock() else {
+            return;
+        };
+        modes.backed.remove(&fh);
+        if let Some(ino) = modes.plain_fh.remove(&fh)
+            && let Some(n) = modes.plain.get_mut(&ino)
+        {
+            *n -= 1;
+            if *n == 0 {
+                modes.plain.remove(&ino);
+            }
         }
     }
 }
@@ -292,7 +337,7 @@ impl Filesystem for BootFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.core.open(ino.0, write) {
-            Ok(fh) => match self.open_passthrough(ino.0, fh, &reply) {
+            Ok(fh) => match self.open_mode(ino.0, fh, &reply) {
                 // Reads of this file never reach us: the kernel reads the cache file.
                 Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
                 // Content under an inode never changes, so the page cache stays valid.
@@ -344,9 +389,7 @@ impl Filesystem for BootFs {
         reply: ReplyEmpty,
     ) {
         self.core.release(fh.0);
-        if let Ok(mut backed) = self.backed.lock() {
-            backed.remove(&fh.0);
-        }
+        self.closed(fh.0);
         reply.ok();
     }
 

@@ -102,12 +102,12 @@ fn prefer_lz4(client: &mut Client) -> Result<(), StoreError> {
              WHERE name = 'default_toast_compression'",
             &[],
         )
-        .map_err(|e| db_err("reading the server's compression methods", &e))?
+        .map_err(|e| db_err("reading the server's compression methods", e))?
         .get(0);
     if has_lz4 {
         client
             .batch_execute("SET default_toast_compression = lz4")
-            .map_err(|e| db_err("choosing lz4 compression for this session", &e))?;
+            .map_err(|e| db_err("choosing lz4 compression for this session", e))?;
     } else {
         debug!("server without lz4: large object pages are pglz-compressed (slower import)");
     }
@@ -129,7 +129,7 @@ impl Statements {
         let mut p = |sql: &str| {
             client
                 .prepare(sql)
-                .map_err(|e| db_err(format!("preparing `{sql}`"), &e))
+                .map_err(|e| db_err(format!("preparing `{sql}`"), e))
         };
         let size_col = if cols.largefile_size { ", size" } else { "" };
         let size_val = if cols.largefile_size { ", $2" } else { "" };
@@ -171,7 +171,7 @@ impl Run<'_> {
         let path = set.path();
         let mut txn = client
             .transaction()
-            .map_err(|e| db_err("starting a transaction", &e))?;
+            .map_err(|e| db_err("starting a transaction", e))?;
         lock_store(&mut txn)?;
         let (resource_id, existing) = find_set(&mut txn, set)?;
         let mut replaced = false;
@@ -204,7 +204,7 @@ impl Run<'_> {
                     "UPDATE maasserver_bootresource SET updated = now() WHERE id = $1::int8",
                     &[&id],
                 )
-                .map_err(|e| db_err(format!("updating the resource of {path}"), &e))?;
+                .map_err(|e| db_err(format!("updating the resource of {path}"), e))?;
                 id
             }
             None => insert_resource(&mut txn, cols, set)?,
@@ -215,7 +215,7 @@ impl Run<'_> {
              VALUES (now(), now(), $1, $2, $3::int8) RETURNING id::int8",
             &[&set.version, &set.label, &resource_id],
         )
-        .map_err(|e| db_err(format!("inserting the set row of {path}"), &e))?
+        .map_err(|e| db_err(format!("inserting the set row of {path}"), e))?
         .get(0);
         for (f, lf) in &files {
             txn.execute(
@@ -225,7 +225,7 @@ impl Run<'_> {
             .map_err(|e| {
                 db_err(
                     format!("inserting the file row of {path}/{}", f.filename),
-                    &e,
+                    e,
                 )
             })?;
         }
@@ -234,7 +234,7 @@ impl Run<'_> {
             drop_unused_largefiles(&mut txn, &old_largefiles)?;
         }
         txn.commit()
-            .map_err(|e| db_err(format!("committing {path}"), &e))?;
+            .map_err(|e| db_err(format!("committing {path}"), e))?;
         progress.info(&format!(
             "import: {path}: committed ({} file(s))",
             set.files.len()
@@ -260,7 +260,7 @@ fn find_set(
              WHERE r.name = $1 AND r.architecture = $2",
             &[&set.name(), &set.architecture(), &set.version],
         )
-        .map_err(|e| db_err(format!("looking up {}", set.path()), &e))?;
+        .map_err(|e| db_err(format!("looking up {}", set.path()), e))?;
     Ok(match row {
         Some(r) => (Some(r.get(0)), r.get(1)),
         None => (None, None),
@@ -280,7 +280,7 @@ fn stored_files(txn: &mut Transaction<'_>, set_id: i64) -> Result<StoredFiles, S
             ),
             &[&set_id],
         )
-        .map_err(|e| db_err("reading the stored files of a version", &e))?;
+        .map_err(|e| db_err("reading the stored files of a version", e))?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
@@ -359,7 +359,7 @@ fn insert_resource(
         ],
     )
     .map(|r| r.get(0))
-    .map_err(|e| db_err(format!("inserting the resource row of {}", set.path()), &e))
+    .map_err(|e| db_err(format!("inserting the resource row of {}", set.path()), e))
 }
 
 /// Makes sure the file's content is stored; returns its largefile id.
@@ -388,11 +388,11 @@ fn store_content(
     progress.start_file(&shown, f.size);
     let oid: u32 = txn
         .query_one(&stmts.lo_create, &[])
-        .map_err(|e| db_err(format!("creating a large object for {shown}"), &e))?
+        .map_err(|e| db_err(format!("creating a large object for {shown}"), e))?
         .get(0);
     let fd: i32 = txn
         .query_one(&stmts.lo_open, &[&oid, &INV_WRITE])
-        .map_err(|e| db_err(format!("opening large object {oid} for {shown}"), &e))?
+        .map_err(|e| db_err(format!("opening large object {oid} for {shown}"), e))?
         .get(0);
     let (sha, size) = stream_file(txn, stmts, &f.path, fd, &shown, progress)?;
     if size != f.size {
@@ -421,14 +421,14 @@ fn store_content(
     if let Some(id) = reuse(txn, stmts, &sha, &shown)? {
         // Same bytes already stored: drop the copy just written.
         txn.execute(&stmts.lo_unlink, &[&oid])
-            .map_err(|e| db_err(format!("unlinking the duplicate of {shown}"), &e))?;
+            .map_err(|e| db_err(format!("unlinking the duplicate of {shown}"), e))?;
         summary.files_shared += 1;
         return Ok(id);
     }
     let total = size as i64;
     let id: i64 = txn
         .query_one(&stmts.insert_largefile, &[&sha, &total, &oid])
-        .map_err(|e| db_err(format!("inserting the largefile row of {shown}"), &e))?
+        .map_err(|e| db_err(format!("inserting the largefile row of {shown}"), e))?
         .get(0);
     summary.files_written += 1;
     summary.bytes_written += size;
@@ -444,7 +444,7 @@ fn reuse(
 ) -> Result<Option<i64>, StoreError> {
     let Some(row) = txn
         .query_opt(&stmts.find_largefile, &[&sha])
-        .map_err(|e| db_err(format!("looking up the content of {shown}"), &e))?
+        .map_err(|e| db_err(format!("looking up the content of {shown}"), e))?
     else {
         return Ok(None);
     };
@@ -492,7 +492,7 @@ fn stream_file(
         let mut failed = None;
         for buf in rx.iter() {
             if let Err(e) = txn.query_one(&stmts.lowrite, &[&fd, &buf.as_slice()]) {
-                failed = Some(db_err(format!("writing {shown}"), &e));
+                failed = Some(db_err(format!("writing {shown}"), e));
                 break;
             }
             progress.add(buf.len() as u64);
@@ -523,7 +523,7 @@ fn same_size_stored(txn: &mut Transaction<'_>, size: u64, shown: &str) -> Result
         &[&(size as i64)],
     )
     .map(|r| r.get(0))
-    .map_err(|e| db_err(format!("looking up the content of {shown}"), &e))
+    .map_err(|e| db_err(format!("looking up the content of {shown}"), e))
 }
 
 /// sha256 of a file, read in large chunks; counted in `progress` if given.

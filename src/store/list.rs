@@ -61,19 +61,16 @@ pub fn require_tables(client: &mut impl GenericClient, target: &str) -> Result<(
             "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL ORDER BY t",
             &[&TABLES.to_vec()],
         )
-        .map_err(|e| db_err("checking for the MAAS tables", &e))?
+        .map_err(|e| db_err("checking for the MAAS tables", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    Err(StoreError::Db(crate::db::DbError::Query {
-        what: format!("database {target} is not a MAAS image store"),
-        reason: format!(
-            "missing table(s) {} (create them with `pgbootfs import`)",
-            missing.join(", ")
-        ),
+    Err(StoreError::Db(crate::db::DbError::NotAStore {
+        target: target.to_string(),
+        missing,
     }))
 }
 
@@ -96,7 +93,7 @@ pub fn load(
              JOIN maasserver_bootresource r ON r.id = s.resource_id",
             &[],
         )
-        .map_err(|e| db_err("reading the image rows", &e))?;
+        .map_err(|e| db_err("reading the image rows", e))?;
     let mut out = Vec::new();
     for r in &rows {
         let name: String = r.get(0);

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use postgres::Client;
 
 use crate::catalog::valid_component;
-use crate::db::{DbError, describe_pg_error};
+use crate::db::DbError;
 
 pub mod import;
 pub mod list;
@@ -145,11 +145,8 @@ impl From<DbError> for StoreError {
 }
 
 /// Wraps a driver error met while doing `what`.
-pub(crate) fn db_err(what: impl Into<String>, err: &postgres::Error) -> StoreError {
-    StoreError::Db(DbError::Query {
-        what: what.into(),
-        reason: describe_pg_error(err),
-    })
+pub(crate) fn db_err(what: impl Into<String>, err: postgres::Error) -> StoreError {
+    StoreError::Db(DbError::query(what, err))
 }
 
 /// A PATH argument: up to six components os/arch/subarch/series/version/filename.
@@ -239,25 +236,25 @@ pub(crate) struct Columns {
 pub(crate) fn ensure_schema(client: &mut Client) -> Result<Columns, StoreError> {
     let mut txn = client
         .transaction()
-        .map_err(|e| db_err("starting a transaction", &e))?;
+        .map_err(|e| db_err("starting a transaction", e))?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-        .map_err(|e| db_err("taking the store's write lock", &e))?;
+        .map_err(|e| db_err("taking the store's write lock", e))?;
     let missing: i64 = txn
         .query_one(
             "SELECT count(*) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
             &[&crate::catalog::TABLES.to_vec()],
         )
-        .map_err(|e| db_err("checking for the MAAS tables", &e))?
+        .map_err(|e| db_err("checking for the MAAS tables", e))?
         .get(0);
     if missing > 0 {
         // The server's "already exists, skipping" notices would only be noise.
         txn.batch_execute("SET LOCAL client_min_messages = warning")
             .and_then(|_| txn.batch_execute(SCHEMA))
-            .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
+            .map_err(|e| db_err("creating the MAAS tables where absent", e))?;
         log::info!("created the MAAS tables that were absent ({missing} of 4)");
     }
     txn.commit()
-        .map_err(|e| db_err("creating the MAAS tables where absent", &e))?;
+        .map_err(|e| db_err("creating the MAAS tables where absent", e))?;
     column_info(client)
 }
 
@@ -269,7 +266,7 @@ pub(crate) fn column_info(client: &mut Client) -> Result<Columns, StoreError> {
         client
             .query_opt(q, &[&table, &col])
             .map(|r| r.map(|r| r.get(0)))
-            .map_err(|e| db_err(format!("reading the columns of {table}"), &e))
+            .map_err(|e| db_err(format!("reading the columns of {table}"), e))
     };
     Ok(Columns {
         resource_extra: typ("maasserver_bootresource", "extra")?.unwrap_or("text".into()),
@@ -282,7 +279,7 @@ pub(crate) fn column_info(client: &mut Client) -> Result<Columns, StoreError> {
 pub(crate) fn lock_store(txn: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .map(|_| ())
-        .map_err(|e| db_err("taking the store's write lock", &e))
+        .map_err(|e| db_err("taking the store's write lock", e))
 }
 
 #[cfg(test)]

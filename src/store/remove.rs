@@ -54,7 +54,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
     require_tables(&mut client, &db.describe())?;
     let mut txn = client
         .transaction()
-        .map_err(|e| db_err("starting a transaction", &e))?;
+        .map_err(|e| db_err("starting a transaction", e))?;
     lock_store(&mut txn)?;
     let rows = txn
         .query(
@@ -63,7 +63,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
              JOIN maasserver_bootresource r ON r.id = s.resource_id",
             &[],
         )
-        .map_err(|e| db_err("reading the versions", &e))?;
+        .map_err(|e| db_err("reading the versions", e))?;
     let mut set_ids = Vec::new();
     let mut resource_ids = BTreeSet::new();
     let mut names = Vec::new();
@@ -97,10 +97,10 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
              AND NOT EXISTS (SELECT 1 FROM maasserver_bootresourceset s WHERE s.resource_id = r.id)",
             &[&resource_ids],
         )
-        .map_err(|e| db_err("deleting resources left without versions", &e))?
+        .map_err(|e| db_err("deleting resources left without versions", e))?
         as usize;
     txn.commit()
-        .map_err(|e| db_err("committing the removal", &e))?;
+        .map_err(|e| db_err("committing the removal", e))?;
     names.sort();
     for n in &names {
         info!("remove: {n}");
@@ -126,7 +126,7 @@ pub(crate) fn delete_set_rows(
              RETURNING largefile_id::int8",
             &[&set_ids],
         )
-        .map_err(|e| db_err("deleting file rows", &e))?
+        .map_err(|e| db_err("deleting file rows", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -134,7 +134,7 @@ pub(crate) fn delete_set_rows(
         "DELETE FROM maasserver_bootresourceset WHERE id = ANY($1::int8[])",
         &[&set_ids],
     )
-    .map_err(|e| db_err("deleting set rows", &e))?;
+    .map_err(|e| db_err("deleting set rows", e))?;
     Ok(largefiles)
 }
 
@@ -152,7 +152,7 @@ pub(crate) fn drop_unused_largefiles(
              RETURNING lf.content",
             &[&ids],
         )
-        .map_err(|e| db_err("deleting unused largefile rows", &e))?
+        .map_err(|e| db_err("deleting unused largefile rows", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -162,7 +162,7 @@ pub(crate) fn drop_unused_largefiles(
              AND NOT EXISTS (SELECT 1 FROM maasserver_largefile lf WHERE lf.content = $1)",
             &[oid],
         )
-        .map_err(|e| db_err(format!("unlinking large object {oid}"), &e))?;
+        .map_err(|e| db_err(format!("unlinking large object {oid}"), e))?;
     }
     Ok(oids.len())
 }

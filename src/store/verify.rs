@@ -58,7 +58,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<VerifyRepo
             "SELECT oid FROM pg_largeobject_metadata WHERE oid = ANY($1::oid[])",
             &[&oids],
         )
-        .map_err(|e| db_err("listing large objects", &e))?
+        .map_err(|e| db_err("listing large objects", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
