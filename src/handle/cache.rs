@@ -331,8 +331,12 @@ impl Content {
         st.bytes += len;
         // Buffers kept for reuse and chunks being filled by streams count against
         // the budget too: the budget bounds all chunk memory, not just the cache.
+        // Never below what the running streams need ahead of their readers: a chunk
+        // evicted before its reader got it is fetched again, and a small budget
+        // with many streams would then thrash.
         let reserved = (self.cache.buffers.free.lock().len() + st.streams) as u64 * CHUNK;
-        let cap = self.cache.budget.saturating_sub(reserved).max(4 * CHUNK);
+        let floor = (st.streams as u64 * 2 * MIN_AHEAD).max(4 * CHUNK);
+        let cap = self.cache.budget.saturating_sub(reserved).max(floor);
         while st.bytes > cap {
             match st.chunks.pop_lru() {
                 Some((_, old)) => {
@@ -510,6 +514,23 @@ mod tests {
         assert_eq!(cache.bytes(), 4 * CHUNK);
         assert!(a.get(0).is_none(), "the oldest chunk went");
         assert!(a.get(9).is_some(), "the newest stayed");
+    }
+
+    #[test]
+    fn many_streams_on_a_small_budget_keep_their_windows() {
+        let cache = Arc::new(ChunkCache::new(4 * CHUNK));
+        let a = cache.content("aa", 1000 * CHUNK);
+        // Three streams running: each needs its window, whatever the budget.
+        for at in [0, 100, 200] {
+            assert!(matches!(a.step(at, true, Duration::ZERO), Step::Stream(_)));
+        }
+        let floor = 3 * 2 * MIN_AHEAD;
+        for i in 0..floor / CHUNK {
+            a.insert(500 + i, chunk(1));
+        }
+        assert_eq!(cache.bytes(), floor, "nothing evicted below the floor");
+        a.insert(900, chunk(1));
+        assert_eq!(cache.bytes(), floor, "above it, the oldest goes");
     }
 
     #[test]
