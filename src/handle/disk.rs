@@ -174,6 +174,9 @@ impl DiskCache {
                 if let Some(e) = self.index.lock().files.get_mut(name) {
                     e.verified = true;
                 }
+            } else if !self.index.lock().files.contains_key(name) {
+                // Deleted meanwhile (no longer in the catalog): nothing to report.
+                continue;
             } else {
                 bad += 1;
                 warn!(
@@ -185,7 +188,7 @@ impl DiskCache {
         }
         info!(
             "disk cache: {} file(s) verified, {bad} deleted",
-            names.len() - bad
+            names.len().saturating_sub(bad)
         );
     }
 
