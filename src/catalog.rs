@@ -624,21 +624,18 @@ impl Tree {
             .collect()
     }
 
-    /// A directory's entries, `.` and `..` first, as a listing shows them; None
-    /// if `ino` is not a directory of this tree.
+    /// A directory's entries in name order; None if `ino` is not a directory of
+    /// this tree.
     pub fn children(&self, ino: Ino) -> Option<Vec<(&str, &Node)>> {
-        let node = self.get(ino)?;
-        let NodeKind::Dir(entries) = &node.kind else {
+        let NodeKind::Dir(entries) = &self.get(ino)?.kind else {
             return None;
         };
-        let parent = self.get(node.parent).unwrap_or(node);
-        let mut list = vec![(".", node), ("..", parent)];
-        list.extend(
+        Some(
             entries
                 .iter()
-                .filter_map(|(name, ino)| Some((name.as_str(), self.get(*ino)?))),
-        );
-        Some(list)
+                .filter_map(|(name, ino)| Some((name.as_str(), self.get(*ino)?)))
+                .collect(),
+        )
     }
 
     fn ensure_dir(
@@ -681,6 +678,21 @@ fn dir_node(ino: Ino, parent: Ino, path: String) -> Node {
         mtime: UNIX_EPOCH,
         kind: NodeKind::Dir(BTreeMap::new()),
     }
+}
+
+/// Whether `s` has the form of a sha256 as MAAS stores it: 64 hex digits.
+pub fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Lower-case hex, as MAAS writes sha256 values.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// Whether `name` can be one component of a path.

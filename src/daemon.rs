@@ -76,9 +76,7 @@ impl Services {
         let mut pool = HandlePool::new(db, pool);
         if let Some(c) = cache_dir {
             let disk = DiskCache::open(&c.dir, c.max_bytes).map_err(StartError::CacheDir)?;
-            let tree = catalog.snapshot();
-            let shas = tree.sha256s();
-            disk.retain(|sha| shas.contains(sha));
+            drop_uncatalogued(&disk, &catalog);
             pool = pool.with_disk(disk);
         }
         Ok(Services { catalog, pool })
@@ -97,13 +95,18 @@ impl Services {
             .spawn_refresher(every, move |changes| {
                 on_change(changes);
                 if let (Some(disk), Some(catalog)) = (&disk, catalog.upgrade()) {
-                    let tree = catalog.snapshot();
-                    let shas = tree.sha256s();
-                    disk.retain(|sha| shas.contains(sha));
+                    drop_uncatalogued(disk, &catalog);
                 }
             })
             .map(|_| ())
     }
+}
+
+/// Deletes the cached images whose sha256 the catalog no longer names.
+fn drop_uncatalogued(disk: &DiskCache, catalog: &Catalog) {
+    let tree = catalog.snapshot();
+    let shas = tree.sha256s();
+    disk.retain(|sha| shas.contains(sha));
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught from the moment this is made: until then

@@ -126,11 +126,6 @@ impl OpenTable {
         }
         files.len()
     }
-
-    /// Files open now.
-    pub fn files_open(&self) -> usize {
-        self.files.lock().len()
-    }
 }
 
 /// The file system's decisions.
@@ -232,13 +227,11 @@ impl FsCore {
         mut add: impl FnMut(u64, &str, &Attr) -> bool,
     ) -> Result<(), FsError> {
         let tree = self.pass_tree(fh, offset);
-        let Some(list) = tree.children(ino) else {
-            return Err(match tree.get(ino) {
-                Some(_) => FsError::NotDir,
-                None => FsError::NotFound,
-            });
-        };
-        for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {
+        let node = tree.get(ino).ok_or(FsError::NotFound)?;
+        let children = tree.children(ino).ok_or(FsError::NotDir)?;
+        let parent = tree.get(node.parent).unwrap_or(node);
+        let list = [(".", node), ("..", parent)].into_iter().chain(children);
+        for (i, (name, node)) in list.enumerate().skip(offset as usize) {
             if add(i as u64 + 1, name, &Attr::of(node)) {
                 break;
             }

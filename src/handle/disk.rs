@@ -29,6 +29,8 @@ use log::{debug, info, warn};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use crate::catalog::{hex, valid_sha256};
+
 /// The cache directory and its index.
 pub struct DiskCache {
     dir: PathBuf,
@@ -52,17 +54,8 @@ struct Entry {
     verified: bool,
 }
 
-/// Lower-case hex, as MAAS writes sha256 values.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Fills running at once: each may hold a connection while it leads a stream.
 const MAX_FILLS: usize = 4;
-
-fn is_sha256(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
 
 fn hash_file(path: &Path) -> io::Result<(String, u64)> {
     use std::io::Read;
@@ -114,7 +107,7 @@ impl DiskCache {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
-            if is_sha256(&name) && meta.is_file() {
+            if valid_sha256(&name) && meta.is_file() {
                 index.bytes += meta.len();
                 index.files.insert(
                     name.to_ascii_lowercase(),
@@ -235,7 +228,7 @@ impl DiskCache {
     /// Starts writing `sha256` of `size` bytes into the cache, unless it is there,
     /// being written, too large, or caching stopped.
     pub fn begin(self: &Arc<Self>, sha256: &str, size: u64) -> Option<Fill> {
-        if self.disabled.load(Ordering::Relaxed) || size > self.max || !is_sha256(sha256) {
+        if self.disabled.load(Ordering::Relaxed) || size > self.max || !valid_sha256(sha256) {
             return None;
         }
         {
@@ -310,11 +303,6 @@ impl DiskCache {
             debug!("disk cache: evicting {victim}");
             let _ = fs::remove_file(self.dir.join(&victim));
         }
-    }
-
-    /// Bytes of cached files.
-    pub fn bytes(&self) -> u64 {
-        self.index.lock().bytes
     }
 }
 

@@ -71,7 +71,7 @@ struct Shared {
     size: u64,
     sha256: String,
     path: String,
-    /// Set by close: reads from memory check it too.
+    /// Set by close, checked by every read (also those from memory, which take no lock).
     closed: AtomicBool,
     /// Milliseconds since `epoch` of the last read, for the idle sweeper.
     used: AtomicU64,
@@ -100,7 +100,6 @@ struct State {
     /// read-ahead with a read of its own, which must not wait out the pool
     /// timeout a second time.
     busy_at: Option<Instant>,
-    closed: bool,
 }
 
 impl HandlePool {
@@ -166,63 +165,29 @@ impl Handle {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, HandleError> {
         let sh = &self.shared;
-        let end = offset.saturating_add(len as u64).min(sh.size);
-        if offset >= end {
+        let Some((first, last, end)) = sh.span(offset, len) else {
             return Ok(f(&[]));
-        }
-        sh.touch();
-        let first = offset / CHUNK;
-        let r = if (end - 1) / CHUNK == first {
-            // The common case: one chunk, replied to from the shared buffer.
-            let data = sh.chunk(first)?;
-            let at = (offset - first * CHUNK) as usize;
-            f(&data[at..at + (end - offset) as usize])
-        } else {
-            let mut out = Vec::with_capacity((end - offset) as usize);
-            let mut pos = offset;
-            while pos < end {
-                let idx = pos / CHUNK;
-                let data = sh.chunk(idx)?;
-                let at = (pos - idx * CHUNK) as usize;
-                let take = ((end - pos) as usize).min(data.len() - at);
-                out.extend_from_slice(&data[at..at + take]);
-                pos += take as u64;
-            }
-            f(&out)
         };
-        sh.note_end(end);
-        Ok(r)
+        let chunks = (first..=last)
+            .map(|i| sh.chunk(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(sh.serve(&chunks, offset, end, f))
     }
 
     /// Calls `f` with the bytes at `offset..offset+len` only if every one of them is
     /// in memory now; None (and `f` not called) if any would need the database.
     pub fn read_cached<R>(&self, offset: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let sh = &self.shared;
-        let end = offset.saturating_add(len as u64).min(sh.size);
-        if offset >= end {
+        let Some((first, last, end)) = sh.span(offset, len) else {
             return Some(f(&[]));
-        }
+        };
         if sh.closed.load(Ordering::Relaxed) {
             return None;
         }
-        let first = offset / CHUNK;
-        let last = (end - 1) / CHUNK;
-        let chunks: Vec<Arc<Vec<u8>>> = (first..=last)
+        let chunks = (first..=last)
             .map(|i| sh.content.get(i))
-            .collect::<Option<_>>()?;
-        sh.touch();
-        let at = (offset - first * CHUNK) as usize;
-        let r = if let [one] = chunks.as_slice() {
-            f(&one[at..at + (end - offset) as usize])
-        } else {
-            let mut out = Vec::with_capacity((end - offset) as usize);
-            for c in &chunks {
-                out.extend_from_slice(c);
-            }
-            f(&out[at..at + (end - offset) as usize])
-        };
-        sh.note_end(end);
-        Some(r)
+            .collect::<Option<Vec<_>>>()?;
+        Some(sh.serve(&chunks, offset, end, f))
     }
 
     /// Copies the bytes at `offset` into `buf`; returns how many (0 at the end).
@@ -236,9 +201,7 @@ impl Handle {
     /// Ends the transaction and gives the connection back. Idempotent; later reads fail.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
-        let mut st = self.shared.state.lock();
-        st.closed = true;
-        self.shared.release(&mut st);
+        self.shared.release(&mut self.shared.state.lock());
     }
 }
 
@@ -249,6 +212,38 @@ impl Drop for Handle {
 }
 
 impl Shared {
+    /// The chunks `offset..offset+len` falls in, and where it ends (at the file's
+    /// end at the latest); None for an empty range.
+    fn span(&self, offset: u64, len: usize) -> Option<(u64, u64, u64)> {
+        let end = offset.saturating_add(len as u64).min(self.size);
+        (offset < end).then(|| (offset / CHUNK, (end - 1) / CHUNK, end))
+    }
+
+    /// Calls `f` with `offset..end` out of `chunks` (consecutive, the first holding
+    /// `offset`): straight from the shared buffer when one chunk holds it all.
+    fn serve<R>(
+        &self,
+        chunks: &[Arc<Vec<u8>>],
+        offset: u64,
+        end: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> R {
+        self.touch();
+        let at = (offset % CHUNK) as usize;
+        let len = (end - offset) as usize;
+        let r = if let [one] = chunks {
+            f(&one[at..at + len])
+        } else {
+            let mut out = Vec::with_capacity(at + len);
+            for c in chunks {
+                out.extend_from_slice(c);
+            }
+            f(&out[at..at + len])
+        };
+        self.note_end(end);
+        r
+    }
+
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.used.store(ms, Ordering::Relaxed);
@@ -288,7 +283,7 @@ impl Shared {
             return Ok(d);
         }
         loop {
-            if st.closed {
+            if self.closed.load(Ordering::Relaxed) {
                 return Err(self.error(HandleErrorKind::Failed));
             }
             let off = idx * CHUNK;
@@ -539,11 +534,8 @@ impl Shared {
 
     /// Stops read-ahead, ends the transaction and gives the connection back.
     fn release(&self, st: &mut State) {
-        if let Some(s) = st.stream.take()
-            && let Outcome::Stopped(conn) = s.stop(&self.content)
-        {
-            st.conn = Some(*conn);
-        }
+        // A stream that failed has nothing to give back; its error was reported.
+        let _ = self.take_stream(st);
         if let Some(mut conn) = st.conn.take() {
             end_txn(&mut conn);
         }

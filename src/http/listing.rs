@@ -12,15 +12,9 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The entries of `dir`, in name order.
-fn entries<'a>(tree: &'a Tree, dir: &'a Node) -> Vec<(&'a str, &'a Node)> {
-    match &dir.kind {
-        NodeKind::Dir(children) => children
-            .iter()
-            .filter_map(|(name, ino)| tree.get(*ino).map(|n| (name.as_str(), n)))
-            .collect(),
-        NodeKind::File(_) => Vec::new(),
-    }
+/// The entries of `dir`, in name order (none for a file).
+fn entries<'a>(tree: &'a Tree, dir: &Node) -> Vec<(&'a str, &'a Node)> {
+    tree.children(dir.ino).unwrap_or_default()
 }
 
 /// A JSON array of `{name, type, size, mtime, sha256}` (sha256 null for directories,

@@ -211,15 +211,8 @@ pub fn split_name(name: &str) -> (&str, &str) {
     name.split_once('/').unwrap_or(("custom", name))
 }
 
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+/// Lower-case hex of a digest (kept here for the store's callers).
+pub use crate::catalog::hex;
 
 /// What the existing tables look like: MAAS versions differ in a few columns.
 #[derive(Debug, Clone)]

@@ -150,7 +150,7 @@ fn mirror_item(
         ));
         return;
     }
-    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !crate::catalog::valid_sha256(&sha) {
         problems.push(format!("{at}: sha256 {sha:?} is not 64 hex digits"));
         return;
     }
