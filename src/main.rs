@@ -131,6 +131,11 @@ struct PoolArgs {
     /// connection and snapshot (its next read sets up again).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     handle_idle: u64,
+    /// Seconds a reader whose database connection was lost (restart, failover,
+    /// standby conflict) waits for a new one before its read fails; it then reads on
+    /// at the same offset in a new snapshot of the same content.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    reconnect_timeout: u64,
     /// MiB of image chunks kept in memory, shared by all readers of the same image.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     cache_memory: u64,
@@ -157,6 +162,7 @@ impl PoolArgs {
             timeout,
             handle_idle: Duration::from_secs(self.handle_idle.max(1)),
             cache_memory: self.cache_memory << 20,
+            reconnect_timeout: Duration::from_secs(self.reconnect_timeout),
             ..PoolOptions::default()
         }
     }

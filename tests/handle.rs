@@ -146,3 +146,36 @@ fn errors_keep_the_servers_sqlstate_and_are_classified_once() {
     );
     assert!(e.to_string().starts_with("/t/gone: "), "{e}");
 }
+
+#[test]
+fn a_seeking_reader_reads_on_after_a_restart_and_a_new_one_fails_at_once_while_down() {
+    let data = bytes(4, 40 << 20);
+    let (pg, pool, file) = setup(&data);
+    let h = pool.open(&file, "/t/squashfs");
+    // Far apart: one-chunk fetches on the handle's own connection, no stream.
+    assert_eq!(read(&h, 30 << 20, 1000), expect(&data, 30 << 20, 1000));
+    assert!(h.holds_connection());
+    pg.restart();
+    // Its connection died with the server: it sets up again and reads on.
+    assert_eq!(read(&h, 5 << 20, 1000), expect(&data, 5 << 20, 1000));
+    assert_eq!(read(&h, 20 << 20, 70_000), expect(&data, 20 << 20, 70_000));
+    // While the server is down, a handle that has read nothing yet fails at once
+    // (a new download gets 503 or EIO rather than hang) ...
+    pg.stop_server();
+    let fresh = pool.open(&file, "/t/fresh");
+    let t = std::time::Instant::now();
+    let e = fresh.prepare(0).expect_err("server down");
+    assert_eq!(e.class(), pgbootfs::handle::ErrorClass::Unavailable, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // ... while one in the middle of its file waits for the server to come back.
+    let waiting = std::thread::scope(|s| {
+        let r = s.spawn(|| h.read_with(35 << 20, 1000, |b| b.to_vec()));
+        std::thread::sleep(Duration::from_millis(1500));
+        pg.start_server();
+        r.join().unwrap()
+    });
+    assert_eq!(
+        waiting.expect("a paused reader"),
+        expect(&data, 35 << 20, 1000)
+    );
+}

@@ -54,6 +54,14 @@ pub enum HandleErrorKind {
     Failed,
     /// A thread could not be started or died.
     Thread(String),
+    /// The connection was lost and no new one could be set up within
+    /// `--reconnect-timeout`; `cause` is the last attempt's error.
+    Lost {
+        /// How long the handle tried.
+        waited: Duration,
+        /// Why the last attempt failed.
+        cause: Box<HandleError>,
+    },
 }
 
 impl HandleError {
@@ -72,12 +80,41 @@ impl HandleError {
                 Some(c) if c.code().starts_with("57") || c.code().starts_with("08") => {
                     ErrorClass::Unavailable
                 }
-                None if e.is_closed() => ErrorClass::Unavailable,
+                // A read-only snapshot cannot fail to serialize: on a standby this
+                // is a conflict with recovery, and a new snapshot will do.
+                Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => ErrorClass::Unavailable,
+                None if e.is_closed() || io_failure(e) => ErrorClass::Unavailable,
                 _ => ErrorClass::Broken,
             },
-            HandleErrorKind::Stream(_) => ErrorClass::Unavailable,
+            HandleErrorKind::Stream(_) | HandleErrorKind::Lost { .. } => ErrorClass::Unavailable,
             HandleErrorKind::Truncated { .. } | HandleErrorKind::Changed => ErrorClass::Gone,
             HandleErrorKind::Failed | HandleErrorKind::Thread(_) => ErrorClass::Broken,
+        }
+    }
+
+    /// Did the handle lose its connection (or fail to get one) in a way that a new
+    /// connection and snapshot may cure? True for a closed or broken connection, an
+    /// unreachable server, SQLSTATE class 08, 57P01-57P03 (shutdown, crash, starting
+    /// up) and 40001 (on a standby: a conflict with recovery); false for a busy
+    /// pool, content that changed or is gone, and a handle that already gave up.
+    pub fn resumable(&self) -> bool {
+        use postgres::error::SqlState;
+        match &self.kind {
+            HandleErrorKind::Connect(_) | HandleErrorKind::Stream(_) => true,
+            HandleErrorKind::Db(e) => match e.code() {
+                Some(c) => {
+                    c.code().starts_with("08")
+                        || [
+                            SqlState::ADMIN_SHUTDOWN,
+                            SqlState::CRASH_SHUTDOWN,
+                            SqlState::CANNOT_CONNECT_NOW,
+                            SqlState::T_R_SERIALIZATION_FAILURE,
+                        ]
+                        .contains(c)
+                }
+                None => e.is_closed() || io_failure(e),
+            },
+            _ => false,
         }
     }
 
@@ -99,6 +136,11 @@ impl HandleError {
             }
             HandleErrorKind::Failed => "the file was closed".to_string(),
             HandleErrorKind::Thread(e) => format!("read-ahead thread: {e}"),
+            HandleErrorKind::Lost { waited, cause } => format!(
+                "connection lost and not restored within {}s (raise --reconnect-timeout): {}",
+                waited.as_secs(),
+                cause.reason()
+            ),
         }
     }
 }
@@ -114,7 +156,13 @@ impl std::error::Error for HandleError {
         match &self.kind {
             HandleErrorKind::Db(e) => Some(e),
             HandleErrorKind::Stream(e) => Some(e),
+            HandleErrorKind::Lost { cause, .. } => Some(cause.as_ref()),
             _ => None,
         }
     }
+}
+
+/// Did the driver fail on the socket (reset, broken pipe) rather than get an answer?
+fn io_failure(e: &postgres::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }

@@ -25,6 +25,7 @@ pub mod error;
 mod idle;
 pub mod pool;
 mod readahead;
+mod resume;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +41,7 @@ use idle::Idle;
 use pool::{Conn, end_txn};
 pub use pool::{HandlePool, PoolOptions};
 use readahead::{Outcome, Readahead};
+use resume::Target;
 
 /// Size and alignment of the chunks readers are served from; the mount caps
 /// kernel read requests at this size.
@@ -63,16 +65,20 @@ pub struct Handle {
 }
 
 struct Shared {
-    pool: HandlePool,
+    /// The object, its content and the pool: shared with the read-ahead thread,
+    /// which sets up again on its own when its connection is lost.
+    target: Arc<Target>,
     content: Content,
     /// The cache key: the sha256, or sha256@oid where sharing is by object.
     key: String,
-    oid: u32,
     size: u64,
-    sha256: String,
     path: String,
     /// Set by close, checked by every read (also those from memory, which take no lock).
     closed: AtomicBool,
+    /// Set once the reader has had bytes (or HTTP has promised them): from then on
+    /// a lost connection is a pause (see [`resume`]). A first read while the
+    /// database is unreachable fails at once instead, as a new download should.
+    started: AtomicBool,
     /// Milliseconds since `epoch` of the last read, for the idle sweeper.
     used: AtomicU64,
     /// End of the last read: a miss just past it continues a sequential read.
@@ -111,14 +117,19 @@ impl HandlePool {
             format!("{}@{}", file.sha256, file.oid)
         };
         let shared = Arc::new(Shared {
-            pool: self.clone(),
+            target: Arc::new(Target {
+                pool: self.clone(),
+                oid: file.oid,
+                size: file.size,
+                sha256: file.sha256.clone(),
+                path: path.to_string(),
+            }),
             content: self.cache.content(&key, file.size),
             key,
-            oid: file.oid,
             size: file.size,
-            sha256: file.sha256.clone(),
             path: path.to_string(),
             closed: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             used: AtomicU64::new(0),
             last_end: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -148,7 +159,9 @@ impl Handle {
         if offset >= self.shared.size {
             return Ok(());
         }
-        self.shared.chunk(offset / CHUNK).map(|_| ())
+        self.shared.chunk(offset / CHUNK)?;
+        self.shared.started.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Is this handle holding a database connection now?
@@ -229,6 +242,7 @@ impl Shared {
         f: impl FnOnce(&[u8]) -> R,
     ) -> R {
         self.touch();
+        self.started.store(true, Ordering::Relaxed);
         let at = (offset % CHUNK) as usize;
         let len = (end - offset) as usize;
         let r = if let [one] = chunks {
@@ -264,10 +278,11 @@ impl Shared {
     }
 
     fn error(&self, kind: HandleErrorKind) -> HandleError {
-        HandleError {
-            path: self.path.clone(),
-            kind,
-        }
+        self.target.error(kind)
+    }
+
+    fn pool(&self) -> &HandlePool {
+        &self.target.pool
     }
 
     /// Chunk `idx`: from memory, from another reader's fetch, or fetched here.
@@ -299,14 +314,16 @@ impl Shared {
                 }
                 Step::Stream(id) => {
                     self.start_fill(&mut st);
-                    if let Err(e) = self.start_stream(&mut st, id, off) {
+                    let started =
+                        self.resuming(&mut st, off, |sh, st| sh.start_stream(st, id, off));
+                    if let Err(e) = started {
                         self.content.end_stream(id);
                         return Err(self.fail(&mut st, e));
                     }
                 }
                 Step::Fetch => {
                     self.start_fill(&mut st);
-                    return match self.fetch(&mut st, idx) {
+                    return match self.resuming(&mut st, off, |sh, st| sh.fetch(st, idx)) {
                         Ok(d) => {
                             self.content.insert(idx, d.clone());
                             Ok(d)
@@ -324,12 +341,12 @@ impl Shared {
     /// Chunk `idx` from the disk cache, if the content is there.
     fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
         use std::os::unix::fs::FileExt;
-        if st.disk.is_none() && self.pool.share_by_sha256 {
+        if st.disk.is_none() && self.pool().share_by_sha256 {
             st.disk = self
-                .pool
+                .pool()
                 .disk
                 .as_ref()?
-                .lookup(&self.sha256, self.size)
+                .lookup(&self.target.sha256, self.size)
                 .map(Arc::new);
         }
         let file = st.disk.as_ref()?;
@@ -355,25 +372,25 @@ impl Shared {
     /// a handle of its own, so it shares the stream and chunks of every reader and
     /// costs the database nothing more.
     fn start_fill(&self, st: &mut State) {
-        if st.fill_tried || !self.pool.share_by_sha256 {
+        if st.fill_tried || !self.pool().share_by_sha256 {
             return;
         }
         st.fill_tried = true;
         let Some(fill) = self
-            .pool
+            .pool()
             .disk
             .as_ref()
-            .and_then(|d| d.begin(&self.sha256, self.size))
+            .and_then(|d| d.begin(&self.target.sha256, self.size))
         else {
             return;
         };
         let info = FileInfo {
-            oid: self.oid,
+            oid: self.target.oid,
             size: self.size,
-            sha256: self.sha256.clone(),
+            sha256: self.target.sha256.clone(),
             filetype: String::new(),
         };
-        let pool = self.pool.clone();
+        let pool = self.pool().clone();
         let path = self.path.clone();
         let spawned = std::thread::Builder::new()
             .name("cache-fill".into())
@@ -399,7 +416,8 @@ impl Shared {
         };
         match s.stop(&self.content) {
             Outcome::Stopped(conn) => st.conn = Some(*conn),
-            Outcome::Finished => {}
+            // Stopped while reconnecting: the next set-up starts afresh.
+            Outcome::Finished | Outcome::Lost => {}
             // The caller logs it and ends the transaction (see `fail`).
             Outcome::Failed(kind) => return Err(self.error(kind)),
         }
@@ -412,8 +430,8 @@ impl Shared {
         let Some(conn) = st.conn.take() else {
             return Err(self.error(HandleErrorKind::Failed));
         };
-        let content = self.pool.cache.content(&self.key, self.size);
-        let s = Readahead::start(conn, content, id, self.oid, off, self.size)
+        let content = self.pool().cache.content(&self.key, self.size);
+        let s = Readahead::start(conn, content, id, self.target.clone(), off)
             .map_err(|e| self.error(HandleErrorKind::Thread(e.to_string())))?;
         st.stream = Some(s);
         Ok(())
@@ -429,7 +447,7 @@ impl Shared {
         let read = conn.read.clone();
         let row = conn
             .client
-            .query_one(&read, &[&self.oid, &(start as i64), &(len as i32)])
+            .query_one(&read, &[&self.target.oid, &(start as i64), &(len as i32)])
             .map_err(|e| self.error(HandleErrorKind::Db(e)))?;
         let bytes: &[u8] = row.get(0);
         if bytes.len() as u64 != len {
@@ -452,7 +470,7 @@ impl Shared {
     fn connection<'a>(&self, st: &'a mut State) -> Result<&'a mut Conn, HandleError> {
         if st.conn.is_none() {
             if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
-                return Err(self.error(HandleErrorKind::PoolExhausted(self.pool.timeout())));
+                return Err(self.error(HandleErrorKind::PoolExhausted(self.pool().timeout())));
             }
             let conn = self.begin(st.setups).inspect_err(|e| {
                 if e.class() == ErrorClass::Busy {
@@ -468,58 +486,44 @@ impl Shared {
     }
 
     fn begin(&self, setups: u32) -> Result<Conn, HandleError> {
-        // Idle pooled connections die together when the server restarts: each dead
-        // one is discarded and the next tried, until a live or new one answers.
-        let mut attempt = 0;
+        let conn = self.target.begin(self.pool().timeout())?;
+        debug!(
+            "{}: large object {} set up (time {})",
+            self.path,
+            self.target.oid,
+            setups + 1
+        );
+        Ok(conn)
+    }
+
+    /// Runs `op` (which reads at byte `at`); when it fails because the connection
+    /// was lost, sets up again (see [`resume`]) and runs it again, so the reader
+    /// sees a pause. A first read that cannot connect at all fails at once.
+    fn resuming<T>(
+        &self,
+        st: &mut State,
+        at: u64,
+        mut op: impl FnMut(&Self, &mut State) -> Result<T, HandleError>,
+    ) -> Result<T, HandleError> {
+        let mut lost = None;
         loop {
-            let mut conn = self.pool.get(&self.path)?;
-            conn.in_txn = true;
-            let res = conn
-                .client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .and_then(|_| {
-                    let open = conn.open.clone();
-                    conn.client.query_one(&open, &[&self.oid, &self.sha256])
-                });
-            let row = match res {
-                Ok(row) => row,
-                Err(e) if conn.client.is_closed() && attempt <= self.pool.max_size() => {
-                    debug!("{}: pooled connection was dead ({e}); retrying", self.path);
-                    attempt += 1;
-                    continue;
-                }
-                Err(e) => {
-                    end_txn(&mut conn);
-                    return Err(self.error(HandleErrorKind::Db(e)));
-                }
+            let err = match op(self, st) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
             };
-            let actual = row.get::<_, i64>(0).max(0) as u64;
-            let named: Option<bool> = row.get(1);
-            let kind = match named {
-                Some(false) => Some(HandleErrorKind::Changed),
-                _ if actual < self.size => Some(HandleErrorKind::Truncated {
-                    expected: self.size,
-                    actual,
-                }),
-                _ => None,
-            };
-            if let Some(kind) = kind {
-                end_txn(&mut conn);
-                return Err(self.error(kind));
+            let unreachable = matches!(err.kind, HandleErrorKind::Connect(_));
+            if !err.resumable() || (unreachable && !self.started.load(Ordering::Relaxed)) {
+                return Err(err);
             }
-            if actual > self.size {
-                warn!(
-                    "{}: large object {} holds {actual} bytes, catalog says {}; serving {}",
-                    self.path, self.oid, self.size, self.size
-                );
-            }
-            debug!(
-                "{}: large object {} set up (time {})",
-                self.path,
-                self.oid,
-                setups + 1
-            );
-            return Ok(conn);
+            // The dead connection goes (it cannot end its transaction, so the pool
+            // discards it), and with it any stream.
+            self.release(st);
+            let lost = *lost.get_or_insert_with(Instant::now);
+            let conn = self
+                .target
+                .resume(err, at, lost, &|| self.closed.load(Ordering::Relaxed))?;
+            st.setups += 1;
+            st.conn = Some(conn);
         }
     }
 
@@ -570,10 +574,10 @@ impl Handle {
     /// hands it to the kernel for passthrough.
     pub fn cached_file(&self) -> Option<std::fs::File> {
         let sh = &self.shared;
-        if !sh.pool.share_by_sha256 {
+        if !sh.pool().share_by_sha256 {
             return None;
         }
-        sh.pool.disk.as_ref()?.lookup(&sh.sha256, sh.size)
+        sh.pool().disk.as_ref()?.lookup(&sh.target.sha256, sh.size)
     }
 }
 

@@ -33,6 +33,9 @@ pub struct PoolOptions {
     /// Share chunks between objects of the same sha256 (true), or only between
     /// handles on the same object (false: for `verify`, which checks that sha256).
     pub share_by_sha256: bool,
+    /// How long a reader whose connection was lost waits for a new one (and the
+    /// same content in a new snapshot) before its read fails.
+    pub reconnect_timeout: Duration,
 }
 
 impl Default for PoolOptions {
@@ -44,6 +47,7 @@ impl Default for PoolOptions {
             conn_idle: Duration::from_secs(30),
             cache_memory: 256 << 20,
             share_by_sha256: true,
+            reconnect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -54,7 +58,8 @@ pub struct HandleConn {
     pub(crate) read: Statement,
     /// Opens the object (pinning the snapshot, checking existence and permission)
     /// and gives its size, and, where the MAAS tables exist, whether a row still
-    /// names the object with the handle's sha256: one round trip for the check.
+    /// names the object with the handle's sha256 and total size: one round trip
+    /// for the check.
     pub(crate) open: Statement,
     pub(crate) in_txn: bool,
 }
@@ -85,12 +90,13 @@ impl ManageConnection for HandleManager {
             // at all), false when rows name it but none with this sha256.
             client.prepare(
                 "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
-                 (SELECT bool_or(sha256 = $2) FROM maasserver_largefile WHERE content = $1::oid)",
+                 (SELECT bool_or(sha256 = $2 AND total_size = $3) \
+                  FROM maasserver_largefile WHERE content = $1::oid)",
             )?
         } else {
             client.prepare(
                 "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
-                 (SELECT NULL::bool WHERE $2::text IS NULL)",
+                 (SELECT NULL::bool WHERE $2::text IS NULL AND $3::int8 IS NULL)",
             )?
         };
         Ok(HandleConn {
@@ -122,6 +128,8 @@ pub struct HandlePool {
     timeout: Duration,
     handle_idle: Duration,
     pub(crate) share_by_sha256: bool,
+    reconnect_timeout: Duration,
+    outage: Arc<Mutex<Option<Outage>>>,
     unreachable: Arc<Unreachable>,
     pub(crate) cache: Arc<ChunkCache>,
     pub(crate) disk: Option<Arc<DiskCache>>,
@@ -140,6 +148,25 @@ struct Failure {
     why: String,
     logged: Instant,
 }
+
+/// A run of lost connections and failed reconnections with no set-up working in
+/// between: the reconnect timeout counts from its start, so readers that take
+/// over from one that gave up (the followers of its read-ahead stream) give up
+/// with it rather than wait a whole timeout more.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: Instant,
+    last: Instant,
+}
+
+/// Failures further apart than this belong to different outages.
+const OUTAGE_GAP: Duration = Duration::from_secs(5);
+
+/// r2d2 retries a failed connection attempt on its own, with a delay that doubles
+/// up to half its connection timeout: this keeps that delay at 0.5 s, so readers
+/// waiting to reconnect notice a server that came back within half a second.
+/// (Every `get` here passes its own timeout; r2d2 uses this one for nothing else.)
+const R2D2_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// How often a read waiting for a connection checks whether the server is down.
 const POOL_POLL: Duration = Duration::from_millis(200);
@@ -201,7 +228,7 @@ impl HandlePool {
             .min_idle(Some(0))
             .idle_timeout(Some(opts.conn_idle.max(Duration::from_secs(1))))
             .test_on_check_out(false)
-            .connection_timeout(opts.timeout.max(Duration::from_millis(1)))
+            .connection_timeout(R2D2_RETRY_CAP)
             .error_handler(Box::new(RecordUnreachable(unreachable.clone())))
             .build_unchecked(manager);
         HandlePool {
@@ -209,6 +236,8 @@ impl HandlePool {
             timeout: opts.timeout,
             handle_idle: opts.handle_idle,
             share_by_sha256: opts.share_by_sha256,
+            reconnect_timeout: opts.reconnect_timeout,
+            outage: Arc::default(),
             unreachable,
             cache: Arc::new(ChunkCache::new(opts.cache_memory)),
             disk: None,
@@ -248,6 +277,32 @@ impl HandlePool {
         self.timeout
     }
 
+    /// How long a reader that lost its connection tries to get a new one.
+    pub(crate) fn reconnect_timeout(&self) -> Duration {
+        self.reconnect_timeout
+    }
+
+    /// Records a lost connection or failed reconnection; returns when the outage
+    /// it belongs to began.
+    pub(crate) fn outage_seen(&self) -> Instant {
+        let now = Instant::now();
+        let mut o = self.outage.lock();
+        let since = match *o {
+            Some(prev) if now.duration_since(prev.last) < OUTAGE_GAP => prev.since,
+            _ => now,
+        };
+        *o = Some(Outage { since, last: now });
+        since
+    }
+
+    /// A set-up worked: the outage, if any, is over.
+    pub(crate) fn outage_over(&self) {
+        let mut o = self.outage.lock();
+        if o.is_some() {
+            *o = None;
+        }
+    }
+
     /// Most connections the pool opens.
     pub(crate) fn max_size(&self) -> u32 {
         self.pool.max_size()
@@ -258,10 +313,11 @@ impl HandlePool {
         self.registry.watch(h, self.handle_idle);
     }
 
-    /// A connection within the pool timeout; at once an error while new connections
-    /// fail, since waiting for a server that is down only ties up the caller.
-    pub(crate) fn get(&self, path: &str) -> Result<Conn, HandleError> {
-        let deadline = Instant::now() + self.timeout;
+    /// A connection within `wait` (the pool timeout, or less while reconnecting); at
+    /// once an error while new connections fail, since waiting for a server that is
+    /// down only ties up the caller.
+    pub(crate) fn get_within(&self, path: &str, wait: Duration) -> Result<Conn, HandleError> {
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self.pool.get_timeout(left.min(POOL_POLL)) {
@@ -277,7 +333,7 @@ impl HandlePool {
             let kind = match self.unreachable.recent() {
                 Some(why) if !exhausted => HandleErrorKind::Connect(why),
                 _ if Instant::now() < deadline => continue,
-                _ if exhausted => HandleErrorKind::PoolExhausted(self.timeout),
+                _ if exhausted => HandleErrorKind::PoolExhausted(wait),
                 _ => HandleErrorKind::Connect(err.to_string()),
             };
             return Err(HandleError {

@@ -5,17 +5,24 @@
 //! notes measured such a COPY near 1000 MB/s against about 650 for 1 MiB lo_get
 //! calls), and a bounded window bounds what a seek wastes. How far it runs ahead of
 //! its readers is the cache's decision ([`Content::room`]).
+//!
+//! When its connection is lost the stream sets up again by itself (see
+//! [`super::resume`]) and goes on from the last chunk it delivered; its front
+//! stays in the cache meanwhile, so its readers wait for it rather than each
+//! reconnecting on its own.
 
 use std::io::BufRead;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use log::debug;
 
 use super::cache::{CHUNK, Content};
 use super::error::HandleErrorKind;
 use super::pool::{Conn, end_txn};
+use super::resume::Target;
 
 /// One `lo_get` row of the COPY: the field notes' best row size.
 const ROW: u64 = 256 << 10;
@@ -24,10 +31,12 @@ const FIRST_WINDOW: u64 = 4 << 20;
 const MAX_WINDOW: u64 = 32 << 20;
 
 /// How a stream ended: with the connection still in its transaction (stopped
-/// early), with the connection given back (it delivered the last byte), or failed.
+/// early), with the connection given back (it delivered the last byte), stopped
+/// while it was reconnecting (no connection), or failed.
 pub(crate) enum Outcome {
     Stopped(Box<Conn>),
     Finished,
+    Lost,
     Failed(HandleErrorKind),
 }
 
@@ -38,20 +47,20 @@ pub(crate) struct Readahead {
 }
 
 impl Readahead {
-    /// Streams large object `oid` of `size` bytes from chunk-aligned `from` into
+    /// Streams the large object of `target` from chunk-aligned `from` into
     /// `content` as stream `id`, on `conn`, which is inside the handle's transaction.
     pub(crate) fn start(
         conn: Conn,
         content: Content,
         id: u64,
-        oid: u32,
+        target: Arc<Target>,
         from: u64,
-        size: u64,
     ) -> std::io::Result<Readahead> {
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
-            oid,
-            size,
+            oid: target.oid,
+            size: target.size,
+            target,
             id,
             stop: stop.clone(),
             content,
@@ -93,6 +102,7 @@ impl Drop for Readahead {
 struct Worker {
     oid: u32,
     size: u64,
+    target: Arc<Target>,
     id: u64,
     stop: Arc<AtomicBool>,
     content: Content,
@@ -104,15 +114,38 @@ impl Worker {
         let mut pos = from;
         let mut window = FIRST_WINDOW;
         let mut failed = None;
+        // When the connection was lost, while it is being restored.
+        let mut lost = None;
         while pos < self.size {
             // Windows end on chunk boundaries, so chunks stay aligned.
             let end = ((pos + window) / CHUNK * CHUNK).clamp(pos + 1, self.size);
-            match self.copy_window(&mut conn, pos, end) {
-                Ok(true) => {}
+            let mut done = pos;
+            match self.copy_window(&mut conn, pos, end, &mut done) {
+                Ok(true) => lost = None,
                 Ok(false) => break,
                 Err(kind) => {
-                    failed = Some(kind);
-                    break;
+                    let err = self.target.error(kind);
+                    if !err.resumable() {
+                        failed = Some(err.kind);
+                        break;
+                    }
+                    // Goes on after the last chunk delivered, in a new snapshot of
+                    // the same content; the dead connection is discarded by the pool.
+                    let at = *lost.get_or_insert_with(Instant::now);
+                    match self.target.resume(err, done, at, &|| self.stopped()) {
+                        Ok(c) => conn = c,
+                        Err(_) if self.stopped() => {
+                            self.content.end_stream(self.id);
+                            return Outcome::Lost;
+                        }
+                        Err(e) => {
+                            failed = Some(e.kind);
+                            pos = done;
+                            break;
+                        }
+                    }
+                    pos = done;
+                    continue;
                 }
             }
             pos = end;
@@ -135,8 +168,15 @@ impl Worker {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Streams `pos..end` into the cache; false when told to stop.
-    fn copy_window(&self, conn: &mut Conn, pos: u64, end: u64) -> Result<bool, HandleErrorKind> {
+    /// Streams `pos..end` into the cache; false when told to stop. `done` follows
+    /// the end of what was delivered, for a resume after a failure.
+    fn copy_window(
+        &self,
+        conn: &mut Conn,
+        pos: u64,
+        end: u64,
+        done: &mut u64,
+    ) -> Result<bool, HandleErrorKind> {
         if !self.content.room(self.id, &|| self.stopped()) {
             return Ok(false);
         }
@@ -176,8 +216,11 @@ impl Worker {
                 append(&mut r, data, n as usize).map_err(io)?;
                 at += n;
                 left -= n;
-                if *start + data.len() as u64 == boundary && !self.send(cur.take()) {
-                    return Ok(false);
+                if *start + data.len() as u64 == boundary {
+                    if !self.send(cur.take()) {
+                        return Ok(false);
+                    }
+                    *done = boundary;
                 }
             }
             if self.stopped() {
@@ -190,7 +233,11 @@ impl Worker {
                 actual: at,
             });
         }
-        Ok(self.send(cur.take()))
+        let sent = self.send(cur.take());
+        if sent {
+            *done = end;
+        }
+        Ok(sent)
     }
 
     /// Delivers a chunk once the cache lets this stream run that far ahead; false

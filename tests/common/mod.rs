@@ -158,6 +158,12 @@ impl Cluster {
 
     /// Starts the server of this cluster's data directory.
     pub fn start_server(&self) {
+        self.start_server_with("");
+    }
+
+    /// Starts the server with `extra` server options (`-p 5433` serves on another
+    /// socket, where clients of [`Cluster::conninfo`] do not find it).
+    pub fn start_server_with(&self, extra: &str) {
         let dir = self.dir.path();
         let mut c = pg_command("pg_ctl");
         c.arg("-D")
@@ -167,7 +173,7 @@ impl Cluster {
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
                 "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300",
+                 -c full_page_writes=off -c max_connections=300 {extra}",
                 dir.display()
             ))
             .arg("start");
@@ -207,6 +213,14 @@ impl Cluster {
 
     pub fn client(&self, dbname: &str) -> Client {
         Client::connect(&self.conninfo(dbname), NoTls).unwrap()
+    }
+
+    /// A client on a server started with `-p port` (see [`Cluster::start_server_with`]).
+    pub fn client_on_port(&self, dbname: &str, port: u16) -> Client {
+        let conninfo = self
+            .conninfo(dbname)
+            .replace("port=5432", &format!("port={port}"));
+        Client::connect(&conninfo, NoTls).unwrap()
     }
 
     /// Creates a database and returns its conninfo.
