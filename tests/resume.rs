@@ -323,3 +323,152 @@ fn content_replaced_while_the_server_was_down_gives_eio_not_other_bytes() {
     }
     assert!(wait_until(Duration::from_secs(10), || handles_in_txn(&pg) == 0));
 }
+
+#[test]
+fn readers_move_to_the_promoted_standby_when_the_primary_stops() {
+    if !fuse_or_skip("readers_move_to_the_promoted_standby_when_the_primary_stops") {
+        return;
+    }
+    let len = 32 << 20;
+    let (primary, data, _) = files(4, len, 740);
+    let standby = Cluster::start_standby_of(&primary);
+    standby.wait_caught_up_with(&primary);
+    // Both hosts, primary first, as libpq's multi-host conninfo.
+    let conninfo = format!(
+        "host={},{} port=5432 user=postgres dbname=postgres",
+        primary.host().display(),
+        standby.host().display()
+    );
+    let mnt = Mount::start(&conninfo, &["--refresh", "1", "--cache-memory", CACHE_MIB]);
+    let srv = Server::start(&conninfo, &["--cache-memory", CACHE_MIB]);
+    let tmp = temp_dir("pgbt-failover-");
+    let rate = 6 << 20;
+    let readers: Vec<_> = (0..2)
+        .map(|i| slow_read(mnt.path(&format!("{DIR}/f{i}")), rate))
+        .collect();
+    let curls: Vec<_> = (2..4)
+        .map(|i| {
+            slow_curl(
+                &srv.url(&format!("/{DIR}/f{i}")),
+                &tmp.path().join(format!("f{i}")),
+                rate,
+            )
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || handles_in_txn(&primary) >= 4),
+        "the readers are not reading from the primary"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    primary.stop_server();
+    standby.promote();
+    for (i, r) in readers.into_iter().enumerate() {
+        let (sha, n) = r.join().unwrap().unwrap_or_else(|(e, n)| {
+            panic!(
+                "mount reader {i} failed after {n} bytes: {e}\n{}",
+                mnt.log()
+            )
+        });
+        assert_eq!(
+            (n, sha),
+            (len as u64, sha256_hex(&data[i])),
+            "mount reader {i}"
+        );
+    }
+    for (i, c) in curls.into_iter().enumerate() {
+        let i = i + 2;
+        let (code, err) = curl_result(c);
+        assert_eq!(code, Some(0), "curl {i}: {err}\n{}", srv.log());
+        let got = fs::read(tmp.path().join(format!("f{i}"))).unwrap();
+        assert!(
+            got == data[i],
+            "curl {i}: {} bytes, or other bytes",
+            got.len()
+        );
+    }
+    assert!(mnt.log().contains("reconnected"), "{}", mnt.log());
+    assert!(srv.log().contains("reconnected"), "{}", srv.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || handles_in_txn(&standby) == 0),
+        "a handle stayed in a transaction on the new primary"
+    );
+}
+
+#[test]
+fn a_reader_cut_by_a_standby_conflict_reads_on_and_one_whose_object_went_gets_eio() {
+    if !fuse_or_skip(
+        "a_reader_cut_by_a_standby_conflict_reads_on_and_one_whose_object_went_gets_eio",
+    ) {
+        return;
+    }
+    let len = 32 << 20;
+    let (primary, data, oids) = files(2, len, 750);
+    let junk: u32 = primary
+        .client("postgres")
+        .query_one("SELECT lo_from_bytea(0, $1)", &[&bytes(759, 4 << 20)])
+        .unwrap()
+        .get(0);
+    let standby = Cluster::start_standby_of(&primary);
+    // Replay waits for no reader: a conflicting session is cut at once.
+    standby.configure("max_standby_streaming_delay = 0");
+    standby.wait_caught_up_with(&primary);
+    let mnt = Mount::start(
+        &standby.conninfo("postgres"),
+        &["--refresh", "1", "--cache-memory", CACHE_MIB],
+    );
+    // Two readers pause mid-file, their snapshots open on the standby.
+    let mut files: Vec<fs::File> = (0..2)
+        .map(|i| fs::File::open(mnt.path(&format!("{DIR}/f{i}"))).unwrap())
+        .collect();
+    let mut got: Vec<Vec<u8>> = vec![vec![0u8; 1 << 20]; 2];
+    for (f, g) in files.iter_mut().zip(&mut got) {
+        f.read_exact(g).unwrap();
+    }
+    assert_eq!(handles_in_txn(&standby), 2);
+    // On the primary: f1 is replaced (its object unlinked), another object goes,
+    // and VACUUM removes their rows, which the readers' snapshots still see.
+    let mut c = primary.client("postgres");
+    Maas { client: &mut c }.replace_content(oids[1], &bytes(760, len));
+    c.execute("SELECT lo_unlink($1)", &[&junk]).unwrap();
+    c.batch_execute("VACUUM pg_largeobject").unwrap();
+    standby.wait_caught_up_with(&primary);
+    let conflicts = || -> i64 {
+        standby
+            .client("postgres")
+            .query_one(
+                "SELECT confl_snapshot FROM pg_stat_database_conflicts \
+                 WHERE datname = 'postgres'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || conflicts() > 0),
+        "replay cut no reader:\n{}",
+        standby.server_log()
+    );
+    // f0 is still the content it was opened on: its reader reads on.
+    let mut rest = Vec::new();
+    files[0]
+        .read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("f0: {e}\n{}", mnt.log()));
+    got[0].extend_from_slice(&rest);
+    assert!(got[0] == data[0], "f0: other bytes");
+    // f1's object is gone: EIO, and only the original's bytes before it.
+    let mut buf = vec![0u8; 256 << 10];
+    let err = loop {
+        match files[1].read(&mut buf) {
+            Ok(0) => panic!("f1 read to the end\n{}", mnt.log()),
+            Ok(n) => got[1].extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(data[1].starts_with(&got[1]), "f1: bytes of other content");
+    assert!(mnt.log().contains("reconnected"), "{}", mnt.log());
+    drop(files);
+    assert!(wait_until(Duration::from_secs(10), || handles_in_txn(
+        &standby
+    ) == 0));
+}

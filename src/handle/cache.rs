@@ -123,7 +123,7 @@ struct State {
 /// What is going on for one content while handles on it exist.
 struct Entry {
     handles: usize,
-    /// Where streams wait for room (see [`Content::room`]).
+    /// Where streams wait for room (see [`Content::room_for`]).
     cv: Arc<Condvar>,
     fetching: HashSet<u64>,
     streams: Vec<Front>,
@@ -360,30 +360,42 @@ impl Content {
         self.cache.buffers.take()
     }
 
-    /// Waits until stream `id` may deliver its next chunk: while it is more than
-    /// its share of the memory budget ahead of its fastest reader. False once the
-    /// stream was ended or `stop` says so.
-    pub(crate) fn room(&self, id: u64, stop: &dyn Fn() -> bool) -> bool {
+    /// Waits until stream `id` may deliver `want` bytes more, or half of what it may
+    /// run ahead when that is less, and returns how many it may deliver now, at
+    /// most `want`: the size of its next window. None once the stream was ended or
+    /// `stop` says so.
+    ///
+    /// A window sized so means the stream does not wait for room in the middle of
+    /// a statement: while its reader pauses, its backend sits idle in its
+    /// transaction rather than blocked writing to us, so on a hot standby a
+    /// conflict with replay can cut it at once (and the stream resumes), instead
+    /// of replay waiting for the reader.
+    pub(crate) fn room_for(&self, id: u64, want: u64, stop: &dyn Fn() -> bool) -> Option<u64> {
         let mut st = self.lock();
         loop {
             if stop() {
-                return false;
+                return None;
             }
-            match self.room_now(&mut st, id) {
-                Some(true) => return true,
-                Some(false) => {}
-                None => return false,
+            let (room, ahead) = self.room_now(&mut st, id)?;
+            if room >= want.min(ahead / 2).max(CHUNK) {
+                return Some(room.min(want));
             }
             let cv = self.cv.clone();
             cv.wait_for(&mut st, Duration::from_millis(50));
         }
     }
 
-    /// May stream `id` deliver now? None once it was ended.
-    fn room_now(&self, st: &mut State, id: u64) -> Option<bool> {
-        let ahead = (self.cache.budget / 2 / st.streams.max(1) as u64).clamp(MIN_AHEAD, MAX_AHEAD);
+    /// How far each stream may run ahead of its fastest reader.
+    fn ahead(&self, st: &State) -> u64 {
+        (self.cache.budget / 2 / st.streams.max(1) as u64).clamp(MIN_AHEAD, MAX_AHEAD)
+    }
+
+    /// How many bytes stream `id` may deliver now, and how far it may run ahead of
+    /// its fastest reader; None once it was ended.
+    fn room_now(&self, st: &mut State, id: u64) -> Option<(u64, u64)> {
+        let ahead = self.ahead(st);
         let f = self.entry(st).streams.iter().find(|f| f.id == id)?;
-        Some(f.next < f.wanted + ahead)
+        Some(((f.wanted + ahead).saturating_sub(f.next), ahead))
     }
 
     /// Stores the next chunk of stream `id` and moves its front.
@@ -483,7 +495,7 @@ mod tests {
         assert!(matches!(b.step(2, true, Duration::ZERO), Step::Retry));
         let room = |c: &Content| {
             let mut st = c.lock();
-            c.room_now(&mut st, id)
+            c.room_now(&mut st, id).map(|(room, _)| room > 0)
         };
         let mut delivered = 0;
         // Budget 8 chunks, one stream: it may run budget/2 = 4 chunks past the
@@ -500,7 +512,34 @@ mod tests {
         a.end_stream(id);
         assert_eq!(room(&a), None, "an ended stream has no room");
         let stop = || true;
-        assert!(!a.room(id, &stop));
+        assert!(a.room_for(id, CHUNK, &stop).is_none());
+    }
+
+    #[test]
+    fn a_window_is_no_larger_than_the_room_when_it_starts() {
+        let cache = Arc::new(ChunkCache::new(8 * CHUNK));
+        let a = cache.content("aa", 100 * CHUNK);
+        let Step::Stream(id) = a.step(0, true, Duration::ZERO) else {
+            panic!("a sequential reader at 0 starts a stream");
+        };
+        let never = || false;
+        // One stream may run budget/2 = 4 chunks past its reader (at 0).
+        assert_eq!(a.room_for(id, 32 * CHUNK, &never), Some(4 * CHUNK));
+        assert_eq!(a.room_for(id, CHUNK, &never), Some(CHUNK));
+        for i in 0..3 {
+            a.deliver(id, i * CHUNK, chunk(1));
+        }
+        // One chunk of room is less than half the stream's lead: it waits for more
+        // (until told to stop) rather than start a window of one chunk.
+        let calls = std::cell::Cell::new(0);
+        let second_look = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 1
+        };
+        assert_eq!(a.room_for(id, 32 * CHUNK, &second_look), None);
+        // The reader moves on to chunk 2: room for 2 + 4 - 3 chunks.
+        assert!(a.get(2).is_some());
+        assert_eq!(a.room_for(id, 32 * CHUNK, &never), Some(3 * CHUNK));
     }
 
     #[test]

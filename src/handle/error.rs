@@ -127,7 +127,14 @@ impl HandleError {
             ),
             HandleErrorKind::Connect(e) => format!("cannot connect: {e}"),
             HandleErrorKind::Db(e) => format!("database error: {}", describe_pg_error(e)),
-            HandleErrorKind::Stream(e) => format!("database error while streaming: {e}"),
+            HandleErrorKind::Stream(e) => {
+                // The COPY reader wraps the driver's error in an io::Error.
+                let why = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<postgres::Error>())
+                    .map_or_else(|| e.to_string(), describe_pg_error);
+                format!("database error while streaming: {why}")
+            }
             HandleErrorKind::Truncated { expected, actual } => {
                 format!("large object holds {actual} bytes but the catalog says {expected}")
             }

@@ -4,7 +4,9 @@
 //! 4 to 32 MiB. One statement per window avoids a round trip per chunk (the field
 //! notes measured such a COPY near 1000 MB/s against about 650 for 1 MiB lo_get
 //! calls), and a bounded window bounds what a seek wastes. How far it runs ahead of
-//! its readers is the cache's decision ([`Content::room`]).
+//! its readers is the cache's decision: each window is no larger than the room
+//! the cache gives it when it starts ([`Content::room_for`]), so a paused reader
+//! leaves the backend idle between statements, not blocked in one.
 //!
 //! When its connection is lost the stream sets up again by itself (see
 //! [`super::resume`]) and goes on from the last chunk it delivered; its front
@@ -117,8 +119,20 @@ impl Worker {
         // When the connection was lost, while it is being restored.
         let mut lost = None;
         while pos < self.size {
-            // Windows end on chunk boundaries, so chunks stay aligned.
-            let end = ((pos + window) / CHUNK * CHUNK).clamp(pos + 1, self.size);
+            let Some(granted) =
+                self.content
+                    .room_for(self.id, window.min(self.size - pos), &|| self.stopped())
+            else {
+                break;
+            };
+            // Windows end on chunk boundaries (or at the end), so chunks stay aligned.
+            let end = if pos + granted >= self.size {
+                self.size
+            } else {
+                ((pos + granted) / CHUNK * CHUNK)
+                    .max(pos + CHUNK)
+                    .min(self.size)
+            };
             let mut done = pos;
             match self.copy_window(&mut conn, pos, end, &mut done) {
                 Ok(true) => lost = None,
@@ -177,9 +191,6 @@ impl Worker {
         end: u64,
         done: &mut u64,
     ) -> Result<bool, HandleErrorKind> {
-        if !self.content.room(self.id, &|| self.stopped()) {
-            return Ok(false);
-        }
         let sql = format!(
             "COPY (SELECT lo_get({oid}, o, {ROW}) FROM generate_series({pos}, {last}, {ROW}) o) \
              TO STDOUT (FORMAT binary)",
@@ -240,13 +251,16 @@ impl Worker {
         Ok(sent)
     }
 
-    /// Delivers a chunk once the cache lets this stream run that far ahead; false
-    /// when told to stop.
+    /// Delivers a chunk; false when told to stop. It never waits for room: the
+    /// window was sized to the room there was when it started, and waiting in the
+    /// middle of a statement would leave the backend blocked writing to us (a
+    /// second stream starting meanwhile shrinks every stream's share, so this may
+    /// overshoot by up to one window).
     fn send(&self, chunk: Option<(u64, Vec<u8>)>) -> bool {
         let Some((start, data)) = chunk else {
             return true;
         };
-        if !self.content.room(self.id, &|| self.stopped()) {
+        if self.stopped() {
             return false;
         }
         self.content.deliver(self.id, start, Arc::new(data));
