@@ -237,21 +237,33 @@ fn stdout_closed(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// Caps glibc's malloc arenas at two. Chunk buffers are 512 KiB, made and freed by
-/// many threads (64 streams, say); with an arena per thread, each arena keeps the
-/// memory freed into it and the daemon's peak RSS grew well past its cache budget
-/// (scripts/bench, rss row). Measured the other way round: having glibc mmap each
-/// buffer instead (M_MMAP_THRESHOLD) bounded RSS best but cost a cold `cat` 40%.
-fn bound_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator settings; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
+/// The allocator: jemalloc, with one arena and freed pages handed back to the
+/// kernel half a second after they fall idle. Chunk buffers (512 KiB) and the
+/// database connections' receive buffers are made and freed by many threads (64
+/// streams, say). With glibc's malloc, even capped at two arenas, memory freed in
+/// one thread's arena stayed resident while another thread allocated afresh, and
+/// the daemon's peak RSS grew about 100 MiB past its cache budget at 64 streams
+/// (463 MiB against 256 + 64 MiB; scripts/bench, rss row). Having glibc mmap each
+/// buffer instead bounded RSS but cost a cold `cat` 40%. jemalloc with these
+/// settings stays within the budget (BENCHMARKS.md). `muzzy_decay_ms:0` matters:
+/// pages only marked MADV_FREE still count in RSS until the kernel needs them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its options from this symbol when it starts (`_RJEM_MALLOC_CONF`
+/// in the environment still overrides them, for experiments).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: ConfString =
+    ConfString(c"narenas:1,dirty_decay_ms:500,muzzy_decay_ms:0,background_thread:true".as_ptr());
+
+/// A C string pointer jemalloc reads once; `*const c_char` alone is not `Sync`.
+#[repr(transparent)]
+struct ConfString(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, never written, C string.
+unsafe impl Sync for ConfString {}
 
 fn main() -> ExitCode {
-    bound_allocator();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
