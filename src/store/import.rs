@@ -311,9 +311,9 @@ fn check_rtype(set: &SourceSet, found: Option<&FoundResource>) -> Result<(), Sto
         }
         _ => return Ok(()),
     };
-    Err(StoreError::Conflict {
+    Err(StoreError::Refused {
         path: set.path(),
-        differences: vec![reason.to_string()],
+        reason: reason.to_string(),
     })
 }
 

@@ -56,6 +56,13 @@ pub enum StoreError {
         /// What differs, one entry per file.
         differences: Vec<String>,
     },
+    /// A version cannot be written where it would go; nothing of it was.
+    Refused {
+        /// The version's path.
+        path: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// A file's content does not match the checksum or size its source promised.
     Checksum {
         /// The file.
@@ -110,6 +117,12 @@ impl fmt::Display for StoreError {
                     write!(f, "\n  {d}")?;
                 }
                 Ok(())
+            }
+            StoreError::Refused { path, reason } => {
+                write!(
+                    f,
+                    "{path} was not imported (nothing of it was written): {reason}"
+                )
             }
             StoreError::Checksum { path, detail } => write!(
                 f,
