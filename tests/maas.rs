@@ -748,3 +748,70 @@ fn boot_resources_by_sha256_with_ranges_etags_and_404s() {
         assert_eq!(srv.get(&missing, &[]).status, 404, "{missing}");
     }
 }
+
+#[test]
+fn a_custom_image_base_and_title_are_as_maas_upload_sets_them() {
+    let (pg, mut c) = store();
+    let db = pg.conninfo("postgres");
+    // The region's commissioning release, as MAAS keeps it (JSON values).
+    c.batch_execute(
+        "CREATE TABLE maasserver_config (id serial PRIMARY KEY, name varchar(255) NOT NULL \
+         UNIQUE, value jsonb); \
+         INSERT INTO maasserver_config (name, value) VALUES \
+         ('commissioning_osystem', '\"ubuntu\"'), ('commissioning_distro_series', '\"noble\"')",
+    )
+    .unwrap();
+    let src = SrcTree::new();
+    src.add("custom/amd64/generic/img/1/root-dd.xz", &bytes(400, 5000));
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+    let row = |c: &mut postgres::Client| -> (String, String) {
+        let r = c
+            .query_one(
+                "SELECT extra, base_image FROM maasserver_bootresource WHERE name = 'img'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        row(&mut c),
+        (
+            r#"{"subarches": "generic", "title": ""}"#.to_string(),
+            "ubuntu/noble".to_string()
+        )
+    );
+    // A stored base is kept, as MAAS's form keeps it; the title follows the upload.
+    let src2 = SrcTree::new();
+    src2.add("custom/amd64/generic/img/2/root-dd.xz", &bytes(401, 5000));
+    let out = pgbootfs(
+        &db,
+        &[
+            "import",
+            src2.path().to_str().unwrap(),
+            "--base-image",
+            "ubuntu/focal",
+            "--title",
+            "Img \u{e9}",
+        ],
+    );
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("keeps its base image ubuntu/noble"), "{log}");
+    assert_eq!(
+        row(&mut c),
+        (
+            r#"{"subarches": "generic", "title": "Img \u00e9"}"#.to_string(),
+            "ubuntu/noble".to_string()
+        )
+    );
+    let err = pgbootfs_fails(
+        &db,
+        &[
+            "import",
+            src2.path().to_str().unwrap(),
+            "--base-image",
+            "noble",
+        ],
+    );
+    assert!(err.contains("must be os/series"), "{err}");
+}

@@ -104,11 +104,11 @@ fn rows_are_what_maas_writes() {
     assert_eq!(
         got,
         [
-            // As an upload: extra {"subarches": subarch} in Python's formatting; a
+            // As an upload: extra {"subarches": subarch, "title": ""} in Python's formatting; a
             // custom image is based on the commissioning release (MAAS 3.4's default).
-            "myimage amd64/generic rtype=2 extra={\"subarches\": \"generic\"} kflavor=None \
+            "myimage amd64/generic rtype=2 extra={\"subarches\": \"generic\", \"title\": \"\"} kflavor=None \
              bootloader=None rolling=false base=\"ubuntu/jammy\" created_now=true updated=true",
-            "ubuntu/jammy amd64/ga-22.04 rtype=2 extra={\"subarches\": \"ga-22.04\"} \
+            "ubuntu/jammy amd64/ga-22.04 rtype=2 extra={\"subarches\": \"ga-22.04\", \"title\": \"\"} \
              kflavor=None bootloader=None rolling=false base=\"\" created_now=true updated=true",
         ]
     );

@@ -34,10 +34,12 @@ pub struct ImportOptions {
     /// Replace a stored version whose content differs instead of refusing.
     pub replace: bool,
     /// `os/series` a custom image (os `custom`) from a directory is based on
-    /// (`bootresource.base_image`, MAAS 3.1+). Default: the stored resource's,
-    /// else the region's commissioning os/series, else `ubuntu/jammy`.
+    /// (`bootresource.base_image`, MAAS 3.1+). As MAAS's upload: a base the
+    /// stored resource has wins; without either, the region's commissioning
+    /// os/series, else `ubuntu/jammy`.
     pub base_image: Option<String>,
-    /// Title of images imported from a directory (`extra.title`, as an upload's).
+    /// Title of images imported from a directory (`extra.title`, as an upload's;
+    /// MAAS stores "" when none is given).
     pub title: Option<String>,
 }
 
@@ -64,6 +66,17 @@ pub struct ImportSummary {
 
 /// Checks SRC, creates the tables where absent, and imports every version.
 pub fn run(db: &DbConfig, src: &Path, opts: &ImportOptions) -> Result<ImportSummary, StoreError> {
+    if let Some(b) = &opts.base_image {
+        let valid = b.split_once('/').is_some_and(|(os, series)| {
+            !os.is_empty() && !series.is_empty() && !series.contains('/')
+        });
+        if !valid {
+            return Err(StoreError::BadPath {
+                path: b.clone(),
+                reason: "--base-image must be os/series, e.g. ubuntu/jammy".into(),
+            });
+        }
+    }
     let source = source::scan(src)?;
     info!(
         "import: {} version(s), {} file(s), {} bytes from {} ({:?})",
@@ -337,18 +350,25 @@ impl ResourceRow {
         let mut extra = set.resource_extra.clone();
         let mut base_image = String::new();
         if set.rtype == RTYPE_UPLOADED {
-            if let Some(t) = &opts.title {
-                extra.insert("title".into(), serde_json::Value::String(t.clone()));
-            }
-            // Only a custom image has a base; MAAS keeps '' for the others.
+            // MAAS's upload form always has a title field: "" when none was given.
+            let title = opts.title.clone().unwrap_or_default();
+            extra.insert("title".into(), serde_json::Value::String(title));
+            // Only a custom image has a base; MAAS keeps '' for the others. As in
+            // MAAS's form, a base the stored resource already has is kept.
             if set.os == "custom" {
                 let stored = found
                     .and_then(|f| f.base_image.clone())
                     .filter(|b| !b.is_empty());
-                base_image = opts
-                    .base_image
-                    .clone()
-                    .or(stored)
+                if let (Some(stored), Some(given)) = (&stored, &opts.base_image)
+                    && stored != given
+                {
+                    log::warn!(
+                        "{}: keeps its base image {stored} (as MAAS does), not --base-image {given}",
+                        set.path()
+                    );
+                }
+                base_image = stored
+                    .or_else(|| opts.base_image.clone())
                     .unwrap_or_else(|| default_base.to_string());
             }
         }
