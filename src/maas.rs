@@ -206,12 +206,18 @@ impl Schema {
             opt(self.kflavor, "kflavor", "NULL"),
             opt(self.bootloader_type, "bootloader_type", "NULL"),
             opt(self.rolling, "rolling", "false"),
-            if self.largefile_size {
-                "lf.size"
-            } else {
-                "lf.total_size"
-            },
+            self.largefile_written("lf"),
         )
+    }
+
+    /// The SQL for a largefile's bytes written so far, `alias` naming the table:
+    /// `size`, or `total_size` where MAAS had no `size` (every file complete).
+    pub fn largefile_written(&self, alias: &str) -> String {
+        if self.largefile_size {
+            format!("{alias}.size")
+        } else {
+            format!("{alias}.total_size")
+        }
     }
 
     /// Every file row of the store (unfinished ones included).

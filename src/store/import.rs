@@ -171,12 +171,9 @@ impl Statements {
             lowrite: p("SELECT lowrite($1::int4, $2::bytea)")?,
             lo_unlink: p("SELECT lo_unlink($1::oid)")?,
             find_largefile: p(&format!(
-                "SELECT id::int8, total_size::int8, {}::int8 FROM maasserver_largefile WHERE sha256 = $1",
-                if schema.largefile_size {
-                    "size"
-                } else {
-                    "total_size"
-                }
+                "SELECT lf.id::int8, lf.total_size::int8, {}::int8 FROM maasserver_largefile lf \
+                 WHERE lf.sha256 = $1",
+                schema.largefile_written("lf")
             ))?,
             insert_largefile: p(&format!(
                 "INSERT INTO maasserver_largefile (created, updated, sha256, total_size, content{size_col}) \
@@ -212,7 +209,7 @@ impl Run<'_> {
         let mut replaced = false;
         let mut old_largefiles = Vec::new();
         if let Some((set_id, label)) = existing {
-            let stored = stored_files(&mut txn, set_id)?;
+            let stored = stored_files(&mut txn, schema, set_id)?;
             let differences = compare(set, kind, &stored, progress)?;
             if differences.is_empty() {
                 // As a sync does: the set takes the source's label, the resource
@@ -527,13 +524,17 @@ fn find_set(
     }))
 }
 
-fn stored_files(txn: &mut Transaction<'_>, set_id: i64) -> Result<StoredFiles, StoreError> {
-    let cols = "lf.sha256::text, lf.total_size::int8";
+fn stored_files(
+    txn: &mut Transaction<'_>,
+    schema: &Schema,
+    set_id: i64,
+) -> Result<StoredFiles, StoreError> {
+    let written = schema.largefile_written("lf");
     let rows = txn
         .query(
             &format!(
-                "SELECT f.filename::text, {cols}, \
-                 coalesce((to_jsonb(lf) ->> 'size')::int8, lf.total_size::int8) >= lf.total_size \
+                "SELECT f.filename::text, lf.sha256::text, lf.total_size::int8, \
+                 {written} >= lf.total_size \
                  FROM maasserver_bootresourcefile f \
                  JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
                  WHERE f.resource_set_id = $1::int8"
