@@ -815,3 +815,72 @@ fn a_custom_image_base_and_title_are_as_maas_upload_sets_them() {
     );
     assert!(err.contains("must be os/series"), "{err}");
 }
+
+#[test]
+fn a_sync_restores_labels_adopts_generated_images_and_never_overwrites_uploads() {
+    let (pg, mut c) = store();
+    let db = pg.conninfo("postgres");
+    let src = SrcTree::new();
+    write_stream(src.path(), false);
+    // A generated resource (MAAS before 3.0) of a name the mirror has: a sync adopts it.
+    c.batch_execute(
+        "INSERT INTO maasserver_bootresource (created, updated, rtype, name, architecture, \
+         extra, rolling, base_image) VALUES (now(), now(), 1, 'ubuntu/noble', 'amd64/ga-24.04', \
+         '{}', false, '')",
+    )
+    .unwrap();
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+    let noble = |c: &mut postgres::Client| -> (i32, String, bool, String) {
+        let r = c
+            .query_one(
+                "SELECT r.rtype, r.extra, r.rolling, s.label FROM maasserver_bootresource r \
+                 JOIN maasserver_bootresourceset s ON s.resource_id = r.id \
+                 WHERE r.name = 'ubuntu/noble'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    let synced = (
+        0,
+        r#"{"subarches": "generic,ga-24.04"}"#.to_string(),
+        true,
+        "candidate".to_string(),
+    );
+    assert_eq!(noble(&mut c), synced);
+    // Someone changed the rows; the next sync of the same version puts MAAS's back.
+    c.batch_execute(
+        "UPDATE maasserver_bootresourceset SET label = 'stable'; \
+         UPDATE maasserver_bootresource SET extra = '{}', rolling = false",
+    )
+    .unwrap();
+    let out = pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+    assert!(out.contains("3 unchanged"), "{out}");
+    assert_eq!(noble(&mut c), synced);
+
+    // An uploaded image of the same name and architecture is never synced over.
+    let db2 = pg.create_db("uploaded");
+    let mut c2 = pg.client("uploaded");
+    c2.batch_execute(SCHEMA).unwrap();
+    c2.batch_execute(
+        "INSERT INTO maasserver_bootresource (created, updated, rtype, name, architecture, \
+         extra, rolling, base_image) VALUES (now(), now(), 2, 'ubuntu/jammy', \
+         'amd64/hwe-22.04-lowlatency', '{}', false, '')",
+    )
+    .unwrap();
+    let err = pgbootfs_fails(&db2, &["import", src.path().to_str().unwrap()]);
+    assert!(
+        err.contains("ubuntu/amd64/hwe-22.04-lowlatency/jammy/20240315")
+            && err.contains("MAAS does not sync over an uploaded image"),
+        "{err}"
+    );
+    let jammy_sets: i64 = c2
+        .query_one(
+            "SELECT count(*) FROM maasserver_bootresourceset s JOIN maasserver_bootresource r \
+             ON r.id = s.resource_id WHERE r.name = 'ubuntu/jammy'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(jammy_sets, 0);
+}
