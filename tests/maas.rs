@@ -884,3 +884,28 @@ fn a_sync_restores_labels_adopts_generated_images_and_never_overwrites_uploads()
         .get(0);
     assert_eq!(jammy_sets, 0);
 }
+
+#[test]
+fn a_product_is_labelled_by_its_newest_complete_set_by_id() {
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    // The first set in version order is not the newest by id, and the newest set
+    // of all is unfinished.
+    let older_id = m.set("ubuntu/noble", "amd64/generic", "20240101");
+    m.file(older_id, "squashfs", &bytes(500, 1000));
+    let newer_id = m.set("ubuntu/noble", "amd64/generic", "20240201");
+    m.file(newer_id, "squashfs", &bytes(501, 1000));
+    let unfinished = m.set("ubuntu/noble", "amd64/generic", "20240301");
+    m.file_partial(unfinished, "squashfs", &bytes(502, 1000), Some(10));
+    c.execute(
+        "UPDATE maasserver_bootresourceset SET label = CASE id WHEN $1::int8 THEN 'candidate' \
+         WHEN $2::int8 THEN 'daily' ELSE label END",
+        &[&newer_id, &unfinished],
+    )
+    .unwrap();
+    let doc = served_products(&pg.conninfo("postgres"));
+    let p = &doc["products"]["maas:boot:ubuntu:amd64:generic:noble"];
+    assert_eq!(p["label"], "candidate", "{p}");
+    let versions: Vec<&String> = p["versions"].as_object().unwrap().keys().collect();
+    assert_eq!(versions, ["20240101", "20240201"]);
+}
