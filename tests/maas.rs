@@ -814,6 +814,13 @@ fn a_custom_image_base_and_title_are_as_maas_upload_sets_them() {
         ],
     );
     assert!(err.contains("must be os/series"), "{err}");
+    // Importing the same version again uploads nothing: the rows stay.
+    let out = pgbootfs_ok(&db, &["import", src2.path().to_str().unwrap()]);
+    assert!(out.contains("1 unchanged"), "{out}");
+    assert_eq!(
+        row(&mut c).0,
+        r#"{"subarches": "generic", "title": "Img \u00e9"}"#
+    );
 }
 
 #[test]

@@ -212,12 +212,15 @@ impl Run<'_> {
             let stored = stored_files(&mut txn, schema, set_id)?;
             let differences = compare(set, kind, &stored, progress)?;
             if differences.is_empty() {
-                // As a sync does: the set takes the source's label, the resource
-                // its columns; the files stay.
-                if let Some(f) = &found {
+                // A sync of a stored version gives the set the source's label and
+                // the resource its columns, as MAAS's does; an unchanged upload is
+                // not uploaded again, so its rows stay as they are.
+                if set.rtype == RTYPE_SYNCED
+                    && let Some(f) = &found
+                {
                     resource.update(&mut txn, schema, f.id, &path)?;
                 }
-                if label != set.label {
+                if set.rtype == RTYPE_SYNCED && label != set.label {
                     txn.execute(
                         "UPDATE maasserver_bootresourceset SET label = $1, updated = now() \
                          WHERE id = $2::int8",
