@@ -51,6 +51,15 @@ struct ImportArgs {
     /// Replace stored versions whose content differs instead of refusing.
     #[arg(long)]
     replace: bool,
+    /// For custom images from a directory (os `custom`): the os/series they are
+    /// based on, as MAAS's upload asks (default: the stored image's, else the
+    /// region's commissioning release, else ubuntu/jammy).
+    #[arg(long, value_name = "OS/SERIES")]
+    base_image: Option<String>,
+    /// For images from a directory: the title MAAS shows (extra.title), as an
+    /// upload's.
+    #[arg(long)]
+    title: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -290,6 +299,8 @@ fn main() -> ExitCode {
             Command::Import(args) => {
                 let opts = store::import::ImportOptions {
                     replace: args.replace,
+                    base_image: args.base_image,
+                    title: args.title,
                 };
                 store::import::run(&db, &args.src, &opts)
                     .map(|s| {

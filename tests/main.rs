@@ -5,5 +5,6 @@ mod cache;
 mod common;
 mod handle;
 mod http;
+mod maas;
 mod mount;
 mod store;

@@ -337,18 +337,27 @@ fn route(ctx: &Ctx, rq: &Request) -> Reply {
         .map_or(SystemTime::UNIX_EPOCH, |n| n.mtime);
     let parts = match target {
         Target::StreamIndex => {
-            return Reply::json(&simplestreams::index(
-                &tree,
-                &conditional::fmt_date(updated),
-            ))
-            .header("Last-Modified", conditional::fmt_date(updated));
+            let stamp = simplestreams::updated(&conditional::fmt_date(updated));
+            return Reply::json_text(simplestreams::index(&tree, &stamp))
+                .header("Last-Modified", conditional::fmt_date(updated));
         }
         Target::StreamProducts => {
-            return Reply::json(&simplestreams::products(
-                &tree,
-                &conditional::fmt_date(updated),
-            ))
-            .header("Last-Modified", conditional::fmt_date(updated));
+            let stamp = simplestreams::updated(&conditional::fmt_date(updated));
+            return Reply::json_text(simplestreams::products(&tree, &stamp))
+                .header("Last-Modified", conditional::fmt_date(updated));
+        }
+        Target::ByHash(sha) => {
+            // Only complete files are in the tree: an unfinished hash is a 404.
+            let sha = sha.to_ascii_lowercase();
+            return match tree.by_sha256(&sha) {
+                Some(
+                    node @ Node {
+                        kind: NodeKind::File(f),
+                        ..
+                    },
+                ) => file_reply(ctx, rq, node, f),
+                _ => Reply::text(404),
+            };
         }
         Target::Tree(parts, trailing) => (parts, trailing),
     };
