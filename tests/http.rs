@@ -798,11 +798,9 @@ fn still_serves_after_a_thousand_idle_connections() {
 #[test]
 fn accept_errors_do_not_stop_the_server() {
     let (pg, data) = images(1000);
-    // Each connection costs tiny_http two descriptors: the accepted socket and a
-    // duplicate. With an even count left, accept() itself fails with EMFILE; with
-    // an odd one, the duplicate fails and tiny_http's accept thread panics. Two
-    // limits one apart make both happen; either way the server must come back.
-    let mut seen = Vec::new();
+    // Each connection costs a descriptor: 60 held connections run the server out
+    // of them, so accept() fails with EMFILE; once they close it must come back.
+    // Two limits, so the exhaustion happens at either parity.
     for limit in [40, 41] {
         let tmp = temp_dir("pgbt-http-");
         let log = tmp.path().join("pgbootfs.log");
@@ -840,14 +838,7 @@ fn accept_errors_do_not_stop_the_server() {
             "limit {limit}: not serving after EMFILE:\n{}",
             srv.log()
         );
-        let log = srv.log();
-        seen.push((
-            limit,
-            log.contains("accept thread died"),
-            log.contains("panicked"),
-        ));
     }
-    eprintln!("(limit, accept thread died, panic logged): {seen:?}");
 }
 
 #[test]

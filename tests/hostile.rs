@@ -1,0 +1,214 @@
+//! The HTTP side against hostile clients: request smuggling, response splitting,
+//! who may connect, and floods. Raw sockets on loopback, a real server and cluster.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::http::{Reply, Server};
+use crate::common::*;
+
+const SMALL: &str = "/ubuntu/amd64/ga-20.04/focal/20240101/boot-kernel";
+/// Never asked for except by requests hidden behind a refused one.
+const HIDDEN: &str = "/ubuntu/arm64/generic/jammy/20240202.1/boot-kernel";
+
+struct Data {
+    small: Vec<u8>,
+    big: Vec<u8>,
+}
+
+fn images(big: usize) -> (Cluster, Data) {
+    let (pg, mut c) = store();
+    let data = Data {
+        small: bytes(11, 100_000),
+        big: bytes(12, big),
+    };
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
+    m.file(s, "boot-kernel", &data.small);
+    m.file(s, "squashfs", &data.big);
+    let s = m.set("ubuntu/jammy", "arm64/generic", "20240202.1");
+    m.file(s, "boot-kernel", &bytes(13, 5000));
+    drop(c);
+    (pg, data)
+}
+
+/// Sends `bytes`, then reads until the server closes. Err if it did not close in
+/// time (the read timed out).
+fn exchange(s: &mut TcpStream, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    // The server may close before reading all of it: that is allowed.
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    match s.read_to_end(&mut buf) {
+        Ok(_) => Ok(buf),
+        Err(e) => Err(format!(
+            "{e} after {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(300)])
+        )),
+    }
+}
+
+fn status_lines(buf: &[u8]) -> usize {
+    String::from_utf8_lossy(buf).matches("HTTP/1.1 ").count()
+}
+
+#[test]
+fn smuggling_corpus_gets_one_400_and_a_close() {
+    let (pg, data) = images(1000);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let port = srv.addr.port();
+    let hidden = format!("GET {HIDDEN}?hidden HTTP/1.1\r\nHost: t\r\n\r\n");
+    let n = hidden.len();
+    let chunked = format!("{n:x}\r\n{hidden}\r\n0\r\n\r\n");
+    let get = format!("GET {SMALL} HTTP/1.1\r\nHost: t\r\n");
+    // Each: the head (and body) of the hostile request; the hidden request follows.
+    let corpus: Vec<(&str, String)> = vec![
+        (
+            "TE chunked",
+            format!("{get}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "TE chunked, body",
+            format!("{get}Transfer-Encoding: chunked\r\n\r\n{chunked}"),
+        ),
+        (
+            "TE chunked, identity",
+            format!("{get}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "TE gzip, chunked",
+            format!("{get}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "TE xchunked with CL",
+            format!("{get}Transfer-Encoding: xchunked\r\nContent-Length: {n}\r\n\r\n"),
+        ),
+        (
+            "TE with a space before the colon",
+            format!("{get}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "CL and TE",
+            format!("{get}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        ("CL body", format!("{get}Content-Length: {n}\r\n\r\n")),
+        (
+            "duplicate CL",
+            format!("{get}Content-Length: 0\r\nContent-Length: {n}\r\n\r\n"),
+        ),
+        (
+            "duplicate equal CL",
+            format!("{get}Content-Length: 0\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        ("negative CL", format!("{get}Content-Length: -1\r\n\r\n")),
+        (
+            "huge CL",
+            format!("{get}Content-Length: 18446744073709551617\r\n\r\n"),
+        ),
+        ("CL list", format!("{get}Content-Length: 0, {n}\r\n\r\n")),
+        (
+            "obs-fold",
+            format!("{get}X-Junk: a\r\n Transfer-Encoding: chunked\r\n\r\n"),
+        ),
+        ("tab fold", format!("{get}X-Junk: a\r\n\tb\r\n\r\n")),
+        ("NUL in a name", format!("{get}X-Ju\0nk: a\r\n\r\n")),
+        ("NUL in a value", format!("{get}X-Junk: a\0b\r\n\r\n")),
+        ("CR in a name", format!("{get}X-Ju\rnk: a\r\n\r\n")),
+        ("CR in a value", format!("{get}X-Junk: a\rb\r\n\r\n")),
+        (
+            "bare LF line endings",
+            format!("GET {SMALL} HTTP/1.1\nHost: t\n\n"),
+        ),
+        ("one bare LF", format!("{get}X-Junk: a\n\r\n")),
+        (
+            "absolute-form, foreign host",
+            format!("GET http://example.com{SMALL} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ),
+        (
+            "absolute-form, other port",
+            format!(
+                "GET http://127.0.0.1:{}{SMALL} HTTP/1.1\r\nHost: t\r\n\r\n",
+                port + 1
+            ),
+        ),
+        (
+            "authority-form",
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ),
+        (
+            "authority-form GET",
+            format!("GET 127.0.0.1:{port} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ),
+        (
+            "asterisk-form",
+            "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n".to_string(),
+        ),
+        (
+            "over-long request line",
+            format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000)),
+        ),
+        ("two Host fields", format!("{get}Host: u\r\n\r\n")),
+        (
+            "no Host in HTTP/1.1",
+            format!("GET {SMALL} HTTP/1.1\r\n\r\n"),
+        ),
+        (
+            "space in the target",
+            format!("GET {SMALL} x HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ),
+    ];
+    let opened = || srv.log().matches("opened large object").count();
+    let before = opened();
+    for (name, attack) in &corpus {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let got = exchange(&mut s, format!("{attack}{hidden}").as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: the connection stayed open: {e}"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{name}: {text}");
+        assert_eq!(status_lines(&got), 1, "{name}: {text}");
+        assert_eq!(Reply::parse(&got).header("connection"), Some("close"));
+    }
+    // Nothing hidden was executed: not in the access log, no handle opened.
+    let log = srv.log();
+    assert!(!log.contains("?hidden"), "{log}");
+    assert_eq!(opened(), before, "{log}");
+    let refused = log.lines().filter(|l| l.contains(" 400 0 ")).count();
+    assert_eq!(refused, corpus.len(), "{log}");
+    eprintln!("{} hostile requests refused", corpus.len());
+
+    // What is allowed still works: pipelining, absolute-form for this server,
+    // Content-Length: 0, HTTP/1.0 without Host, curl --http1.0 and wget.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let ok = format!(
+        "GET http://127.0.0.1:{port}{SMALL} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n\
+         HEAD {SMALL} HTTP/1.0\r\n\r\n"
+    );
+    let got = exchange(&mut s, ok.as_bytes()).unwrap();
+    let first = Reply::parse(&got);
+    assert_eq!(first.status, 200);
+    assert!(first.body.len() > 100_000);
+    assert_eq!(&first.body[..100_000], &data.small[..]);
+    let second = Reply::parse(&first.body[100_000..]);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"));
+    let out = srv.tmp.path().join("curl10");
+    let st = Command::new("curl")
+        .args(["-sSf", "--http1.0", "-o"])
+        .arg(&out)
+        .arg(srv.url(SMALL))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read(&out).unwrap().len(), 100_000);
+    let st = Command::new("wget")
+        .args(["-q", "-O"])
+        .arg(&out)
+        .arg(srv.url(SMALL))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read(&out).unwrap().len(), 100_000);
+}
