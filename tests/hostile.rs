@@ -212,3 +212,65 @@ fn smuggling_corpus_gets_one_400_and_a_close() {
     assert!(st.success());
     assert_eq!(std::fs::read(&out).unwrap().len(), 100_000);
 }
+
+#[test]
+fn file_names_that_would_split_a_header_cannot() {
+    let (pg, mut c) = store();
+    // PostgreSQL text cannot hold NUL; CR and LF it can.
+    let evil = "k\r\nSet-Cookie: a=b\r\n\r\nX: y";
+    let data = bytes(21, 3000);
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
+    m.file(s, evil, &data);
+    m.file(s, "boot-kernel", &bytes(22, 10));
+    drop(c);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let dir = "/ubuntu/amd64/ga-20.04/focal/20240101/";
+    let listing = srv.get(dir, &["Accept: application/json"]);
+    let names: Vec<String> = serde_json::from_slice::<serde_json::Value>(&listing.body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    let encoded: String = evil
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let url = format!("{dir}{encoded}");
+    let mut replies = vec![
+        srv.get(dir, &[]),
+        listing,
+        srv.get("/streams/v1/maas:v2:download.json", &[]),
+        srv.get(&url, &[]),
+        srv.req("HEAD", &url, &[]),
+        srv.get(&url, &["Range: bytes=0-9"]),
+    ];
+    // The catalog keeps any name without `/` or NUL, so this one is served.
+    assert!(names.iter().any(|n| n == evil), "{names:?}");
+    assert_eq!(replies[3].status, 200);
+    assert_eq!(replies[3].body, data);
+    assert_eq!(replies[5].status, 206);
+    // The HTML listing links to it percent-encoded.
+    let html = String::from_utf8_lossy(&replies[0].body).to_string();
+    assert!(html.contains("/k%0D%0ASet-Cookie:%20a=b%0D%0A"), "{html}");
+    for r in replies.drain(..) {
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        for (k, v) in &r.headers {
+            assert!(
+                k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+                "{names:?}"
+            );
+            assert!(!v.bytes().any(|b| b.is_ascii_control()), "{k}: {v:?}");
+        }
+        assert!(!names.contains(&"set-cookie"), "{names:?}");
+        assert!(!names.contains(&"x"), "{names:?}");
+    }
+}

@@ -292,6 +292,8 @@ mod tests {
     fn header_values_cannot_split_the_header() {
         let r = Reply::new(304, Body::None).header("ETag", "\"ab\r\nSet-Cookie: x\"");
         assert_eq!(r.headers, [("ETag", "\"abSet-Cookie: x\"".to_string())]);
+        let r = Reply::new(304, Body::None).header("X", "a\0b\nc\rd\x7f");
+        assert_eq!(r.headers, [("X", "abcd".to_string())]);
         assert_eq!(r.len(), None);
         assert_eq!(Reply::text(404).len(), Some("404 Not Found\n".len() as u64));
     }
