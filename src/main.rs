@@ -186,12 +186,20 @@ struct HttpArgs {
     http_per_client: usize,
     /// Only these networks may use the HTTP side (e.g. the rack controllers and
     /// mirrors); others get 403. Default: everyone.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
     allow_from: Vec<ipnet::IpNet>,
     /// Proxies (e.g. squid, nginx) whose X-Forwarded-For names the client for the
     /// access log, --allow-from and --http-per-client.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
     trusted_proxy: Vec<ipnet::IpNet>,
+}
+
+/// A network `ADDR/PREFIX`, or one address (a /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither ADDRESS/PREFIX nor an IP address"))
 }
 
 impl HttpArgs {

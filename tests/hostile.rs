@@ -2,7 +2,7 @@
 //! who may connect, and floods. Raw sockets on loopback, a real server and cluster.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -32,6 +32,18 @@ fn images(big: usize) -> (Cluster, Data) {
     m.file(s, "boot-kernel", &bytes(13, 5000));
     drop(c);
     (pg, data)
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any 127/8 address
+/// is ours on Linux).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
 }
 
 /// Sends `bytes`, then reads until the server closes. Err if it did not close in
@@ -273,4 +285,84 @@ fn file_names_that_would_split_a_header_cannot() {
         assert!(!names.contains(&"set-cookie"), "{names:?}");
         assert!(!names.contains(&"x"), "{names:?}");
     }
+}
+
+/// `GET path` from loopback address `from` with extra header lines, on a
+/// connection of its own.
+fn get_from(srv: &Server, from: &str, path: &str, extra: &[&str]) -> Reply {
+    let mut s = connect_from(from, srv.addr);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for h in extra {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let got = exchange(&mut s, req.as_bytes()).unwrap();
+    Reply::parse(&got)
+}
+
+/// Access-log lines (target pgbootfs::access) that contain `what`.
+fn access_lines(srv: &Server, what: &str) -> Vec<String> {
+    srv.log()
+        .lines()
+        .filter(|l| l.contains("pgbootfs::access") && l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn allow_from_and_trusted_proxy() {
+    let (pg, data) = images(1000);
+    let srv = Server::start(
+        &pg.conninfo("postgres"),
+        &[
+            "--allow-from",
+            "127.0.0.1/32,10.0.0.0/8",
+            "--trusted-proxy",
+            "127.0.0.3",
+        ],
+    );
+    let ok = get_from(&srv, "127.0.0.1", SMALL, &[]);
+    assert_eq!((ok.status, ok.body.len()), (200, data.small.len()));
+    // Refused: 403, closed, one log line naming the address and why.
+    let no = get_from(&srv, "127.0.0.2", SMALL, &[]);
+    assert_eq!(no.status, 403);
+    assert_eq!(no.header("connection"), Some("close"));
+    let lines = access_lines(&srv, "127.0.0.2:");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(" 403 ") && lines[0].contains("not in --allow-from"));
+    // X-Forwarded-For from anyone but the proxy is ignored.
+    let no = get_from(&srv, "127.0.0.2", SMALL, &["X-Forwarded-For: 10.1.2.3"]);
+    assert_eq!(no.status, 403);
+    let r = get_from(
+        &srv,
+        "127.0.0.1",
+        "/?direct",
+        &["X-Forwarded-For: 10.1.2.3"],
+    );
+    assert_eq!(r.status, 200);
+    let lines = access_lines(&srv, "/?direct");
+    assert!(lines[0].contains(" 127.0.0.1:"), "{lines:?}");
+    // Through the proxy: the forwarded client is checked and logged.
+    let r = get_from(&srv, "127.0.0.3", SMALL, &["X-Forwarded-For: 10.1.2.3"]);
+    assert_eq!((r.status, r.body.len()), (200, data.small.len()));
+    assert_eq!(access_lines(&srv, " 10.1.2.3 via 127.0.0.3:").len(), 1);
+    // A client cannot forge its way in: the right-most entry not a trusted proxy
+    // counts, and without one the proxy itself, which is not allowed.
+    for xff in [
+        &["X-Forwarded-For: 10.1.2.3, 192.0.2.7"][..],
+        &["X-Forwarded-For: 10.1.2.3", "X-Forwarded-For: 192.0.2.7"],
+        &[],
+    ] {
+        let r = get_from(&srv, "127.0.0.3", SMALL, xff);
+        assert_eq!(r.status, 403, "{xff:?}");
+    }
+    assert_eq!(access_lines(&srv, " 192.0.2.7 via 127.0.0.3:").len(), 2);
+    let r = get_from(
+        &srv,
+        "127.0.0.3",
+        SMALL,
+        &["X-Forwarded-For: 192.0.2.7, 10.1.2.3, 127.0.0.3"],
+    );
+    assert_eq!(r.status, 200);
 }
