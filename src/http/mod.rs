@@ -33,7 +33,7 @@ use crate::daemon::{CacheDir, Services, StartError, StopSignals};
 use crate::db::DbConfig;
 use crate::handle::{HandlePool, PoolOptions};
 
-use clients::{Clients, Policy};
+use clients::{Clients, ConnectionSlot, Policy};
 use conditional::RangeAsk;
 use conn::HeadRead;
 use path::{PathError, Target};
@@ -181,10 +181,13 @@ pub fn start(
         .spawn(move || {
             conn::accept_loop(listener, |stream, peer| {
                 let ctx = accept_ctx.clone();
+                // Admission is decided here, in accept order, so a connection cap
+                // counts connections in the order they came.
+                let admitted = admit(&ctx, peer);
                 let spawned = std::thread::Builder::new()
                     .name("http-conn".into())
                     .stack_size(CONNECTION_STACK)
-                    .spawn(move || connection(&ctx, stream, peer));
+                    .spawn(move || connection(&ctx, stream, peer, admitted));
                 if let Err(e) = spawned {
                     // The stream went with the closure: the client sees a close.
                     warn!("http: no thread for {peer}: {e}");
@@ -271,21 +274,32 @@ fn refuse(s: TcpStream, peer: SocketAddr, started: Instant, status: u16, why: &s
     conn::answer_and_close(s, &reply.to_bytes());
 }
 
-/// Serves one connection until it closes, fails or breaks a rule.
-fn connection(ctx: &Ctx, mut s: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
+/// Whether a new connection may be served: its slot, or the status and reason of
+/// its refusal.
+type Admission = Result<ConnectionSlot, (u16, String)>;
+
+fn admit(ctx: &Ctx, peer: SocketAddr) -> Admission {
     let ip = clients::canonical(peer.ip());
-    let proxy = ctx.clients.is_proxy(ip);
-    if !proxy && !ctx.clients.allowed(ip) {
-        return refuse(s, peer, started, 403, "not in --allow-from");
+    if !ctx.clients.is_proxy(ip) && !ctx.clients.allowed(ip) {
+        return Err((403, "not in --allow-from".to_string()));
     }
-    let Some(_slot) = ctx.clients.connect(ip) else {
+    ctx.clients.connect(ip).ok_or_else(|| {
         let why = format!(
             "{ip} already holds {} connections (--http-per-client)",
             ctx.clients.connection_cap()
         );
-        return refuse(s, peer, started, 503, &why);
+        (503, why)
+    })
+}
+
+/// Serves one connection until it closes, fails or breaks a rule.
+fn connection(ctx: &Ctx, mut s: TcpStream, peer: SocketAddr, admitted: Admission) {
+    let started = Instant::now();
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err((status, why)) => return refuse(s, peer, started, status, &why),
     };
+    let proxy = ctx.clients.is_proxy(peer.ip());
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(ctx.send_timeout));
     let local = Local {
