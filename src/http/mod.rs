@@ -321,21 +321,19 @@ fn connection(ctx: &Ctx, mut s: TcpStream, peer: SocketAddr, admitted: Admission
                 // An idle keep-alive connection is closed quietly; a started or
                 // never-sent request is told why.
                 if served == 0 || !buf.is_empty() {
-                    info!(
-                        "http: cutting {peer}: 408 Request Timeout ({} header bytes pending)",
+                    let why = format!(
+                        "cut: no complete request in {}s, {} header bytes pending",
+                        ctx.header_timeout.as_secs(),
                         buf.len()
                     );
-                    return refuse(s, peer, started, 408, "no complete request in time");
+                    return refuse(s, peer, started, 408, &why);
                 }
                 debug!("http: closing idle connection from {peer}");
                 return;
             }
             HeadRead::TooLarge => {
-                info!(
-                    "http: cutting {peer}: 431 Request Header Fields Too Large ({} header bytes pending)",
-                    buf.len()
-                );
-                return refuse(s, peer, started, 431, "header too large");
+                let why = format!("cut: more than {MAX_HEADER} header bytes");
+                return refuse(s, peer, started, 431, &why);
             }
             HeadRead::LineTooLong => {
                 let why = format!(
@@ -389,7 +387,11 @@ fn serve_one(
         access(&who, &head.method.to_string(), &head.target, &sent, started);
         return sent.complete;
     };
-    let mut sent = response::send(s, close_if(reply, head.wants_close()), false);
+    let mut sent = response::send(
+        s,
+        close_if(reply, head.wants_close()),
+        head.method == Method::Head,
+    );
     sent.note.push_str(" (not in --allow-from)");
     access(&who, &head.method.to_string(), &head.target, &sent, started);
     sent.complete
