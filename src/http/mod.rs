@@ -16,6 +16,8 @@ pub mod conditional;
 mod conn;
 mod listing;
 pub mod path;
+#[cfg(test)]
+mod properties;
 pub mod request;
 mod response;
 mod simplestreams;
