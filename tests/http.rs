@@ -965,3 +965,48 @@ fn mount_with_http_serves_both_from_one_process() {
     assert_eq!(read_all(&mnt.path(BIG)).unwrap(), data.big);
     assert!(wait_until(Duration::from_secs(10), || handles_in_txn(&pg).is_empty()));
 }
+
+#[test]
+fn if_match_and_if_unmodified_since_give_412() {
+    let (pg, data) = images(1000);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let etag = format!("\"{}\"", sha256_hex(&data.small));
+    let lm = srv
+        .req("HEAD", SMALL, &[])
+        .header("last-modified")
+        .unwrap()
+        .to_string();
+    let cases = [
+        (format!("If-Match: {etag}"), 200),
+        (format!("If-Match: \"other\", {etag}"), 200),
+        ("If-Match: *".to_string(), 200),
+        ("If-Match: \"other\"".to_string(), 412),
+        // If-Match compares strongly.
+        (format!("If-Match: W/{etag}"), 412),
+        (format!("If-Unmodified-Since: {lm}"), 200),
+        (
+            "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT".to_string(),
+            412,
+        ),
+        // If-Match wins over If-Unmodified-Since.
+        (
+            format!("If-Match: {etag}\r\nIf-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT"),
+            200,
+        ),
+    ];
+    for (h, want) in &cases {
+        for method in ["GET", "HEAD"] {
+            let r = srv.req(method, SMALL, &[h, "Range: bytes=0-9"]);
+            let want = if *want == 200 { 206 } else { *want };
+            let want = if method == "HEAD" && want == 206 {
+                200
+            } else {
+                want
+            };
+            assert_eq!(r.status, want, "{method} {h}");
+            if want == 412 {
+                assert_eq!(r.header("etag"), Some(etag.as_str()));
+            }
+        }
+    }
+}

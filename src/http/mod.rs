@@ -488,7 +488,19 @@ fn file_reply(ctx: &Ctx, rq: &Head, node: &Node, f: &FileInfo) -> Reply {
             .header("Last-Modified", modified.clone())
             .header("Cache-Control", "no-cache")
     };
-    // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
+    // The order of RFC 9110 13.2.2: If-Match, else If-Unmodified-Since; then
+    // If-None-Match, else If-Modified-Since; then If-Range.
+    let im: Vec<&str> = rq.values("if-match").collect();
+    let precondition = if !im.is_empty() {
+        conditional::match_holds(&im, &tag)
+    } else {
+        rq.value("if-unmodified-since")
+            .and_then(conditional::parse_date)
+            .is_none_or(|since| conditional::not_modified_since(node.mtime, since))
+    };
+    if !precondition {
+        return validators(Reply::text(412));
+    }
     let inm: Vec<&str> = rq.values("if-none-match").collect();
     let not_modified = if !inm.is_empty() {
         conditional::none_match_hits(&inm, &tag)

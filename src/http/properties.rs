@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 
 use super::conditional::{
-    RangeAsk, etag, fmt_date, if_range_holds, none_match_hits, not_modified_since, parse_date,
-    parse_range,
+    RangeAsk, etag, fmt_date, if_range_holds, match_holds, none_match_hits, not_modified_since,
+    parse_date, parse_range,
 };
 use super::path::{self, MAAS_PREFIX, PathError, Target};
 use super::request::{self, Local};
@@ -299,6 +299,11 @@ proptest! {
             .collect();
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
         prop_assert_eq!(none_match_hits(&refs, &ours), expected, "{:?}", values);
+        // If-Match compares strongly: a weak tag of ours does not count.
+        let strong = lines.iter().any(|(star, tags)| {
+            *star || tags.iter().any(|(weak, t, _)| !weak && t == "abc")
+        });
+        prop_assert_eq!(match_holds(&refs, &ours), strong, "{:?}", values);
     }
 
     #[test]
