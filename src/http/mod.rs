@@ -139,8 +139,9 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
 const MAX_HEADER: usize = 64 << 10;
 
 /// Stack of a connection thread: it runs the request handler and the handle's
-/// reads, whose buffers are on the heap. Small, as a flood may start many.
-const CONNECTION_STACK: usize = 512 << 10;
+/// reads (buffers on the heap) and may open a database connection. Reserved, not
+/// used: a flood of idle connections costs a few pages each.
+const CONNECTION_STACK: usize = 1 << 20;
 
 struct Ctx {
     catalog: Arc<Catalog>,
