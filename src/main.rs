@@ -181,7 +181,7 @@ struct HttpArgs {
     http_header_timeout: u64,
     /// Requests one client address may have in service at once; its further
     /// requests wait their turn, so one host cannot take every worker. An address
-    /// may hold 16 times this many connections open; more are refused with 503.
+    /// may hold 64 times this many connections open; more are refused with 503.
     #[arg(long, default_value_t = 8, value_name = "N")]
     http_per_client: usize,
     /// Only these networks may use the HTTP side (e.g. the rack controllers and

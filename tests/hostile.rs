@@ -413,16 +413,19 @@ fn one_host_cannot_take_every_worker_or_connection() {
     let r = Reply::parse(&rest);
     assert_eq!((r.status, r.body.len()), (200, data.small.len()));
 
-    // 16 connections per request slot: the 33rd idle one from an address is
+    // 64 connections per request slot: the 129th idle one from an address is
     // refused at once, other addresses are not.
-    let idle: Vec<TcpStream> = (0..32)
+    let idle: Vec<TcpStream> = (0..128)
         .map(|_| connect_from("127.0.0.4", srv.addr))
         .collect();
     let mut probe = connect_from("127.0.0.4", srv.addr);
     let got = exchange(&mut probe, b"").unwrap();
     assert!(got.starts_with(b"HTTP/1.1 503 "), "{got:?}");
     assert_eq!(get_from(&srv, "127.0.0.5", SMALL, &[]).status, 200);
-    assert!(srv.log().contains("127.0.0.4 already holds 32 connections"));
+    assert!(
+        srv.log()
+            .contains("127.0.0.4 already holds 128 connections")
+    );
     drop(idle);
     assert!(wait_until(Duration::from_secs(10), || {
         get_from(&srv, "127.0.0.4", SMALL, &[]).status == 200

@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 /// address past `per_client` × this is refused at once (503), so one host cannot
 /// take every descriptor and thread with idle connections. Trusted proxies carry
 /// many clients and are not capped.
-pub const CONNECTIONS_PER_SLOT: usize = 16;
+pub const CONNECTIONS_PER_SLOT: usize = 64;
 
 /// The access rules.
 #[derive(Debug, Clone, Default)]
