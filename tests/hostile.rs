@@ -209,6 +209,16 @@ fn smuggling_corpus_gets_one_400_and_a_close() {
     let second = Reply::parse(&first.body[100_000..]);
     assert_eq!(second.status, 200);
     assert_eq!(second.header("connection"), Some("close"));
+    // Connection: close ends the connection after the response, whatever follows.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let closing = format!(
+        "GET {SMALL} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n\
+         GET {HIDDEN}?after-close HTTP/1.1\r\nHost: t\r\n\r\n"
+    );
+    let r = Reply::parse(&exchange(&mut s, closing.as_bytes()).unwrap());
+    assert_eq!((r.status, &r.body[..]), (200, &data.small[..]));
+    assert!(!srv.log().contains("after-close"));
     let out = srv.tmp.path().join("curl10");
     let st = Command::new("curl")
         .args(["-sSf", "--http1.0", "-o"])

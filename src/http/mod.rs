@@ -356,8 +356,14 @@ fn connection(ctx: &Ctx, mut s: TcpStream, peer: SocketAddr, admitted: Admission
         };
         buf.drain(..end);
         served += 1;
-        if !serve_one(ctx, &mut s, &head, peer, proxy, started) || head.wants_close() {
+        if !serve_one(ctx, &mut s, &head, peer, proxy, started) {
+            // Cut short: the client must see the end at once, not wait for the rest.
             return;
+        }
+        if head.wants_close() {
+            // Anything the client pipelined after this request is still unread:
+            // closing now would reset the connection under the response.
+            return conn::linger_close(s);
         }
     }
 }
