@@ -182,7 +182,11 @@ pub fn start(
     std::thread::Builder::new()
         .name("http-accept".into())
         .spawn(move || {
-            conn::accept_loop(listener, |stream, peer| {
+            // Spawn failures (out of threads or memory) come in floods: one line
+            // a second, with the count.
+            let mut unspawned = 0u64;
+            let mut last_warned: Option<Instant> = None;
+            conn::accept_loop(listener, move |stream, peer| {
                 let ctx = accept_ctx.clone();
                 // Admission is decided here, in accept order, so a connection cap
                 // counts connections in the order they came.
@@ -193,7 +197,13 @@ pub fn start(
                     .spawn(move || connection(&ctx, stream, peer, admitted));
                 if let Err(e) = spawned {
                     // The stream went with the closure: the client sees a close.
-                    warn!("http: no thread for {peer}: {e}");
+                    unspawned += 1;
+                    if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(
+                            "http: no thread for {peer}: {e} ({unspawned} connections closed so)"
+                        );
+                        last_warned = Some(Instant::now());
+                    }
                 }
             })
         })?;
