@@ -188,6 +188,27 @@ struct HttpArgs {
     /// idle limit).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     http_header_timeout: u64,
+    /// Requests one client address may have in service at once; its further
+    /// requests wait their turn, so one host cannot take every worker. An address
+    /// may hold 64 times this many connections open; more are refused with 503.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    http_per_client: usize,
+    /// Only these networks may use the HTTP side (e.g. the rack controllers and
+    /// mirrors); others get 403. Default: everyone.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
+    allow_from: Vec<ipnet::IpNet>,
+    /// Proxies (e.g. squid, nginx) whose X-Forwarded-For names the client for the
+    /// access log, --allow-from and --http-per-client.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
+    trusted_proxy: Vec<ipnet::IpNet>,
+}
+
+/// A network `ADDR/PREFIX`, or one address (a /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither ADDRESS/PREFIX nor an IP address"))
 }
 
 impl HttpArgs {
@@ -198,6 +219,9 @@ impl HttpArgs {
             send_timeout: Duration::from_secs(self.http_send_timeout.max(1)),
             pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
             header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
+            per_client: self.http_per_client.max(1),
+            allow_from: self.allow_from.clone(),
+            trusted_proxies: self.trusted_proxy.clone(),
         }
     }
 }
@@ -213,7 +237,7 @@ fn log_panics() {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit, as servers do:
-/// every HTTP connection costs two descriptors in tiny_http and every handle one
+/// every HTTP connection costs a descriptor and every handle one
 /// database socket, and the usual soft limit of 1024 is soon reached.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {

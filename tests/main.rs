@@ -4,6 +4,7 @@
 mod cache;
 mod common;
 mod handle;
+mod hostile;
 mod http;
 mod maas;
 mod mount;
