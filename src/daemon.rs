@@ -79,6 +79,7 @@ impl Services {
             drop_uncatalogued(&disk, &catalog);
             pool = pool.with_disk(disk);
         }
+        sample_metrics(&catalog, &pool);
         Ok(Services { catalog, pool })
     }
 
@@ -100,6 +101,25 @@ impl Services {
             })
             .map(|_| ())
     }
+}
+
+/// Has each scrape read the pool's and the catalog's state as it is then.
+fn sample_metrics(catalog: &Arc<Catalog>, pool: &HandlePool) {
+    let catalog: Weak<Catalog> = Arc::downgrade(catalog);
+    let pool = pool.clone();
+    crate::metrics::set_sampler(move || {
+        let p = pool.stats();
+        let tree = catalog.upgrade().map(|c| c.snapshot());
+        crate::metrics::Sample {
+            handles_open: p.handles_open as u64,
+            handles_connected: p.handles_connected as u64,
+            pool_in_use: p.in_use.into(),
+            pool_idle: p.idle.into(),
+            pool_max: p.max.into(),
+            catalog_files: tree.as_ref().map_or(0, |t| t.file_count()),
+            catalog_bytes: tree.as_ref().map_or(0, |t| t.total_bytes()),
+        }
+    });
 }
 
 /// Deletes the cached images whose sha256 the catalog no longer names.

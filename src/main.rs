@@ -15,7 +15,7 @@ use pgbootfs::store;
 
 /// Serve MAAS boot images stored as PostgreSQL large objects.
 #[derive(Parser)]
-#[command(name = "pgbootfs", version)]
+#[command(name = "pgbootfs", version = pgbootfs::VERSION)]
 struct Cli {
     /// PostgreSQL connection: a key=value conninfo or a postgres:// URL (unix-socket
     /// hosts included). Default: DATABASE_URL, then PGHOST, PGPORT, PGUSER, PGPASSWORD,
@@ -103,6 +103,10 @@ struct MountArgs {
     /// Also serve the tree over HTTP on ADDR (e.g. 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (with --http they are also at
+    /// /metrics there).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     #[command(flatten)]
     http_opts: HttpArgs,
 }
@@ -189,6 +193,7 @@ impl HttpArgs {
             send_timeout: Duration::from_secs(self.http_send_timeout.max(1)),
             pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
             header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
+            metrics_only: false,
         }
     }
 }
@@ -272,6 +277,10 @@ fn main() -> ExitCode {
                     allow_other: args.allow_other,
                     read_ahead_kb: args.read_ahead_kb,
                     http: args.http.map(|addr| args.http_opts.options(addr)),
+                    metrics: args.metrics.map(|addr| HttpOptions {
+                        metrics_only: true,
+                        ..args.http_opts.options(addr)
+                    }),
                 };
                 mount::run(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }

@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub read_ahead_kb: u32,
     /// Also serve the tree over HTTP, sharing the catalog and the handle pool.
     pub http: Option<HttpOptions>,
+    /// Serve only `/metrics` on a listener of its own.
+    pub metrics: Option<HttpOptions>,
 }
 
 /// Why a mount could not start.
@@ -58,6 +60,8 @@ pub enum MountError {
     Spawn(&'static str, io::Error),
     /// The HTTP server could not start (`--http`).
     Http(io::Error),
+    /// The metrics listener could not start (`--metrics`).
+    Metrics(io::Error),
 }
 
 impl fmt::Display for MountError {
@@ -72,6 +76,7 @@ impl fmt::Display for MountError {
             ),
             MountError::Spawn(what, e) => write!(f, "cannot start {what}: {e}"),
             MountError::Http(e) => write!(f, "--http: {e}"),
+            MountError::Metrics(e) => write!(f, "--metrics: {e}"),
         }
     }
 }
@@ -80,9 +85,10 @@ impl std::error::Error for MountError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             MountError::Start(e) => Some(e),
-            MountError::Mount { err, .. } | MountError::Spawn(_, err) | MountError::Http(err) => {
-                Some(err)
-            }
+            MountError::Mount { err, .. }
+            | MountError::Spawn(_, err)
+            | MountError::Http(err)
+            | MountError::Metrics(err) => Some(err),
             MountError::Mountpoint(_) => None,
         }
     }
@@ -109,6 +115,10 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     if let Some(http_opts) = &opts.http {
         crate::http::start(services.catalog.clone(), &services.pool, http_opts)
             .map_err(MountError::Http)?;
+    }
+    if let Some(metrics_opts) = &opts.metrics {
+        crate::http::start(services.catalog.clone(), &services.pool, metrics_opts)
+            .map_err(MountError::Metrics)?;
     }
     let open = Arc::new(OpenTable::default());
     let core = FsCore::new(

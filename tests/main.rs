@@ -6,4 +6,5 @@ mod common;
 mod handle;
 mod http;
 mod mount;
+mod service;
 mod store;

@@ -317,6 +317,7 @@ impl Filesystem for BootFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::metrics::fuse_op("lookup");
         let res = name
             .to_str()
             .ok_or(FsError::NotFound)
@@ -328,6 +329,7 @@ impl Filesystem for BootFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::metrics::fuse_op("getattr");
         match self.core.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&a.ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -335,11 +337,15 @@ impl Filesystem for BootFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::fuse_op("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.core.open(ino.0, write) {
             Ok(fh) => match self.open_mode(ino.0, fh, &reply) {
                 // Reads of this file never reach us: the kernel reads the cache file.
-                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                Some(id) => {
+                    crate::metrics::passthrough_open();
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                }
                 // Content under an inode never changes, so the page cache stays valid.
                 None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             },
@@ -358,6 +364,7 @@ impl Filesystem for BootFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::metrics::fuse_op("read");
         let handle = match self.core.handle(fh.0) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(&e)),
@@ -388,6 +395,7 @@ impl Filesystem for BootFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("release");
         self.core.release(fh.0);
         self.closed(fh.0);
         reply.ok();
@@ -401,6 +409,7 @@ impl Filesystem for BootFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("flush");
         reply.ok();
     }
 
@@ -412,6 +421,7 @@ impl Filesystem for BootFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("fsync");
         // Nothing is ever dirty.
         reply.ok();
     }
@@ -426,10 +436,12 @@ impl Filesystem for BootFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        crate::metrics::fuse_op("getxattr");
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_op("listxattr");
         reply.error(Errno::ENOSYS);
     }
 
@@ -444,6 +456,7 @@ impl Filesystem for BootFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        crate::metrics::fuse_op("ioctl");
         unsupported!(reply, Errno::ENOTTY, "ioctl")
     }
 
@@ -456,11 +469,13 @@ impl Filesystem for BootFs {
         _whence: i32,
         reply: ReplyLseek,
     ) {
+        crate::metrics::fuse_op("lseek");
         // ENOSYS: the kernel then answers SEEK_DATA/SEEK_HOLE itself, for good.
         unsupported!(reply, Errno::ENOSYS, "lseek")
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::fuse_op("opendir");
         match self.core.opendir(ino.0) {
             // The kernel may keep listings: `forget` drops them when they change.
             Ok(fh) => reply.opened(
@@ -479,6 +494,7 @@ impl Filesystem for BootFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        crate::metrics::fuse_op("readdir");
         let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
             reply.add(INodeNo(a.ino), next, file_type(a.kind), name)
         });
@@ -496,6 +512,7 @@ impl Filesystem for BootFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        crate::metrics::fuse_op("readdirplus");
         let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
             reply.add(
                 INodeNo(a.ino),
@@ -520,6 +537,7 @@ impl Filesystem for BootFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("releasedir");
         self.core.releasedir(fh.0);
         reply.ok();
     }
@@ -532,15 +550,18 @@ impl Filesystem for BootFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::metrics::fuse_op("statfs");
         let t = self.core.totals();
         reply.statfs(t.bytes.div_ceil(4096), 0, 0, t.inodes, 0, 4096, 255, 4096);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        crate::metrics::fuse_op("access");
         match self.core.access(ino.0, mask.contains(AccessFlags::W_OK)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

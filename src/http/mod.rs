@@ -49,6 +49,8 @@ pub struct HttpOptions {
     /// A connection that sends no complete request for this long is cut (408 if it
     /// had started one); this is also the keep-alive idle limit.
     pub header_timeout: Duration,
+    /// Serve `/metrics` only (`mount --metrics ADDR`), 404 for everything else.
+    pub metrics_only: bool,
 }
 
 /// A running HTTP server; its threads live as long as the process.
@@ -130,6 +132,7 @@ struct Ctx {
     pool: HandlePool,
     port: u16,
     watchdog: Arc<conn::Watchdog>,
+    metrics_only: bool,
 }
 
 /// Binds, then starts the accept thread and `workers` request threads.
@@ -154,6 +157,7 @@ pub fn start(
         pool: pool.with_timeout(opts.pool_wait),
         port: addr.port(),
         watchdog: watchdog.clone(),
+        metrics_only: opts.metrics_only,
     });
     // Unbounded like tiny_http's own queue: the feeder must never block, so every
     // complete request is known to the watchdog at once, however busy the workers.
@@ -170,7 +174,11 @@ pub fn start(
         .name("http-accept".into())
         .spawn(move || accept_loop(listener, tx, watchdog))?;
     // Printed whatever the log level: scripts and tests read the bound port here.
-    eprintln!("pgbootfs: listening on http://{addr}");
+    if opts.metrics_only {
+        eprintln!("pgbootfs: metrics on http://{addr}/metrics");
+    } else {
+        eprintln!("pgbootfs: listening on http://{addr}");
+    }
     info!(
         "http: {workers} workers, send timeout {}s, header timeout {}s",
         opts.send_timeout.as_secs(),
@@ -312,8 +320,10 @@ fn serve_one(ctx: &Ctx, rq: Request) {
     let peer = rq.remote_addr().copied();
     let inm: Vec<&str> = headers(&rq, "If-None-Match").collect();
     let reply = route(ctx, &rq).validated(&inm, header(&rq, "If-Modified-Since"));
-    let (status, sent, note) = response::send(ctx.port, rq, reply, method == Method::Head, peer);
+    let (status, sent, note) =
+        response::send(ctx.port, rq, reply, method == Method::Head, peer, started);
     ctx.watchdog.request_done(peer);
+    crate::metrics::http_request(method.as_str(), status, sent, started.elapsed());
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     info!(
         target: "pgbootfs::access",
@@ -325,6 +335,12 @@ fn serve_one(ctx: &Ctx, rq: Request) {
 fn route(ctx: &Ctx, rq: &Request) -> Reply {
     if !matches!(rq.method(), Method::Get | Method::Head) {
         return Reply::text(405).header("Allow", "GET, HEAD");
+    }
+    if rq.url().split('?').next() == Some("/metrics") {
+        return metrics_reply(rq);
+    }
+    if ctx.metrics_only {
+        return Reply::text(404);
     }
     let target = match path::parse(rq.url()) {
         Ok(t) => t,
@@ -379,6 +395,20 @@ fn route(ctx: &Ctx, rq: &Request) -> Reply {
         NodeKind::File(_) if trailing => Reply::text(404),
         NodeKind::File(f) => file_reply(ctx, rq, node, f),
     }
+}
+
+/// The metrics, as OpenMetrics text if the scraper asks for it, else in the
+/// Prometheus text format.
+fn metrics_reply(rq: &Request) -> Reply {
+    let openmetrics = headers(rq, "Accept").any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (true, crate::metrics::OPENMETRICS_CONTENT_TYPE)
+    } else {
+        (false, crate::metrics::PROMETHEUS_CONTENT_TYPE)
+    };
+    Reply::new(200, Body::Bytes(crate::metrics::encode(body).into_bytes()))
+        .header("Content-Type", content_type)
+        .header("Vary", "Accept")
 }
 
 /// Number of non-empty segments of the raw target (to tell whether the MAAS prefix

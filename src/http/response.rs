@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use log::{debug, warn};
 use sha2::{Digest, Sha256};
@@ -145,6 +145,7 @@ pub(super) fn send(
     mut reply: Reply,
     head: bool,
     peer: Option<SocketAddr>,
+    started: Instant,
 ) -> (u16, u64, String) {
     let mut w = rq.into_writer();
     if let Body::File { handle, len, start } = &reply.body
@@ -185,6 +186,7 @@ pub(super) fn send(
     if let Err(e) = w.write_all(head_bytes.as_bytes()) {
         return (reply.status, 0, format!(" (client gone: {e})"));
     }
+    crate::metrics::http_first_byte(started.elapsed());
     let status = reply.status;
     let result = match reply.body {
         _ if head => Ok(0),

@@ -1,0 +1,323 @@
+//! Running pgbootfs as a service: the Prometheus metrics (parsed by the reference
+//! Python parser), systemd's readiness protocol and the mount(8) helper.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::http::Server;
+use crate::common::*;
+
+const KERNEL: &str = "/ubuntu/amd64/ga-20.04/focal/20240101/boot-kernel";
+const GONE: &str = "/ubuntu/amd64/ga-20.04/focal/20240101/squashfs";
+
+/// A store with a 100,000-byte kernel and a squashfs whose large object is
+/// removed behind the catalog's back (its reads fail as "gone").
+fn service_store() -> (Cluster, Vec<u8>) {
+    let (pg, mut c) = store();
+    let kernel = bytes(11, 100_000);
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
+    m.file(s, "boot-kernel", &kernel);
+    let oid = m.file(s, "squashfs", &bytes(12, 3000));
+    c.execute("SELECT lo_unlink($1::oid)", &[&oid]).unwrap();
+    drop(c);
+    (pg, kernel)
+}
+
+/// One scrape, parsed by prometheus_client: sample name with its labels
+/// (`name{a="x",b="y"}`, labels sorted) to value. Panics if it does not parse.
+pub fn scrape(url: &str) -> BTreeMap<String, f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scraping {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_metrics(&out.stdout)
+}
+
+/// Parses exposition text with the reference parser (tests/tools/promparse.py).
+pub fn parse_metrics(text: &[u8]) -> BTreeMap<String, f64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/promparse.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("No module named 'prometheus_client'"),
+        "the Python prometheus_client parser is missing: run scripts/test, or \
+         `python3 -m pip install prometheus_client`"
+    );
+    assert!(
+        out.status.success(),
+        "the scrape does not parse: {err}\n{}",
+        String::from_utf8_lossy(text)
+    );
+    let mut map = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let labels = v["labels"].as_object().unwrap();
+        let mut key = v["name"].as_str().unwrap().to_string();
+        if !labels.is_empty() {
+            let parts: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap()))
+                .collect();
+            key = format!("{key}{{{}}}", parts.join(","));
+        }
+        map.insert(key, v["value"].as_f64().unwrap());
+    }
+    map
+}
+
+fn val(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+/// How much `key` grew between two scrapes.
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &str) -> f64 {
+    val(after, key) - val(before, key)
+}
+
+#[test]
+fn http_metrics_parse_and_count_requests_bytes_errors_and_refreshes() {
+    let (pg, kernel) = service_store();
+    let srv = Server::start(&pg.conninfo("postgres"), &["--refresh", "1"]);
+    let url = srv.url("/metrics");
+    let before = scrape(&url);
+    // The state gauges are there from the first scrape.
+    assert_eq!(val(&before, "pgbootfs_catalog_files"), 2.0, "{before:?}");
+    assert_eq!(val(&before, "pgbootfs_catalog_bytes"), 103_000.0);
+    assert_eq!(val(&before, "pgbootfs_pool_max_connections"), 64.0);
+    assert!(
+        before
+            .keys()
+            .any(|k| k.starts_with("pgbootfs_build_info{version=\"0.")),
+        "{before:?}"
+    );
+
+    // Two downloads of the kernel: the first from the database, the second from memory.
+    for _ in 0..2 {
+        let r = srv.get(KERNEL, &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, kernel);
+    }
+    assert_eq!(srv.get("/nothing/here", &[]).status, 404);
+    assert_eq!(srv.req("HEAD", KERNEL, &[]).status, 200);
+    // A large object removed behind the catalog: a 500 and a "gone" error.
+    assert_eq!(srv.get(GONE, &[]).status, 500);
+
+    let after = scrape(&url);
+    let get200 = "pgbootfs_http_requests_total{method=\"GET\",status=\"200\"}";
+    // The first scrape is counted too: it was answered before the second.
+    assert_eq!(delta(&before, &after, get200), 3.0, "{after:?}");
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_http_requests_total{method=\"GET\",status=\"404\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_http_requests_total{method=\"HEAD\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_http_requests_total{method=\"GET\",status=\"500\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_served_bytes_total{source=\"database\"}"
+        ),
+        100_000.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_served_bytes_total{source=\"memory\"}"
+        ),
+        100_000.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_database_errors_total{class=\"gone\"}"
+        ),
+        1.0
+    );
+    // Bodies: two kernels, the first scrape, two short error texts.
+    let sent = delta(&before, &after, "pgbootfs_http_sent_bytes_total");
+    assert!(sent > 200_000.0 && sent < 260_000.0, "{sent}");
+    // Every request observed once in each histogram (the 6 since, and the scrape).
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_http_request_duration_seconds_count"
+        ),
+        6.0
+    );
+    assert_eq!(
+        delta(&before, &after, "pgbootfs_http_first_byte_seconds_count"),
+        6.0
+    );
+    assert!(delta(&before, &after, "pgbootfs_pool_checkouts_total") >= 1.0);
+    assert_eq!(val(&after, "pgbootfs_handles_open"), 0.0);
+    assert_eq!(val(&after, "pgbootfs_handles_connected"), 0.0);
+    // The access log has the scrape like any request.
+    assert!(srv.log().contains("GET /metrics 200"), "{}", srv.log());
+
+    // Refreshes move; with the server down they fail, and the age grows.
+    let refreshed = val(&after, "pgbootfs_catalog_refreshes_total");
+    assert!(wait_until(Duration::from_secs(10), || {
+        val(&scrape(&url), "pgbootfs_catalog_refreshes_total") >= refreshed + 2.0
+    }));
+    pg.stop_server();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let m = scrape(&url);
+            val(&m, "pgbootfs_catalog_refresh_failures_total") >= 2.0
+                && val(&m, "pgbootfs_catalog_age_seconds") >= 1.5
+        }),
+        "{:?}",
+        scrape(&url)
+    );
+    pg.start_server();
+    let failures = val(&scrape(&url), "pgbootfs_catalog_refresh_failures_total");
+    assert!(wait_until(Duration::from_secs(15), || {
+        let m = scrape(&url);
+        val(&m, "pgbootfs_catalog_age_seconds") < 1.5
+            && val(&m, "pgbootfs_catalog_refresh_failures_total") == failures
+    }));
+    let m = scrape(&url);
+    assert!(val(&m, "pgbootfs_catalog_refresh_duration_seconds_count") >= 5.0);
+}
+
+#[test]
+fn openmetrics_on_request_and_mount_metrics_listener_counts_fuse_work() {
+    if !fuse_or_skip("openmetrics_on_request_and_mount_metrics_listener_counts_fuse_work") {
+        return;
+    }
+    let (pg, kernel) = service_store();
+    let m = Mount::start(&pg.conninfo("postgres"), &["--metrics", "127.0.0.1:0"]);
+    let addr = wait_for_line(&m, "metrics on http://");
+    let url = format!("http://{addr}");
+    let before = scrape(&url);
+    assert_eq!(read_all(&m.path(KERNEL)).unwrap(), kernel);
+    assert!(read_all(&m.path(GONE)).is_err());
+    let after = scrape(&url);
+    assert!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_fuse_operations_total{op=\"open\"}"
+        ) >= 2.0
+    );
+    assert!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_fuse_operations_total{op=\"read\"}"
+        ) >= 1.0
+    );
+    assert!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_fuse_operations_total{op=\"lookup\"}"
+        ) >= 1.0
+    );
+    assert!(
+        delta(
+            &before,
+            &after,
+            "pgbootfs_database_errors_total{class=\"gone\"}"
+        ) >= 1.0
+    );
+    let db = delta(
+        &before,
+        &after,
+        "pgbootfs_served_bytes_total{source=\"database\"}",
+    );
+    let mem = delta(
+        &before,
+        &after,
+        "pgbootfs_served_bytes_total{source=\"memory\"}",
+    );
+    // The kernel may ask for a page twice, never for less than the file.
+    assert!(db + mem >= 100_000.0, "{after:?}");
+    assert!(db > 0.0);
+    // The listener serves metrics only; OpenMetrics when asked for.
+    let tree = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!(
+            "http://{}{KERNEL}",
+            addr.trim_end_matches("/metrics")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tree.stdout), "404");
+    let om = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "Accept: application/openmetrics-text; version=1.0.0",
+        ])
+        .arg(&url)
+        .output()
+        .unwrap();
+    let om = String::from_utf8_lossy(&om.stdout);
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.contains("# TYPE pgbootfs_fuse_operations counter"),
+        "{om}"
+    );
+}
+
+/// Waits for a log line `...{prefix}ADDR` and returns ADDR.
+fn wait_for_line(m: &Mount, prefix: &str) -> String {
+    let mut found = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            if let Some((line, _)) = m
+                .log()
+                .split(prefix)
+                .nth(1)
+                .and_then(|rest| rest.split_once('\n'))
+            {
+                found = line.trim().to_string();
+                true
+            } else {
+                false
+            }
+        }),
+        "no {prefix:?} in the log:\n{}",
+        m.log()
+    );
+    found
+}
