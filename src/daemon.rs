@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use log::info;
+use log::{info, warn};
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -95,9 +96,13 @@ impl Services {
         self.catalog
             .spawn_refresher(every, move |changes| {
                 on_change(changes);
-                if let (Some(disk), Some(catalog)) = (&disk, catalog.upgrade()) {
+                let Some(catalog) = catalog.upgrade() else {
+                    return;
+                };
+                if let Some(disk) = &disk {
                     drop_uncatalogued(disk, &catalog);
                 }
+                notify_status(&catalog);
             })
             .map(|_| ())
     }
@@ -127,6 +132,48 @@ fn drop_uncatalogued(disk: &DiskCache, catalog: &Catalog) {
     let tree = catalog.snapshot();
     let shas = tree.sha256s();
     disk.retain(|sha| shas.contains(sha));
+}
+
+/// What the service is, for systemd's STATUS= line ("mounted at /srv/images").
+static SERVING: parking_lot::Mutex<String> = parking_lot::Mutex::new(String::new());
+
+/// Tells systemd (`Type=notify`) that the service is ready, with a one-line
+/// summary: `serving` (what and where) and the catalog's size. Nothing happens
+/// without `NOTIFY_SOCKET`.
+pub fn notify_ready(serving: &str, catalog: &Catalog) {
+    *SERVING.lock() = serving.to_string();
+    let status = status_line(catalog);
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    info!("ready: {status}");
+}
+
+/// Updates systemd's STATUS= line after a catalog change.
+pub fn notify_status(catalog: &Catalog) {
+    notify(&[NotifyState::Status(&status_line(catalog))]);
+}
+
+/// Tells systemd that the service is stopping (SIGTERM or an external unmount).
+pub fn notify_stopping(why: &str) {
+    let status = format!("stopping: {why}");
+    notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
+}
+
+fn status_line(catalog: &Catalog) -> String {
+    let tree = catalog.snapshot();
+    format!(
+        "{}; {} files, {} bytes",
+        SERVING.lock(),
+        tree.file_count(),
+        tree.total_bytes()
+    )
+}
+
+/// Sends `states` to systemd. A service manager that is not listening is not
+/// worth failing over: the log says so and the service runs on.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught from the moment this is made: until then

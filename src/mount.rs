@@ -112,9 +112,11 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     // Resolved now: once mounted, a stat of the mountpoint waits for our own session.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
     let services = Services::start(db, &opts.pool, opts.cache_dir.as_ref())?;
+    let mut serving = format!("mounted at {}", canonical.display());
     if let Some(http_opts) = &opts.http {
-        crate::http::start(services.catalog.clone(), &services.pool, http_opts)
+        let server = crate::http::start(services.catalog.clone(), &services.pool, http_opts)
             .map_err(MountError::Http)?;
+        serving.push_str(&format!(", http://{}", server.addr()));
     }
     if let Some(metrics_opts) = &opts.metrics {
         crate::http::start(services.catalog.clone(), &services.pool, metrics_opts)
@@ -184,8 +186,16 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         })
         .map_err(|e| MountError::Spawn("the signal thread", e))?;
 
+    // Ready means usable: the kernel's INIT has been answered once a stat of the
+    // mount root returns (it waits for the session thread started above).
+    match std::fs::metadata(&canonical) {
+        Ok(_) => crate::daemon::notify_ready(&serving, &services.catalog),
+        Err(e) => warn!("{} does not answer: {e}", canonical.display()),
+    }
+
     match rx.recv() {
         Ok(Event::Signal) => {
+            crate::daemon::notify_stopping("signal");
             info!("unmounting {}", opts.mountpoint.display());
             if let Err(e) = unmounter.unmount() {
                 info!("plain unmount failed ({e}): detaching lazily");
@@ -200,6 +210,7 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
             }
         }
         Ok(Event::SessionEnded(res)) => {
+            crate::daemon::notify_stopping("unmounted");
             if let Err(e) = res {
                 warn!("FUSE session ended with an error: {e}");
             }

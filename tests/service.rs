@@ -321,3 +321,170 @@ fn wait_for_line(m: &Mount, prefix: &str) -> String {
     );
     found
 }
+
+/// A daemon started by a test, stopped and unmounted on drop.
+struct Daemon {
+    child: Option<std::process::Child>,
+    dir: Option<std::path::PathBuf>,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+        if let Some(dir) = &self.dir
+            && is_mounted(dir)
+        {
+            let _ = Command::new("umount").arg("-l").arg(dir).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- pgbootfs log ---\n{}", self.log());
+        }
+    }
+}
+
+/// The next datagram on `sock`, as text.
+fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .expect("no notification from pgbootfs in time");
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[test]
+fn systemd_notify_ready_once_usable_and_stopping_on_sigterm() {
+    if !fuse_or_skip("systemd_notify_ready_once_usable_and_stopping_on_sigterm") {
+        return;
+    }
+    let (pg, kernel) = service_store();
+    let tmp = temp_dir("pgbt-notify-");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["--db", &pg.conninfo("postgres"), "mount"])
+        .arg(&dir)
+        .args(["--http", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &sock_path);
+    let log = tmp.path().join("pgbootfs.log");
+    let mut d = Daemon {
+        child: Some(spawn_logged(cmd, &log)),
+        dir: Some(dir.clone()),
+        log,
+    };
+    let ready = next_notification(&sock);
+    // Usable the moment systemd hears of it: mounted, answering, bytes right.
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(is_mounted(&dir), "READY=1 before the mount: {}", d.log());
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .expect("a STATUS= line");
+    assert!(
+        status.contains("mounted at") && status.contains("2 files"),
+        "{status}"
+    );
+    // The HTTP side was listening before READY=1 too.
+    assert!(status.contains("http://127.0.0.1:"), "{status}");
+
+    let child = d.child.as_mut().unwrap();
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopping = next_notification(&sock);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(wait_until(Duration::from_secs(15), || child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert!(!is_mounted(&dir));
+}
+
+#[test]
+fn systemd_notify_ready_for_serve() {
+    let (pg, kernel) = service_store();
+    let tmp = temp_dir("pgbt-notify-");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "--db",
+        &pg.conninfo("postgres"),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .env("NOTIFY_SOCKET", &sock_path);
+    let log = tmp.path().join("pgbootfs.log");
+    let mut d = Daemon {
+        child: Some(spawn_logged(cmd, &log)),
+        dir: None,
+        log,
+    };
+    let ready = next_notification(&sock);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let addr = ready
+        .split("serving http://")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .expect("the address in STATUS=")
+        .to_string();
+    let out = Command::new("curl")
+        .args(["-sS", "--fail"])
+        .arg(format!("http://{addr}{KERNEL}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, kernel);
+    let child = d.child.as_mut().unwrap();
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(next_notification(&sock).contains("STOPPING=1"));
+}
+
+#[test]
+fn contrib_units_pass_systemd_analyze_verify() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("*** SKIPPING: systemd-analyze is not installed ***");
+        return;
+    };
+    assert!(out.status.success());
+    let tmp = temp_dir("pgbt-units-");
+    let contrib = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd");
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(contrib).unwrap() {
+        let path = entry.unwrap().path();
+        // The units name the installed binary: point them at the one under test.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/usr/local/bin/pgbootfs", bin());
+        let copy = tmp.path().join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        units.push(copy);
+    }
+    assert!(!units.is_empty());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -113,13 +113,20 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     services
         .refresh_every(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;
-    start(services.catalog.clone(), &services.pool, &opts.http).map_err(ServeError::Io)?;
+    let server =
+        start(services.catalog.clone(), &services.pool, &opts.http).map_err(ServeError::Io)?;
     info!(
         "serving {} (refresh every {}s)",
         db.describe(),
         opts.refresh.as_secs()
     );
-    signals.wait();
+    crate::daemon::notify_ready(
+        &format!("serving http://{}", server.addr()),
+        &services.catalog,
+    );
+    if let Some(sig) = signals.wait() {
+        crate::daemon::notify_stopping(&format!("signal {sig}"));
+    }
     // Exiting closes every handle connection; the server ends their transactions.
     Ok(())
 }
