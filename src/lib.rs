@@ -19,6 +19,7 @@ pub mod handle;
 pub mod http;
 pub mod metrics;
 pub mod mount;
+pub mod mount_helper;
 pub mod mountinfo;
 pub mod store;
 

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use pgbootfs::daemon::CacheDir;
 use pgbootfs::db::DbConfig;
 use pgbootfs::handle::PoolOptions;
 use pgbootfs::http::{self, HttpOptions, ServeOptions};
 use pgbootfs::mount::{self, MountOptions};
+use pgbootfs::mount_helper;
 use pgbootfs::store;
 
 /// Serve MAAS boot images stored as PostgreSQL large objects.
@@ -262,7 +263,29 @@ fn main() -> ExitCode {
         .init();
     log_panics();
     raise_fd_limit();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let subcommands = subcommands();
+    let subcommands: Vec<&str> = subcommands.iter().map(String::as_str).collect();
+    let cli = if mount_helper::invoked_as_helper(&args, &subcommands) {
+        match mount_helper::parse(&args) {
+            Ok(req) if req.fake => return ExitCode::SUCCESS,
+            Ok(req) if req.foreground => {
+                let mut argv: Vec<std::ffi::OsString> =
+                    vec!["pgbootfs".into(), "--db".into(), req.conninfo.into()];
+                argv.extend(req.mount_args);
+                Cli::parse_from(argv)
+            }
+            Ok(req) => {
+                return match mount_helper::daemonize(&req) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                };
+            }
+            Err(e) => return fail(&e),
+        }
+    } else {
+        Cli::parse()
+    };
     let result = DbConfig::resolve(cli.db.as_deref())
         .map_err(Box::<dyn std::error::Error>::from)
         .and_then(|db| match cli.command {
@@ -329,9 +352,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `pgbootfs ls | head`: the reader went away, which is not our failure.
         Err(e) if stdout_closed(e.as_ref()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgbootfs: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e.as_ref()),
     }
+}
+
+/// One line on standard error and a failing exit status.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("pgbootfs: error: {e}");
+    ExitCode::FAILURE
+}
+
+/// The subcommand names: any other first argument is a mount helper's SOURCE.
+fn subcommands() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut names: Vec<String> = cmd
+        .get_subcommands()
+        .flat_map(|s| std::iter::once(s.get_name()).chain(s.get_all_aliases()))
+        .map(str::to_string)
+        .collect();
+    names.push("help".into());
+    names
 }

@@ -488,3 +488,243 @@ fn contrib_units_pass_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// /sbin/mount.fuse.pgbootfs pointing at the binary under test while it lives;
+/// whatever was there before is put back.
+/// Tests that use the link take turns, so one never removes another's.
+struct HelperLink {
+    before: Option<std::path::PathBuf>,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+static HELPER_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const HELPER: &str = "/sbin/mount.fuse.pgbootfs";
+
+impl HelperLink {
+    fn install() -> HelperLink {
+        let turn = HELPER_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let before = std::fs::read_link(HELPER).ok();
+        let _ = std::fs::remove_file(HELPER);
+        std::os::unix::fs::symlink(bin(), HELPER).unwrap();
+        HelperLink {
+            before,
+            _turn: turn,
+        }
+    }
+}
+
+impl Drop for HelperLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER);
+        if let Some(old) = &self.before {
+            let _ = std::os::unix::fs::symlink(old, HELPER);
+        }
+    }
+}
+
+/// Pids of pgbootfs processes whose command line names `dir`.
+fn daemons_on(dir: &std::path::Path) -> Vec<i32> {
+    let want = dir.to_string_lossy().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let parts: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|p| String::from_utf8_lossy(p).to_string())
+            .collect();
+        if parts.first().is_some_and(|p| p.ends_with("pgbootfs"))
+            && parts.contains(&want)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills what a failed test left: daemons on `dir` and the mount.
+struct MountedDir(std::path::PathBuf);
+
+impl Drop for MountedDir {
+    fn drop(&mut self) {
+        for pid in daemons_on(&self.0) {
+            // SAFETY: kill on a pid this test started (its command line names our dir).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn handle_backends(pg: &Cluster) -> i64 {
+    pg.client("postgres")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbootfs%'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
+    if !fuse_or_skip("mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
+        return;
+    }
+    let (pg, kernel) = service_store();
+    let _link = HelperLink::install();
+    let tmp = temp_dir("pgbt-helper-");
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let _guard = MountedDir(dir.clone());
+    let log = tmp.path().join("daemon.log");
+    // mount(8) clears the environment: the source carries everything.
+    let out = Command::new("mount")
+        .args(["-t", "fuse.pgbootfs", &pg.conninfo("postgres")])
+        .arg(&dir)
+        .arg("-o")
+        .arg(format!(
+            "ro,allow_other,refresh=2,max_handles=4,_netdev,nofail,x-systemd.automount,log={}",
+            log.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Returned once mounted: no waiting here.
+    assert!(is_mounted(&dir));
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    let pids = daemons_on(&dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // Options became flags; the source is not on the command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("--refresh 2") && cmdline.contains("--max-handles 4"),
+        "{cmdline}"
+    );
+    assert!(cmdline.contains("--allow-other"), "{cmdline}");
+    assert!(!cmdline.contains("host="), "{cmdline}");
+    // A session of its own, and its log in the file once ready.
+    // SAFETY: getsid only reads.
+    assert_eq!(unsafe { libc::getsid(pids[0]) }, pids[0]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready: mounted at"))
+    }));
+    assert!(handle_backends(&pg) >= 1);
+
+    let st = Command::new("umount").arg(&dir).status().unwrap();
+    assert!(st.success());
+    assert!(
+        wait_until(Duration::from_secs(15), || daemons_on(&dir).is_empty()),
+        "the daemon outlived umount:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(wait_until(Duration::from_secs(15), || handle_backends(&pg) == 0));
+    assert!(!is_mounted(&dir));
+}
+
+#[test]
+fn mount_helper_bad_source_fails_with_one_line_and_no_mount() {
+    if !fuse_or_skip("mount_helper_bad_source_fails_with_one_line_and_no_mount") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
+        return;
+    }
+    let (pg, _) = service_store();
+    let _link = HelperLink::install();
+    let tmp = temp_dir("pgbt-helper-");
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let _guard = MountedDir(dir.clone());
+    let bad_db = format!("host={} dbname=nosuchdb", pg.host().display());
+    for source in ["no-such-service", bad_db.as_str()] {
+        let out = Command::new("mount")
+            .args(["-t", "fuse.pgbootfs", source])
+            .arg(&dir)
+            .args(["-o", "ro,refresh=2"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{source}: mount succeeded");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{source}: {err}");
+        assert!(lines[0].starts_with("pgbootfs: error: "), "{err}");
+        assert!(!is_mounted(&dir), "{source}: left mounted");
+        assert!(daemons_on(&dir).is_empty(), "{source}: daemon left");
+    }
+    let err = String::from_utf8_lossy(
+        &Command::new("mount")
+            .args(["-t", "fuse.pgbootfs", &bad_db])
+            .arg(&dir)
+            .args(["-o", "ro"])
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .to_string();
+    assert!(err.contains("nosuchdb"), "{err}");
+    // An option pgbootfs does not know is refused before anything starts.
+    let out = Command::new("mount")
+        .args(["-t", "fuse.pgbootfs", &pg.conninfo("postgres")])
+        .arg(&dir)
+        .args(["-o", "ro,colour=blue"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mount option \"colour=blue\""));
+    assert!(!is_mounted(&dir));
+}
+
+#[test]
+fn helper_convention_in_the_foreground() {
+    if !fuse_or_skip("helper_convention_in_the_foreground") {
+        return;
+    }
+    let (pg, kernel) = service_store();
+    let tmp = temp_dir("pgbt-helper-");
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    // What fuse3's mount.fuse3 runs: `pgbootfs SOURCE DIR -o OPTIONS`.
+    let mut cmd = Command::new(bin());
+    cmd.arg(pg.conninfo("postgres"))
+        .arg(&dir)
+        .args(["-o", "ro,foreground,refresh=3,_netdev"]);
+    let log = tmp.path().join("pgbootfs.log");
+    let mut d = Daemon {
+        child: Some(spawn_logged(cmd, &log)),
+        dir: Some(dir.clone()),
+        log,
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || is_mounted(&dir)),
+        "{}",
+        d.log()
+    );
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    assert!(d.log().contains("refresh every 3s"), "{}", d.log());
+    let child = d.child.as_mut().unwrap();
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(15), || child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert!(!is_mounted(&dir));
+}
