@@ -286,7 +286,12 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
-    let result = DbConfig::resolve(cli.db.as_deref())
+    // A mount started by the helper gets its source here, like --db but off the
+    // command line.
+    let db_arg = cli
+        .db
+        .or_else(|| std::env::var(mount_helper::SOURCE_ENV).ok());
+    let result = DbConfig::resolve(db_arg.as_deref())
         .map_err(Box::<dyn std::error::Error>::from)
         .and_then(|db| match cli.command {
             Command::Mount(args) => {

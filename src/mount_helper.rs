@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::LOG_FD_ENV;
 
+/// Environment variable carrying the conninfo from the helper to its daemon, which
+/// takes it as `--db` (a command line would show it to every user through ps).
+pub const SOURCE_ENV: &str = "PGBOOTFS_MOUNT_SOURCE";
+
 /// How long the helper waits for the daemon to be ready: loading the catalog of a
 /// large store over a slow link takes a while, but mount(8) must not hang forever.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -125,6 +129,8 @@ impl std::error::Error for HelperError {
 pub struct Request {
     /// The database: a conninfo or URL as `--db` takes it.
     pub conninfo: String,
+    /// SOURCE as given, for messages.
+    pub source: String,
     /// Where to mount.
     pub mountpoint: PathBuf,
     /// Arguments of `pgbootfs mount` (from `mount` on, without `--db`).
@@ -222,6 +228,7 @@ pub fn parse(args: &[OsString]) -> Result<Request, HelperError> {
     }
     let mut req = Request {
         conninfo: conninfo_for(&source),
+        source: source.clone(),
         mountpoint: PathBuf::from(&mountpoint),
         mount_args: vec!["mount".into(), mountpoint],
         foreground: false,
@@ -308,7 +315,7 @@ pub fn daemonize(req: &Request) -> Result<(), HelperError> {
     let mut cmd = Command::new(exe);
     cmd.args(&req.mount_args)
         // In the environment, not on a command line that ps shows.
-        .env("DATABASE_URL", &req.conninfo)
+        .env(SOURCE_ENV, &req.conninfo)
         .env("NOTIFY_SOCKET", format!("@{name}"))
         .env(LOG_FD_ENV, inherited.as_raw_fd().to_string())
         .stdin(Stdio::null())
@@ -376,7 +383,12 @@ pub fn daemonize(req: &Request) -> Result<(), HelperError> {
             // Let the reader take the last lines.
             std::thread::sleep(Duration::from_millis(50));
             let lines = lines.lock().map(|l| l.clone()).unwrap_or_default();
-            return Err(HelperError::Daemon(failure_line(&lines, status)));
+            return Err(HelperError::Daemon(format!(
+                "mounting {} at {}: {}",
+                req.source,
+                req.mountpoint.display(),
+                failure_line(&lines, status)
+            )));
         }
         if started.elapsed() > READY_TIMEOUT {
             let _ = child.kill();

@@ -538,9 +538,7 @@ fn daemons_on(dir: &std::path::Path) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|p| String::from_utf8_lossy(p).to_string())
             .collect();
-        if parts.first().is_some_and(|p| p.ends_with("pgbootfs"))
-            && parts.contains(&want)
-        {
+        if parts.first().is_some_and(|p| p.ends_with("pgbootfs")) && parts.contains(&want) {
             pids.push(pid);
         }
     }
