@@ -726,3 +726,69 @@ fn helper_convention_in_the_foreground() {
         .is_some()));
     assert!(!is_mounted(&dir));
 }
+
+#[test]
+fn find_reads_names_only_and_ls_l_gets_attributes() {
+    if !fuse_or_skip("find_reads_names_only_and_ls_l_gets_attributes") {
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    // 4 versions of 5 files each: 20 files under 1 + 1 + 1 + 1 + 4 directories.
+    for v in 0..4 {
+        let s = m.set("ubuntu/focal", "amd64/generic", &format!("2024010{v}"));
+        for f in 0..5 {
+            m.file(
+                s,
+                &format!("file-{f}"),
+                &bytes(100 + v * 10 + f, 10 + f as usize),
+            );
+        }
+    }
+    drop(c);
+    let mount = Mount::start(&pg.conninfo("postgres"), &["--metrics", "127.0.0.1:0"]);
+    let url = format!("http://{}", wait_for_line(&mount, "metrics on http://"));
+    let lookups =
+        |m: &BTreeMap<String, f64>| val(m, "pgbootfs_fuse_operations_total{op=\"lookup\"}");
+    let before = scrape(&url);
+    let found = sh(&format!("find {} -type f | sort", mount.dir.display()));
+    assert_eq!(found.lines().count(), 20, "{found}");
+    let after_find = scrape(&url);
+    // find looked up the directories it entered, never a file: the listings came
+    // without attributes, so the kernel built no inode for the 20 files.
+    let dirs = 8.0;
+    assert!(
+        lookups(&after_find) - lookups(&before) <= dirs,
+        "find made {} lookups",
+        lookups(&after_find) - lookups(&before)
+    );
+    assert!(
+        delta(
+            &before,
+            &after_find,
+            "pgbootfs_fuse_operations_total{op=\"readdir\"}"
+        ) >= 4.0
+    );
+    // No inode for a file: a stat of one after find asks the file system.
+    let one = found.lines().next().unwrap();
+    assert_eq!(sh(&format!("stat -c %s {one}")).trim(), "10");
+    let after_stat = scrape(&url);
+    assert_eq!(lookups(&after_stat) - lookups(&after_find), 1.0);
+    let after_find = after_stat;
+
+    // ls -l stats: after its first directory of files it gets attributes with
+    // each listing, so at most one directory's files cost a LOOKUP each.
+    let listing = sh(&format!("ls -lR {}", mount.dir.display()));
+    let after_ls = scrape(&url);
+    let ls_lookups = lookups(&after_ls) - lookups(&after_find);
+    assert!(ls_lookups <= 5.0 + dirs, "ls -lR made {ls_lookups} lookups");
+    // The sizes are right whichever way they came.
+    for f in 0..5u64 {
+        let size = 10 + f;
+        let n = listing
+            .lines()
+            .filter(|l| l.ends_with(&format!(" file-{f}")) && l.contains(&format!(" {size} ")))
+            .count();
+        assert_eq!(n, 4, "file-{f} of {size} bytes:\n{listing}");
+    }
+}

@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 
 use super::core::{Attr, FsCore, Kind, TTL};
 use super::error::FsError;
+use super::walk::StatReaders;
 use crate::catalog::Changes;
 use crate::handle::{Handle, READ_CHUNK};
 
@@ -89,6 +90,8 @@ pub struct BootFs {
     passthrough: AtomicBool,
     /// Which open files are passed through and which are not, per inode.
     modes: Mutex<Modes>,
+    /// Processes that stat what they list: only they get READDIRPLUS batches.
+    stat_readers: StatReaders,
 }
 
 /// The kernel keeps one I/O mode per inode: while any handle of an inode is open
@@ -126,6 +129,7 @@ impl BootFs {
             gid,
             passthrough: AtomicBool::new(passthrough),
             modes: Mutex::default(),
+            stat_readers: StatReaders::default(),
         })
     }
 
@@ -281,7 +285,9 @@ macro_rules! unsupported {
 
 impl Filesystem for BootFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Listings carry attributes (no lookup per entry for `ls -l` or `find`).
+        // Listings can carry attributes (no LOOKUP per entry for `ls -l`); who gets
+        // them is decided per process (see `walk`), with the kernel's adaptive mode
+        // for the rest of a listing.
         let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         if config.add_capabilities(plus).is_err() {
             debug!("kernel lacks readdirplus");
@@ -316,14 +322,21 @@ impl Filesystem for BootFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         crate::metrics::fuse_op("lookup");
         let res = name
             .to_str()
             .ok_or(FsError::NotFound)
             .and_then(|n| self.core.lookup(parent.0, n));
         match res {
-            Ok(a) => reply.entry(&a.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => {
+                // Walkers look up directories to enter them; only a process
+                // that stats files wants attributes with its listings.
+                if a.kind == Kind::File {
+                    self.stat_readers.note(req.pid());
+                }
+                reply.entry(&a.ttl, &self.attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -474,14 +487,18 @@ impl Filesystem for BootFs {
         unsupported!(reply, Errno::ENOSYS, "lseek")
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         crate::metrics::fuse_op("opendir");
+        // The kernel may keep listings (`forget` drops them when they change), but
+        // only listings with attributes: a names-only one kept would serve a later
+        // `ls -l` without them, at one LOOKUP per entry.
+        let flags = if self.stat_readers.wants_attrs(req.pid()) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
         match self.core.opendir(ino.0) {
-            // The kernel may keep listings: `forget` drops them when they change.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -506,14 +523,20 @@ impl Filesystem for BootFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         crate::metrics::fuse_op("readdirplus");
+        // For a process that reads names only, the first batch is `.` and `..`
+        // (which make no inode); the kernel asks for the rest with READDIR.
+        let names_only = offset == 0 && !self.stat_readers.wants_attrs(req.pid());
         let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
+            if names_only && next > 2 {
+                return true;
+            }
             reply.add(
                 INodeNo(a.ino),
                 next,
