@@ -792,3 +792,76 @@ fn find_reads_names_only_and_ls_l_gets_attributes() {
         assert_eq!(n, 4, "file-{f} of {size} bytes:\n{listing}");
     }
 }
+
+#[test]
+fn version_completions_man_pages_and_help_examples() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // The git commit it was built from (or "unknown" outside a checkout).
+    let version = run(&["--version"]);
+    assert!(
+        version.starts_with("pgbootfs 0.") && version.contains("(git "),
+        "{version}"
+    );
+    // A completion script bash itself accepts, that completes the subcommands.
+    let tmp = temp_dir("pgbt-cli-");
+    let script = tmp.path().join("pgbootfs.bash");
+    std::fs::write(&script, run(&["completions", "bash"])).unwrap();
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(pgbootfs mo); COMP_CWORD=1; \
+             _pgbootfs pgbootfs mo pgbootfs; echo ${{COMPREPLY[@]}}",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "mount");
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("mount"));
+    }
+    // Man pages: pgbootfs(1) and one per command, all valid roff for man(1).
+    run(&["man", "--out", tmp.path().to_str().unwrap()]);
+    for page in [
+        "pgbootfs",
+        "pgbootfs-mount",
+        "pgbootfs-serve",
+        "pgbootfs-import",
+    ] {
+        let path = tmp.path().join(format!("{page}.1"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(".TH") && text.contains(".SH NAME"), "{page}");
+        // man(1) renders it, where installed.
+        if let Ok(out) = Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .output()
+            && out.status.success()
+        {
+            assert!(String::from_utf8_lossy(&out.stdout).contains(page));
+        }
+    }
+    assert!(run(&["man"]).contains(".SH SUBCOMMANDS"));
+    // Every subcommand's help ends with examples.
+    for sub in [
+        "mount",
+        "import",
+        "ls",
+        "verify",
+        "remove",
+        "serve",
+        "completions",
+        "man",
+    ] {
+        let help = run(&[sub, "--help"]);
+        assert!(help.contains("Examples:\n  "), "{sub}: {help}");
+    }
+}
