@@ -4,7 +4,9 @@
 mod cache;
 mod common;
 mod handle;
+mod hostile;
 mod http;
+mod maas;
 mod mount;
 mod service;
 mod store;
