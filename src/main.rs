@@ -374,6 +374,12 @@ fn main() -> ExitCode {
         match mount_helper::parse(&args) {
             Ok(req) if req.fake => return ExitCode::SUCCESS,
             Ok(req) if req.foreground => {
+                for (var, value) in &req.env {
+                    // SAFETY: no thread has been started yet (logging and the
+                    // descriptor limit start none), so nothing reads the
+                    // environment concurrently.
+                    unsafe { std::env::set_var(var, value) };
+                }
                 let mut argv: Vec<std::ffi::OsString> =
                     vec!["pgbootfs".into(), "--db".into(), req.conninfo.into()];
                 argv.extend(req.mount_args);

@@ -145,7 +145,18 @@ pub struct Request {
     pub log: Option<PathBuf>,
     /// The daemon's log filter (`-o log_level=debug`), as RUST_LOG takes it.
     pub log_level: Option<String>,
+    /// Environment for the daemon: mount(8) runs helpers in an emptied environment,
+    /// so HOME (for `~/.pgpass` and `~/.pg_service.conf`) comes back from the
+    /// password database, and `pgservicefile=` / `pgpassfile=` set libpq's variables.
+    pub env: Vec<(&'static str, OsString)>,
 }
+
+/// Mount options that set one of libpq's file variables for the daemon.
+const ENV_OPTIONS: &[(&str, &str)] = &[
+    ("pgservicefile", "PGSERVICEFILE"),
+    ("pgpassfile", "PGPASSFILE"),
+    ("pgsysconfdir", "PGSYSCONFDIR"),
+];
 
 /// Is this a mount helper invocation? Called as `mount.fuse.pgbootfs` or
 /// `mount.pgbootfs`, or as `pgbootfs SOURCE DIR ...` where SOURCE is not one of
@@ -236,7 +247,13 @@ pub fn parse(args: &[OsString]) -> Result<Request, HelperError> {
         verbose,
         log: None,
         log_level: None,
+        env: Vec::new(),
     };
+    if std::env::var_os("HOME").is_none()
+        && let Some(home) = home_dir()
+    {
+        req.env.push(("HOME", home));
+    }
     for opt in options.iter().flat_map(|o| o.split(',')) {
         let opt = opt.trim();
         if opt.is_empty() {
@@ -250,6 +267,11 @@ pub fn parse(args: &[OsString]) -> Result<Request, HelperError> {
             ("foreground", None) => req.foreground = true,
             ("log", Some(v)) if !v.is_empty() => req.log = Some(PathBuf::from(v)),
             ("log_level", Some(v)) if !v.is_empty() => req.log_level = Some(v.to_string()),
+            (k, Some(v)) if !v.is_empty() && ENV_OPTIONS.iter().any(|(o, _)| *o == k) => {
+                if let Some((_, var)) = ENV_OPTIONS.iter().find(|(o, _)| *o == k) {
+                    req.env.push((var, v.into()));
+                }
+            }
             (k, Some(v)) if VALUE_OPTIONS.contains(&k) => {
                 if v.is_empty() {
                     return Err(usage(format!("mount option {k}= needs a value")));
@@ -268,7 +290,7 @@ pub fn parse(args: &[OsString]) -> Result<Request, HelperError> {
             _ if sloppy => log::warn!("ignoring unknown mount option {opt:?} (-s)"),
             _ => {
                 return Err(usage(format!(
-                    "unknown mount option {opt:?}; pgbootfs takes {}, allow_other, foreground, log=, log_level=",
+                    "unknown mount option {opt:?}; pgbootfs takes {}, allow_other, foreground, log=, log_level=, pgservicefile=, pgpassfile=, pgsysconfdir=",
                     VALUE_OPTIONS
                         .iter()
                         .map(|k| format!("{k}="))
@@ -323,6 +345,9 @@ pub fn daemonize(req: &Request) -> Result<(), HelperError> {
         .stderr(Stdio::piped());
     if let Some(level) = &req.log_level {
         cmd.env("RUST_LOG", level);
+    }
+    for (var, value) in &req.env {
+        cmd.env(var, value);
     }
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent's.
     unsafe {
@@ -405,6 +430,21 @@ pub fn daemonize(req: &Request) -> Result<(), HelperError> {
                 READY_TIMEOUT.as_secs()
             )));
         }
+    }
+}
+
+/// The effective user's home directory from the password database.
+fn home_dir() -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getpwuid returns a pointer into static storage or null; the directory
+    // is copied out at once and the pointer not kept.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(std::ffi::OsStr::from_bytes(dir.to_bytes()).to_os_string())
     }
 }
 
@@ -534,6 +574,19 @@ mod tests {
         );
         assert!(r.foreground);
         assert_eq!(r.log, Some(PathBuf::from("/tmp/l")));
+        let r = parse(&args(&[
+            "pgbootfs",
+            "maas",
+            "/srv",
+            "-o",
+            "pgservicefile=/etc/pgbootfs/services,pgpassfile=/etc/pgbootfs/pass",
+        ]))
+        .unwrap();
+        assert!(
+            r.env
+                .contains(&("PGSERVICEFILE", "/etc/pgbootfs/services".into()))
+        );
+        assert!(r.env.contains(&("PGPASSFILE", "/etc/pgbootfs/pass".into())));
         assert!(!r.fake);
     }
 

@@ -592,8 +592,10 @@ fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
         .arg(&dir)
         .arg("-o")
         .arg(format!(
-            "ro,allow_other,refresh=2,max_handles=4,_netdev,nofail,x-systemd.automount,log={}",
-            log.display()
+            "ro,allow_other,refresh=2,max_handles=4,_netdev,nofail,x-systemd.automount,log={},\
+             pgservicefile={}",
+            log.display(),
+            tmp.path().join("pg_service.conf").display()
         ))
         .output()
         .unwrap();
@@ -617,6 +619,26 @@ fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
     );
     assert!(cmdline.contains("--allow-other"), "{cmdline}");
     assert!(!cmdline.contains("host="), "{cmdline}");
+    // mount(8) empties the environment: HOME (for ~/.pgpass) is put back, libpq's
+    // file variables come from options, the source travels here.
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+    let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+    assert!(
+        environ.lines().any(|l| l.starts_with("HOME=/")),
+        "{environ}"
+    );
+    assert!(
+        environ
+            .lines()
+            .any(|l| l.starts_with("PGSERVICEFILE=") && l.ends_with("/pg_service.conf")),
+        "{environ}"
+    );
+    assert!(
+        environ
+            .lines()
+            .any(|l| l.starts_with("PGBOOTFS_MOUNT_SOURCE=host=")),
+        "{environ}"
+    );
     // A session of its own, and its log in the file once ready.
     // SAFETY: getsid only reads.
     assert_eq!(unsafe { libc::getsid(pids[0]) }, pids[0]);
