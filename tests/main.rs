@@ -8,4 +8,5 @@ mod hostile;
 mod http;
 mod maas;
 mod mount;
+mod service;
 mod store;
