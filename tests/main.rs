@@ -9,4 +9,5 @@ mod http;
 mod maas;
 mod mount;
 mod resume;
+mod service;
 mod store;

@@ -71,6 +71,7 @@ impl Target {
                 Ok(row) => row,
                 Err(e) if conn.client.is_closed() && attempt <= self.pool.max_size() => {
                     debug!("{}: pooled connection was dead ({e}); retrying", self.path);
+                    crate::metrics::reconnect();
                     attempt += 1;
                     continue;
                 }
