@@ -13,9 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
-use postgres::NoTls;
 use r2d2::Pool;
-use r2d2_postgres::PostgresConnectionManager;
 
 use crate::db::{DbConfig, DbError};
 
@@ -319,7 +317,7 @@ struct Row {
 
 /// The live catalog: the current tree and the means to reload it.
 pub struct Catalog {
-    pool: Pool<PostgresConnectionManager<NoTls>>,
+    pool: Pool<crate::db::Manager>,
     query: String,
     target: String,
     current: RwLock<Arc<Tree>>,

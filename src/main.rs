@@ -23,6 +23,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "CONNINFO")]
     db: Option<String>,
 
+    /// Connection settings for reading image bytes, laid over --db's (keys given
+    /// here win), e.g. 'target_session_attrs=prefer-standby' to read images from
+    /// hot standbys while the catalog reads from any host.
+    #[arg(long, global = true, value_name = "CONNINFO")]
+    handle_db: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -259,6 +265,10 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let cli = Cli::parse();
     let result = DbConfig::resolve(cli.db.as_deref())
+        .and_then(|db| match cli.handle_db.as_deref() {
+            Some(overlay) => db.with_handle_overlay(overlay),
+            None => Ok(db),
+        })
         .map_err(Box::<dyn std::error::Error>::from)
         .and_then(|db| match cli.command {
             Command::Mount(args) => {
