@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -458,4 +459,154 @@ fn mount_reads_through_tls_for_catalog_and_handles() {
         assert!(r.get::<_, bool>(1), "{} without TLS", r.get::<_, String>(0));
     }
     drop(mnt);
+}
+
+/// A primary with the MAAS tables and one image, and a streaming standby that has
+/// replayed it.
+fn primary_and_standby(data: &[u8]) -> (Cluster, Cluster) {
+    let (primary, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/jammy", "amd64/ga-22.04", "20240101");
+    m.file(s, "squashfs", data);
+    let standby = Cluster::standby_of(&primary, "");
+    let mut sc = standby.client("postgres");
+    assert!(
+        wait_until(Duration::from_secs(30), || sc
+            .query_one("SELECT count(*) FROM maasserver_largefile", &[])
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)),
+        "the standby replays the image"
+    );
+    (primary, standby)
+}
+
+fn in_recovery(c: &mut postgres::Client) -> bool {
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn hosts_in_turn_and_target_session_attrs_pick_the_right_server() {
+    let (primary, standby) = primary_and_standby(&bytes(5, 1000));
+    let (p, s) = (primary.host().display(), standby.host().display());
+    let connect = |hosts: String, attrs: &str| {
+        let db = pgbootfs::db::DbConfig::resolve(Some(&format!(
+            "host={hosts} user=postgres dbname=postgres target_session_attrs={attrs}"
+        )))
+        .unwrap();
+        db.connect("pgbootfs-test")
+    };
+    let both = format!("{p},{s}");
+    let reversed = format!("{s},{p}");
+    for (hosts, attrs, standby_wanted) in [
+        (&both, "any", false),
+        (&reversed, "any", true),
+        (&reversed, "read-write", false),
+        (&reversed, "primary", false),
+        (&both, "read-only", true),
+        (&both, "standby", true),
+        (&both, "prefer-standby", true),
+    ] {
+        let mut c = connect(hosts.clone(), attrs).unwrap();
+        assert_eq!(in_recovery(&mut c), standby_wanted, "{hosts} {attrs}");
+    }
+    // prefer-standby takes the primary when no standby answers.
+    let mut c = connect(p.to_string(), "prefer-standby").unwrap();
+    assert!(!in_recovery(&mut c));
+    // A host that is down is skipped.
+    let mut c = connect(format!("/nonexistent,{s}"), "any").unwrap();
+    assert!(in_recovery(&mut c));
+    // No acceptable host: one message with every host's reason.
+    let e = connect(format!("/nonexistent,{p}"), "standby")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("/nonexistent:5432")
+            && e.contains("not acceptable for target_session_attrs=standby"),
+        "{e}"
+    );
+    // load_balance_hosts=random spreads sessions over both.
+    let db = pgbootfs::db::DbConfig::resolve(Some(&format!(
+        "host={both} user=postgres dbname=postgres load_balance_hosts=random"
+    )))
+    .unwrap();
+    let standbys = (0..30)
+        .filter(|_| in_recovery(&mut db.connect("pgbootfs-test").unwrap()))
+        .count();
+    assert!(
+        (1..30).contains(&standbys),
+        "{standbys} of 30 on the standby"
+    );
+
+    // Failover: the primary stops, the standby is promoted; read-write finds it.
+    primary.stop_server();
+    standby.promote();
+    let home = temp_dir("pgbt-home-");
+    let db = format!("host={both} user=postgres dbname=postgres target_session_attrs=read-write");
+    let out = ok(run(home.path(), &["--db", &db, "ls"], &[]));
+    assert!(out.contains("squashfs"), "{out}");
+}
+
+#[test]
+fn handle_db_sends_image_reads_to_the_standby() {
+    if !fuse_or_skip("handle_db_sends_image_reads_to_the_standby") {
+        return;
+    }
+    let data = bytes(6, 2 << 20);
+    let (primary, standby) = primary_and_standby(&data);
+    let db = format!(
+        "host={},{} user=postgres dbname=postgres target_session_attrs=primary",
+        primary.host().display(),
+        standby.host().display()
+    );
+    let mnt = Mount::start(&db, &["--handle-db", "target_session_attrs=prefer-standby"]);
+    let got = read_all(&mnt.path("ubuntu/amd64/ga-22.04/jammy/20240101/squashfs")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+    let apps = |pg: &Cluster| -> Vec<String> {
+        pg.client("postgres")
+            .query(
+                "SELECT application_name FROM pg_stat_activity \
+                 WHERE application_name LIKE 'pgbootfs-%' ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let on_standby = apps(&standby);
+    let on_primary = apps(&primary);
+    assert!(
+        on_standby.iter().any(|a| a == "pgbootfs-handle"),
+        "{on_standby:?}"
+    );
+    assert!(
+        !on_standby.iter().any(|a| a == "pgbootfs-catalog"),
+        "{on_standby:?}"
+    );
+    assert!(
+        !on_primary.iter().any(|a| a == "pgbootfs-handle"),
+        "{on_primary:?}"
+    );
+    // Each host's role is in the log once, and the standby's missing feedback.
+    let log = mnt.log();
+    let s = standby.host().display().to_string();
+    assert_eq!(
+        log.matches(&format!("database {s}:5432 is a hot standby\n"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("hot_standby_feedback off").count(), 1, "{log}");
+    assert_eq!(
+        log.matches(&format!(
+            "database {}:5432 is a primary",
+            primary.host().display()
+        ))
+        .count(),
+        1,
+        "{log}"
+    );
 }

@@ -165,6 +165,43 @@ impl Cluster {
         cluster
     }
 
+    /// A hot standby of `primary`, made with `pg_basebackup -R` (streaming
+    /// replication from the primary's socket), started and ready.
+    pub fn standby_of(primary: &Cluster, extra: &str) -> Cluster {
+        let cluster = Self::prepare(5432, extra);
+        let data = cluster.data();
+        fs::remove_dir_all(&data).unwrap();
+        chown_postgres(cluster.dir.path());
+        let mut c = pg_command("pg_basebackup");
+        c.arg("-h")
+            .arg(primary.host())
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(&data);
+        run_ok(c, "pg_basebackup");
+        cluster.start_server();
+        cluster
+    }
+
+    /// Promotes this standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "60", "promote"]);
+        run_ok(c, "pg_ctl promote");
+    }
+
     fn prepare(port: u16, extra: &str) -> Cluster {
         let dir = temp_dir("pgbt-");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
