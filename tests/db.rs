@@ -610,3 +610,75 @@ fn handle_db_sends_image_reads_to_the_standby() {
         "{log}"
     );
 }
+
+#[test]
+fn a_service_name_connects_without_a_password_on_the_command_line() {
+    let (pg, mut c) = store();
+    c.batch_execute("CREATE ROLE maas LOGIN SUPERUSER PASSWORD 'svc-s3cret'")
+        .unwrap();
+    let hba = pg.data().join("pg_hba.conf");
+    let rules = fs::read_to_string(&hba).unwrap();
+    fs::write(&hba, format!("local all maas scram-sha-256\n{rules}")).unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let home = temp_dir("pgbt-home-");
+    let h = home.path();
+    let file = h.join("services.conf");
+    fs::write(
+        &file,
+        format!(
+            "# MAAS region database\n[maas]\nhost={}\nport={}\nuser=maas\ndbname=postgres\n\
+             password=svc-s3cret\n",
+            pg.host().display(),
+            pg.port()
+        ),
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let env = [("PGSERVICEFILE", f.as_str()), ("RUST_LOG", "debug")];
+    let out = run(h, &["--db", "service=maas", "ls"], &env);
+    let all = text(&out);
+    ok(out);
+    assert!(
+        !all.contains("svc-s3cret"),
+        "no password in the log:\n{all}"
+    );
+    assert!(
+        all.contains("service \"maas\""),
+        "the debug log says where settings came from:\n{all}"
+    );
+    // PGSERVICE alone, and a URL naming the service.
+    ok(run(
+        h,
+        &["ls"],
+        &[("PGSERVICEFILE", &f), ("PGSERVICE", "maas")],
+    ));
+    ok(run(
+        h,
+        &["--db", "postgresql:///?service=maas", "ls"],
+        &[("PGSERVICEFILE", &f)],
+    ));
+    // The system file, when the user's has no such service.
+    fs::create_dir(h.join("no-sysconf")).unwrap();
+    fs::copy(&file, h.join("no-sysconf/pg_service.conf")).unwrap();
+    ok(run(h, &["--db", "service=maas", "ls"], &[]));
+    // A wrong name: one line naming it and the files looked in.
+    let e = fails(run(
+        h,
+        &["--db", "service=nosuch", "ls"],
+        &[("PGSERVICEFILE", &f)],
+    ));
+    assert!(
+        e.contains("\"nosuch\" not found") && e.contains("services.conf"),
+        "{e}"
+    );
+    // A wrong password in the string beats the file's right one, as libpq.
+    let e = fails(run(
+        h,
+        &["--db", "service=maas password=wrong", "ls"],
+        &[("PGSERVICEFILE", &f)],
+    ));
+    assert!(
+        e.contains("password authentication failed") && !e.contains("wrong"),
+        "{e}"
+    );
+}
