@@ -682,3 +682,56 @@ fn a_service_name_connects_without_a_password_on_the_command_line() {
         "{e}"
     );
 }
+
+/// Stops a process with SIGSTOP until dropped.
+struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: kill on a pid we froze.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn a_frozen_server_is_given_up_after_connect_timeout() {
+    let (frozen, _c) = store();
+    let (good, _c2) = store();
+    let pid: i32 = fs::read_to_string(frozen.data().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill on the test cluster's postmaster; Frozen sends SIGCONT on drop.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let _frozen = Frozen(pid);
+    let home = temp_dir("pgbt-home-");
+    let db =
+        |hosts: String| format!("host={hosts} user=postgres dbname=postgres connect_timeout=2");
+    // The frozen postmaster's kernel accepts the socket, then nothing answers: the
+    // next host is tried after connect_timeout rather than never.
+    let t = std::time::Instant::now();
+    ok(run(
+        home.path(),
+        &[
+            "--db",
+            &db(format!(
+                "{},{}",
+                frozen.host().display(),
+                good.host().display()
+            )),
+            "ls",
+        ],
+        &[],
+    ));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let e = fails(run(
+        home.path(),
+        &["--db", &db(frozen.host().display().to_string()), "ls"],
+        &[],
+    ));
+    assert!(e.contains("no answer within 2 s (connect_timeout)"), "{e}");
+}

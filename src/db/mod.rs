@@ -745,7 +745,7 @@ impl DbConfig {
                     continue;
                 }
                 let ep = &self.endpoints[i];
-                match self.connect_endpoint(ep, app, *want) {
+                match self.attempt(ep, app, *want) {
                     Ok(client) => return Ok(client),
                     Err(Attempt::Refused(role)) => {
                         if pass + 1 == passes.len() || pass > 0 {
@@ -769,6 +769,32 @@ impl DbConfig {
             target: self.describe(),
             reason: failures.join("; "),
             source: last,
+        })
+    }
+
+    /// One attempt at one host within `connect_timeout`, as libpq bounds the whole
+    /// start-up (TLS, authentication, the role check), not only the TCP connect
+    /// the driver bounds: a frozen server (a paused VM, a stopped postmaster)
+    /// completes TCP handshakes in its kernel and then never answers. The driver
+    /// cannot be interrupted, so the attempt runs on a thread of its own that is
+    /// left to finish (or to wait on that server) if the time runs out.
+    fn attempt(&self, ep: &Endpoint, app: &str, want: SessionAttrs) -> Result<Client, Attempt> {
+        let Some(limit) = self.base.get_connect_timeout().copied() else {
+            return self.connect_endpoint(ep, app, want);
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (db, ep2, app2) = (self.clone(), ep.clone(), app.to_string());
+        std::thread::Builder::new()
+            .name("pg-connect".into())
+            .spawn(move || {
+                let _ = tx.send(db.connect_endpoint(&ep2, &app2, want));
+            })
+            .map_err(|e| Attempt::Failed(format!("cannot start a thread: {e}"), None))?;
+        rx.recv_timeout(limit).unwrap_or_else(|_| {
+            Err(Attempt::Failed(
+                format!("no answer within {} s (connect_timeout)", limit.as_secs()),
+                None,
+            ))
         })
     }
 
@@ -878,15 +904,15 @@ impl DbConfig {
     pub fn survey(&self) {
         std::thread::scope(|s| {
             for ep in &self.endpoints {
-                s.spawn(move || {
-                    match self.connect_endpoint(ep, "pgbootfs-survey", SessionAttrs::Any) {
+                s.spawn(
+                    move || match self.attempt(ep, "pgbootfs-survey", SessionAttrs::Any) {
                         Ok(_) => {}
                         Err(Attempt::Failed(why, _)) => {
                             log::warn!("database {}: cannot connect: {why}", ep.label())
                         }
                         Err(Attempt::Refused(_)) => {}
-                    }
-                });
+                    },
+                );
             }
         });
     }
