@@ -230,7 +230,8 @@ fn decode(s: &str) -> Result<String, String> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
-        .map_err(|_| format!("\"{s}\" is not UTF-8 once percent-decoded"))
+        // The part may be a password: do not echo it.
+        .map_err(|_| "a part of the URL is not UTF-8 once percent-decoded".to_string())
 }
 
 /// The conninfo form of `params`, with the password (and sslpassword) left out:

@@ -652,7 +652,7 @@ impl DbConfig {
                 ));
             }
         };
-        let home = env("HOME");
+        let home = env("HOME").filter(|h| !h.is_empty()).or_else(os_home);
         let tls = Tls::new(&r.params, home.as_deref()).map_err(|reason| {
             let key = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"]
                 .into_iter()
@@ -726,15 +726,10 @@ impl DbConfig {
             use rand::seq::SliceRandom;
             order.shuffle(&mut rand::rng());
         }
-        let passes: &[SessionAttrs] = match self.attrs {
-            SessionAttrs::PreferStandby => &[SessionAttrs::Standby, SessionAttrs::Any],
-            a => std::slice::from_ref(match a {
-                SessionAttrs::Any => &SessionAttrs::Any,
-                SessionAttrs::ReadWrite => &SessionAttrs::ReadWrite,
-                SessionAttrs::ReadOnly => &SessionAttrs::ReadOnly,
-                SessionAttrs::Primary => &SessionAttrs::Primary,
-                _ => &SessionAttrs::Standby,
-            }),
+        // prefer-standby is two passes: standbys only, then anything.
+        let passes = match self.attrs {
+            SessionAttrs::PreferStandby => vec![SessionAttrs::Standby, SessionAttrs::Any],
+            a => vec![a],
         };
         let mut failures: Vec<String> = Vec::new();
         let mut unreachable = vec![false; self.endpoints.len()];
@@ -748,7 +743,7 @@ impl DbConfig {
                 match self.attempt(ep, app, *want) {
                     Ok(client) => return Ok(client),
                     Err(Attempt::Refused(role)) => {
-                        if pass + 1 == passes.len() || pass > 0 {
+                        if pass + 1 == passes.len() {
                             failures.push(format!(
                                 "{}: server is {}, not acceptable for target_session_attrs={}",
                                 ep.label(),
@@ -1060,6 +1055,20 @@ fn default_host() -> String {
         "/var/run/postgresql".to_string()
     } else {
         "localhost".to_string()
+    }
+}
+
+/// The home directory of the effective user from the password database: where
+/// libpq looks when HOME is unset (a systemd service without `User=`).
+fn os_home() -> Option<String> {
+    // SAFETY: as in os_user: the pointer is used at once and not kept.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(dir.to_string_lossy().into_owned())
     }
 }
 

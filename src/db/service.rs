@@ -24,7 +24,12 @@ pub fn apply(
     let user_file = env("PGSERVICEFILE")
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".pg_service.conf")));
+        .or_else(|| {
+            env("HOME")
+                .filter(|h| !h.is_empty())
+                .or_else(super::os_home)
+                .map(|h| Path::new(&h).join(".pg_service.conf"))
+        });
     let system_file = Path::new(
         &env("PGSYSCONFDIR")
             .filter(|d| !d.is_empty())
