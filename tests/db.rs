@@ -609,6 +609,20 @@ fn handle_db_sends_image_reads_to_the_standby() {
         1,
         "{log}"
     );
+    // Nothing is left inside a transaction on either host once the mount is gone.
+    drop(mnt);
+    for pg in [&primary, &standby] {
+        let left: i64 = pg
+            .client("postgres")
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbootfs-%' \
+                 AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0);
+    }
 }
 
 #[test]
