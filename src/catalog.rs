@@ -15,7 +15,10 @@ use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
 use r2d2::Pool;
 
+use serde_json::{Map, Value};
+
 use crate::db::{DbConfig, DbError};
+use crate::maas::{self, FileRow, Schema};
 
 /// An inode number.
 pub type Ino = u64;
@@ -23,38 +26,17 @@ pub type Ino = u64;
 /// The root directory's inode number (FUSE requires 1).
 pub const ROOT: Ino = 1;
 
-/// The four tables pgbootfs reads.
-pub const TABLES: [&str; 4] = [
-    "maasserver_bootresource",
-    "maasserver_bootresourceset",
-    "maasserver_bootresourcefile",
-    "maasserver_largefile",
-];
-
 /// An error while loading the catalog.
 #[derive(Debug)]
 pub enum CatalogError {
-    /// Connecting or querying failed.
+    /// Connecting or querying failed, or the database holds no image tables.
     Db(DbError),
-    /// The database lacks some of the MAAS tables.
-    MissingTables {
-        /// The tables that are absent.
-        missing: Vec<String>,
-        /// Where we looked.
-        target: String,
-    },
 }
 
 impl fmt::Display for CatalogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CatalogError::Db(e) => e.fmt(f),
-            CatalogError::MissingTables { missing, target } => write!(
-                f,
-                "database {target} is not a MAAS image store: missing table(s) {} \
-                 (create them with `pgbootfs import`, or point --db at the MAAS region database)",
-                missing.join(", ")
-            ),
         }
     }
 }
@@ -63,7 +45,6 @@ impl std::error::Error for CatalogError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CatalogError::Db(e) => Some(e),
-            CatalogError::MissingTables { .. } => None,
         }
     }
 }
@@ -148,6 +129,29 @@ pub struct SetInfo {
     pub label: String,
     /// Files of the set by name, as inode numbers.
     pub files: BTreeMap<String, Ino>,
+    /// bootresourceset.id: the newest complete set of a resource gives its label.
+    pub set_id: i64,
+    /// The resource the set belongs to.
+    pub resource: Arc<ResourceInfo>,
+    /// Each file's `extra` by file name (kpackage, src_*, kparams).
+    pub file_extra: BTreeMap<String, Map<String, Value>>,
+}
+
+/// What a simplestreams product carries from its bootresource row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceInfo {
+    /// bootresource.id.
+    pub id: i64,
+    /// bootresource.rtype.
+    pub rtype: i32,
+    /// bootresource.kflavor.
+    pub kflavor: Option<String>,
+    /// bootresource.bootloader_type.
+    pub bootloader_type: Option<String>,
+    /// bootresource.rolling.
+    pub rolling: bool,
+    /// bootresource.extra (subarches, title, platform...).
+    pub extra: Map<String, Value>,
 }
 
 /// What a refresh changed, for caches outside the catalog (the kernel's).
@@ -173,6 +177,7 @@ impl Changes {
 pub struct Tree {
     nodes: HashMap<Ino, Node>,
     sets: Vec<SetInfo>,
+    by_sha256: HashMap<String, Ino>,
     total_bytes: u64,
     file_count: u64,
 }
@@ -260,6 +265,11 @@ impl Tree {
         Some(node)
     }
 
+    /// A complete file with this content (the first by path), for fetching by hash.
+    pub fn by_sha256(&self, sha256: &str) -> Option<&Node> {
+        self.by_sha256.get(sha256).and_then(|ino| self.get(*ino))
+    }
+
     /// Every complete set, sorted by path.
     pub fn sets(&self) -> &[SetInfo] {
         &self.sets
@@ -299,26 +309,10 @@ impl InodeTable {
     }
 }
 
-/// A row of the catalog query: one file of one set.
-struct Row {
-    name: String,
-    architecture: String,
-    version: String,
-    filename: String,
-    oid: u32,
-    total_size: i64,
-    size: i64,
-    sha256: String,
-    set_id: i64,
-    label: String,
-    filetype: String,
-    updated_us: i64,
-}
-
 /// The live catalog: the current tree and the means to reload it.
 pub struct Catalog {
     pool: Pool<crate::db::Manager>,
-    query: String,
+    schema: Schema,
     target: String,
     current: RwLock<Arc<Tree>>,
     inodes: Mutex<InodeTable>,
@@ -331,37 +325,17 @@ impl Catalog {
         let pool = db.metadata_pool()?;
         let target = db.describe();
         let mut client = pool.get().map_err(|e| DbError::pool(target.clone(), &e))?;
-        let missing: Vec<String> = client
-            .query(
-                "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL ORDER BY t",
-                &[&TABLES.to_vec()],
-            )
-            .map_err(|e| DbError::query("checking for the MAAS tables", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if !missing.is_empty() {
-            return Err(CatalogError::MissingTables { missing, target });
-        }
-        // MAAS 2.0 and older have no largefile.size: every file counts as complete.
-        let has_size: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute \
-                 WHERE attrelid = 'maasserver_largefile'::regclass \
-                 AND attname = 'size' AND NOT attisdropped)",
-                &[],
-            )
-            .map_err(|e| DbError::query("reading maasserver_largefile's columns", e))?
-            .get(0);
-        if !has_size {
+        let schema = Schema::detect(&mut *client, &target)?;
+        if !schema.largefile_size {
             info!(
-                "maasserver_largefile has no size column (MAAS 2.0 or older): all files count as complete"
+                "maasserver_largefile has no size column (MAAS 1.7-1.9): all files count as complete"
             );
         }
+        info!("image tables of {}", schema.era);
         drop(client);
         let catalog = Catalog {
             pool,
-            query: catalog_query(has_size),
+            schema,
             target,
             current: RwLock::new(Arc::new(Tree::default())),
             inodes: Mutex::new(InodeTable::default()),
@@ -444,34 +418,15 @@ impl Catalog {
             })
     }
 
-    fn load_rows(&self) -> Result<Vec<Row>, CatalogError> {
+    fn load_rows(&self) -> Result<Vec<FileRow>, CatalogError> {
         let mut client = self
             .pool
             .get()
             .map_err(|e| DbError::pool(self.target.clone(), &e))?;
-        let rows = client
-            .query(self.query.as_str(), &[])
-            .map_err(|e| DbError::query("loading the image catalog", e))?;
-        Ok(rows
-            .iter()
-            .map(|r| Row {
-                name: r.get(0),
-                architecture: r.get(1),
-                version: r.get(2),
-                filename: r.get(3),
-                oid: r.get(4),
-                total_size: r.get(5),
-                size: r.get(6),
-                sha256: r.get(7),
-                set_id: r.get(8),
-                label: r.get(9),
-                filetype: r.get(10),
-                updated_us: r.get(11),
-            })
-            .collect())
+        Ok(self.schema.load_files(&mut *client)?)
     }
 
-    fn build(&self, rows: Vec<Row>) -> Tree {
+    fn build(&self, rows: Vec<FileRow>) -> Tree {
         // A set is listed only when every one of its files is complete.
         let mut incomplete: HashSet<i64> = HashSet::new();
         for r in &rows {
@@ -484,6 +439,7 @@ impl Catalog {
         tree.nodes.insert(ROOT, dir_node(ROOT, ROOT, "/".into()));
         let mut sets: BTreeMap<String, SetInfo> = BTreeMap::new();
         let mut skipped_sets: HashSet<i64> = HashSet::new();
+        let mut resources: HashMap<i64, Arc<ResourceInfo>> = HashMap::new();
         for r in &rows {
             if incomplete.contains(&r.set_id) || skipped_sets.contains(&r.set_id) {
                 continue;
@@ -507,6 +463,7 @@ impl Catalog {
                 continue;
             }
             let size = r.total_size.max(0) as u64;
+            tree.by_sha256.entry(r.sha256.clone()).or_insert(ino);
             tree.file_count += 1;
             tree.total_bytes += size;
             tree.nodes.insert(
@@ -524,18 +481,34 @@ impl Catalog {
                     }),
                 },
             );
-            sets.entry(path)
-                .or_insert_with(|| SetInfo {
-                    os: parts[0].to_string(),
-                    arch: parts[1].to_string(),
-                    subarch: parts[2].to_string(),
-                    series: parts[3].to_string(),
-                    version: parts[4].to_string(),
-                    label: r.label.clone(),
-                    files: BTreeMap::new(),
+            let resource = resources
+                .entry(r.resource_id)
+                .or_insert_with(|| {
+                    Arc::new(ResourceInfo {
+                        id: r.resource_id,
+                        rtype: r.rtype,
+                        kflavor: r.kflavor.clone(),
+                        bootloader_type: r.bootloader_type.clone(),
+                        rolling: r.rolling,
+                        extra: maas::parse_extra(&r.resource_extra),
+                    })
                 })
-                .files
-                .insert(r.filename.clone(), ino);
+                .clone();
+            let set = sets.entry(path).or_insert_with(|| SetInfo {
+                os: parts[0].to_string(),
+                arch: parts[1].to_string(),
+                subarch: parts[2].to_string(),
+                series: parts[3].to_string(),
+                version: parts[4].to_string(),
+                label: r.label.clone(),
+                files: BTreeMap::new(),
+                set_id: r.set_id,
+                resource,
+                file_extra: BTreeMap::new(),
+            });
+            set.files.insert(r.filename.clone(), ino);
+            set.file_extra
+                .insert(r.filename.clone(), maas::parse_extra(&r.file_extra));
         }
         tree.sets = sets.into_values().collect();
         debug!("catalog built: {} nodes", tree.nodes.len());
@@ -543,23 +516,14 @@ impl Catalog {
     }
 
     /// Splits a row into os, arch, subarch, series, version, filename, or warns.
-    fn components<'a>(&self, r: &'a Row) -> Option<[&'a str; 6]> {
-        let (os, series) = r.name.split_once('/').unwrap_or(("custom", &r.name));
-        let Some((arch, subarch)) = r.architecture.split_once('/') else {
+    fn components<'a>(&self, r: &'a FileRow) -> Option<[&'a str; 6]> {
+        let Some(parts) = r.parts() else {
             self.warn_once(
                 &format!("{}:{}", r.name, r.architecture),
                 "architecture is not arch/subarch; skipping its sets",
             );
             return None;
         };
-        let parts = [
-            os,
-            arch,
-            subarch,
-            series,
-            r.version.as_str(),
-            r.filename.as_str(),
-        ];
         if let Some(bad) = parts.iter().find(|p| !valid_component(p)) {
             self.warn_once(
                 &format!("{} {} {} {}", r.name, r.architecture, r.version, r.filename),
@@ -598,6 +562,7 @@ impl Tree {
             if !t.add_child(parent, name, ino) {
                 continue;
             }
+            t.by_sha256.entry(info.sha256.clone()).or_insert(ino);
             t.file_count += 1;
             t.total_bytes += info.size;
             t.nodes.insert(
@@ -696,22 +661,6 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Whether `name` can be one component of a path.
 pub fn valid_component(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
-
-fn catalog_query(has_size: bool) -> String {
-    // ids cast to bigint and no `extra`: the same query fits MAAS 2.x-3.3 and 3.4.
-    let size = if has_size { "lf.size" } else { "lf.total_size" };
-    format!(
-        "SELECT r.name::text, r.architecture::text, s.version::text, f.filename::text, \
-                lf.content, lf.total_size::int8, {size}::int8, lf.sha256::text, \
-                s.id::int8, s.label::text, f.filetype::text, \
-                (extract(epoch FROM greatest(f.updated, lf.updated)) * 1000000)::int8 \
-         FROM maasserver_bootresourcefile f \
-         JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
-         JOIN maasserver_bootresourceset s ON s.id = f.resource_set_id \
-         JOIN maasserver_bootresource r ON r.id = s.resource_id \
-         ORDER BY r.name, r.architecture, s.version, f.filename"
-    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! - front ends: [`mount`] (with [`fs`]), [`http`], [`store`] (import, ls, verify,
 //!   remove); [`daemon`] is the start-up and shutdown that `mount` and `serve` share;
 //! - [`handle`]: every read of image bytes, over a shared chunk cache;
-//! - [`catalog`]: the metadata snapshot of the tree, and the MAAS schema queries;
+//! - [`catalog`]: the metadata snapshot of the tree;
+//! - [`maas`]: all knowledge of MAAS's tables (per-version columns, the join, names,
+//!   sync rules, `extra` JSON);
 //! - [`db`]: where the database is and how to connect; [`mountinfo`]: the mount table.
 
 #![warn(missing_docs)]
@@ -17,6 +19,7 @@ pub mod db;
 pub mod fs;
 pub mod handle;
 pub mod http;
+pub mod maas;
 pub mod mount;
 pub mod mountinfo;
 pub mod store;

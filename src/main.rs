@@ -57,6 +57,15 @@ struct ImportArgs {
     /// Replace stored versions whose content differs instead of refusing.
     #[arg(long)]
     replace: bool,
+    /// For custom images from a directory (os `custom`): the os/series they are
+    /// based on, as MAAS's upload asks (default: the stored image's, else the
+    /// region's commissioning release, else ubuntu/jammy).
+    #[arg(long, value_name = "OS/SERIES")]
+    base_image: Option<String>,
+    /// For images from a directory: the title MAAS shows (extra.title), as an
+    /// upload's.
+    #[arg(long)]
+    title: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +194,27 @@ struct HttpArgs {
     /// idle limit).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     http_header_timeout: u64,
+    /// Requests one client address may have in service at once; its further
+    /// requests wait their turn, so one host cannot take every worker. An address
+    /// may hold 64 times this many connections open; more are refused with 503.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    http_per_client: usize,
+    /// Only these networks may use the HTTP side (e.g. the rack controllers and
+    /// mirrors); others get 403. Default: everyone.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
+    allow_from: Vec<ipnet::IpNet>,
+    /// Proxies (e.g. squid, nginx) whose X-Forwarded-For names the client for the
+    /// access log, --allow-from and --http-per-client.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
+    trusted_proxy: Vec<ipnet::IpNet>,
+}
+
+/// A network `ADDR/PREFIX`, or one address (a /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither ADDRESS/PREFIX nor an IP address"))
 }
 
 impl HttpArgs {
@@ -195,6 +225,9 @@ impl HttpArgs {
             send_timeout: Duration::from_secs(self.http_send_timeout.max(1)),
             pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
             header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
+            per_client: self.http_per_client.max(1),
+            allow_from: self.allow_from.clone(),
+            trusted_proxies: self.trusted_proxy.clone(),
         }
     }
 }
@@ -210,7 +243,7 @@ fn log_panics() {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit, as servers do:
-/// every HTTP connection costs two descriptors in tiny_http and every handle one
+/// every HTTP connection costs a descriptor and every handle one
 /// database socket, and the usual soft limit of 1024 is soon reached.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
@@ -243,21 +276,33 @@ fn stdout_closed(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// Caps glibc's malloc arenas at two. Chunk buffers are 512 KiB, made and freed by
-/// many threads (64 streams, say); with an arena per thread, each arena keeps the
-/// memory freed into it and the daemon's peak RSS grew well past its cache budget
-/// (scripts/bench, rss row). Measured the other way round: having glibc mmap each
-/// buffer instead (M_MMAP_THRESHOLD) bounded RSS best but cost a cold `cat` 40%.
-fn bound_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator settings; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
+/// The allocator: jemalloc, with one arena and freed pages handed back to the
+/// kernel half a second after they fall idle. Chunk buffers (512 KiB) and the
+/// database connections' receive buffers are made and freed by many threads (64
+/// streams, say). With glibc's malloc, even capped at two arenas, memory freed in
+/// one thread's arena stayed resident while another thread allocated afresh, and
+/// the daemon's peak RSS grew about 100 MiB past its cache budget at 64 streams
+/// (463 MiB against 256 + 64 MiB; scripts/bench, rss row). Having glibc mmap each
+/// buffer instead bounded RSS but cost a cold `cat` 40%. jemalloc with these
+/// settings stays within the budget (BENCHMARKS.md). `muzzy_decay_ms:0` matters:
+/// pages only marked MADV_FREE still count in RSS until the kernel needs them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its options from this symbol when it starts (`_RJEM_MALLOC_CONF`
+/// in the environment still overrides them, for experiments).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: ConfString =
+    ConfString(c"narenas:1,dirty_decay_ms:500,muzzy_decay_ms:0,background_thread:true".as_ptr());
+
+/// A C string pointer jemalloc reads once; `*const c_char` alone is not `Sync`.
+#[repr(transparent)]
+struct ConfString(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, never written, C string.
+unsafe impl Sync for ConfString {}
 
 fn main() -> ExitCode {
-    bound_allocator();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -288,6 +333,8 @@ fn main() -> ExitCode {
             Command::Import(args) => {
                 let opts = store::import::ImportOptions {
                     replace: args.replace,
+                    base_image: args.base_image,
+                    title: args.title,
                 };
                 store::import::run(&db, &args.src, &opts)
                     .map(|s| {

@@ -798,11 +798,9 @@ fn still_serves_after_a_thousand_idle_connections() {
 #[test]
 fn accept_errors_do_not_stop_the_server() {
     let (pg, data) = images(1000);
-    // Each connection costs tiny_http two descriptors: the accepted socket and a
-    // duplicate. With an even count left, accept() itself fails with EMFILE; with
-    // an odd one, the duplicate fails and tiny_http's accept thread panics. Two
-    // limits one apart make both happen; either way the server must come back.
-    let mut seen = Vec::new();
+    // Each connection costs a descriptor: 60 held connections run the server out
+    // of them, so accept() fails with EMFILE; once they close it must come back.
+    // Two limits, so the exhaustion happens at either parity.
     for limit in [40, 41] {
         let tmp = temp_dir("pgbt-http-");
         let log = tmp.path().join("pgbootfs.log");
@@ -840,14 +838,7 @@ fn accept_errors_do_not_stop_the_server() {
             "limit {limit}: not serving after EMFILE:\n{}",
             srv.log()
         );
-        let log = srv.log();
-        seen.push((
-            limit,
-            log.contains("accept thread died"),
-            log.contains("panicked"),
-        ));
     }
-    eprintln!("(limit, accept thread died, panic logged): {seen:?}");
 }
 
 #[test]
@@ -902,7 +893,9 @@ fn slow_or_endless_headers_are_cut_off() {
     };
     assert!(cut, "still accepting headers after {sent} bytes");
     assert!(
-        srv.log().contains("431 Request Header Fields Too Large"),
+        srv.log()
+            .lines()
+            .any(|l| l.contains(" - - 431 0 ") && l.contains("header bytes")),
         "{}",
         srv.log()
     );
@@ -971,4 +964,49 @@ fn mount_with_http_serves_both_from_one_process() {
     );
     assert_eq!(read_all(&mnt.path(BIG)).unwrap(), data.big);
     assert!(wait_until(Duration::from_secs(10), || handles_in_txn(&pg).is_empty()));
+}
+
+#[test]
+fn if_match_and_if_unmodified_since_give_412() {
+    let (pg, data) = images(1000);
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let etag = format!("\"{}\"", sha256_hex(&data.small));
+    let lm = srv
+        .req("HEAD", SMALL, &[])
+        .header("last-modified")
+        .unwrap()
+        .to_string();
+    let cases = [
+        (format!("If-Match: {etag}"), 200),
+        (format!("If-Match: \"other\", {etag}"), 200),
+        ("If-Match: *".to_string(), 200),
+        ("If-Match: \"other\"".to_string(), 412),
+        // If-Match compares strongly.
+        (format!("If-Match: W/{etag}"), 412),
+        (format!("If-Unmodified-Since: {lm}"), 200),
+        (
+            "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT".to_string(),
+            412,
+        ),
+        // If-Match wins over If-Unmodified-Since.
+        (
+            format!("If-Match: {etag}\r\nIf-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT"),
+            200,
+        ),
+    ];
+    for (h, want) in &cases {
+        for method in ["GET", "HEAD"] {
+            let r = srv.req(method, SMALL, &[h, "Range: bytes=0-9"]);
+            let want = if *want == 200 { 206 } else { *want };
+            let want = if method == "HEAD" && want == 206 {
+                200
+            } else {
+                want
+            };
+            assert_eq!(r.status, want, "{method} {h}");
+            if want == 412 {
+                assert_eq!(r.header("etag"), Some(etag.as_str()));
+            }
+        }
+    }
 }

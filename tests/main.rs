@@ -5,6 +5,8 @@ mod cache;
 mod common;
 mod db;
 mod handle;
+mod hostile;
 mod http;
+mod maas;
 mod mount;
 mod store;

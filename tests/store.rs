@@ -104,10 +104,12 @@ fn rows_are_what_maas_writes() {
     assert_eq!(
         got,
         [
-            "myimage amd64/generic rtype=2 extra={} kflavor=None bootloader=None rolling=false \
-             base=\"\" created_now=true updated=true",
-            "ubuntu/jammy amd64/ga-22.04 rtype=2 extra={} kflavor=None bootloader=None \
-             rolling=false base=\"\" created_now=true updated=true",
+            // As an upload: extra {"subarches": subarch, "title": ""} in Python's formatting; a
+            // custom image is based on the commissioning release (MAAS 3.4's default).
+            "myimage amd64/generic rtype=2 extra={\"subarches\": \"generic\", \"title\": \"\"} kflavor=None \
+             bootloader=None rolling=false base=\"ubuntu/jammy\" created_now=true updated=true",
+            "ubuntu/jammy amd64/ga-22.04 rtype=2 extra={\"subarches\": \"ga-22.04\", \"title\": \"\"} \
+             kflavor=None bootloader=None rolling=false base=\"\" created_now=true updated=true",
         ]
     );
     let sets: Vec<(String, String, String)> = c

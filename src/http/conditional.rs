@@ -102,6 +102,15 @@ pub fn none_match_hits(values: &[&str], our: &str) -> bool {
     })
 }
 
+/// If-Match: true when a tag matches ours strongly (a weak tag never does), or
+/// `*` (the file exists).
+pub fn match_holds(values: &[&str], our: &str) -> bool {
+    values.iter().any(|v| match tags(v) {
+        None => true,
+        Some(list) => list.contains(&our),
+    })
+}
+
 /// HTTP-date to time; `None` when it does not parse.
 pub fn parse_date(value: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(value.trim()).ok()
@@ -170,6 +179,10 @@ mod tests {
         assert!(none_match_hits(&["W/\"abc\""], &tag));
         assert!(none_match_hits(&["*"], &tag));
         assert!(!none_match_hits(&["\"abcd\""], &tag));
+        assert!(match_holds(&["\"x\"", " \"abc\" "], &tag));
+        assert!(match_holds(&["*"], &tag));
+        assert!(!match_holds(&["W/\"abc\""], &tag));
+        assert!(!match_holds(&["\"x\""], &tag));
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
         let date = fmt_date(t);
         assert_eq!(date, "Tue, 14 Nov 2023 22:13:20 GMT");

@@ -1,39 +1,46 @@
 //! `pgbootfs serve` and `pgbootfs mount --http`: the same tree over HTTP, as a
 //! MAAS-compatible simplestreams mirror, through the same [`Handle`]s as the mount.
 //!
-//! tiny_http parses requests; everything a response needs is done here and in
-//! `response`, which writes raw on the request's writer so that every body has a
-//! Content-Length (never chunked), a 304 carries no `Content-Length: 0`, and image
-//! bytes go out in chunk-sized writes straight from the handle's buffer. A file's
-//! database side is set up only when its response's turn to be written comes
-//! (pipelined requests hold no connection while they wait), and ends with the body,
-//! on disconnect or on error.
+//! Each connection has a thread that reads one request head at a time, strictly
+//! (`request`: no request body, no doubtful framing; a refusal closes the
+//! connection), under a time and size limit (`conn`), within the per-client and
+//! worker limits (`clients`). `response` writes every body with a Content-Length
+//! (never chunked), a 304 with no `Content-Length: 0`, and image bytes in
+//! chunk-sized writes straight from the handle's buffer. Pipelined requests are
+//! read only after the previous response is written, so a file's database side is
+//! set up only when its turn comes, and ends with the body, on disconnect or on
+//! error.
 
+mod clients;
 pub mod conditional;
 mod conn;
 mod listing;
 pub mod path;
+#[cfg(test)]
+mod properties;
+pub mod request;
 mod response;
 mod simplestreams;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{error, info, warn};
-use tiny_http::{Method, Request, Server};
+use ipnet::IpNet;
+use log::{debug, info, warn};
 
 use crate::catalog::{Catalog, FileInfo, Node, NodeKind};
 use crate::daemon::{CacheDir, Services, StartError, StopSignals};
 use crate::db::DbConfig;
 use crate::handle::{HandlePool, PoolOptions};
 
+use clients::{Clients, ConnectionSlot, Policy};
 use conditional::RangeAsk;
+use conn::HeadRead;
 use path::{PathError, Target};
-use response::{Body, Reply};
+use request::{Head, Local, Method};
+use response::{Body, Reply, Sent};
 
 /// Options of the HTTP server.
 #[derive(Debug, Clone)]
@@ -49,6 +56,12 @@ pub struct HttpOptions {
     /// A connection that sends no complete request for this long is cut (408 if it
     /// had started one); this is also the keep-alive idle limit.
     pub header_timeout: Duration,
+    /// Requests one client may have in service at once; its further requests wait.
+    pub per_client: usize,
+    /// Networks that may connect (empty: everyone).
+    pub allow_from: Vec<IpNet>,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// A running HTTP server; its threads live as long as the process.
@@ -123,16 +136,24 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
 }
 
 /// Header bytes a client may send before its request is complete: more gets a 431.
-const MAX_HEADER: u64 = 64 << 10;
+const MAX_HEADER: usize = 64 << 10;
+
+/// Stack of a connection thread: it runs the request handler and the handle's
+/// reads (buffers on the heap) and may open a database connection. Reserved, not
+/// used: a flood of idle connections costs a few pages each.
+const CONNECTION_STACK: usize = 1 << 20;
 
 struct Ctx {
     catalog: Arc<Catalog>,
     pool: HandlePool,
-    port: u16,
-    watchdog: Arc<conn::Watchdog>,
+    clients: Arc<Clients>,
+    header_timeout: Duration,
+    send_timeout: Duration,
+    hostname: Option<String>,
 }
 
-/// Binds, then starts the accept thread and `workers` request threads.
+/// Binds, then starts the accept thread; each connection gets a thread of its own,
+/// and at most `workers` requests are in service at once.
 pub fn start(
     catalog: Arc<Catalog>,
     pool: &HandlePool,
@@ -143,40 +164,68 @@ pub fn start(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let addr = listener.local_addr()?;
     let workers = opts.workers.max(1);
-    let watchdog = Arc::new(conn::Watchdog::new(
-        addr.port(),
-        opts.header_timeout,
-        MAX_HEADER,
-    ));
-    watchdog.spawn()?;
+    let clients = Clients::new(Policy {
+        allow_from: opts.allow_from.clone(),
+        trusted_proxies: opts.trusted_proxies.clone(),
+        per_client: opts.per_client,
+        workers,
+    });
     let ctx = Arc::new(Ctx {
         catalog,
         pool: pool.with_timeout(opts.pool_wait),
-        port: addr.port(),
-        watchdog: watchdog.clone(),
+        clients,
+        header_timeout: opts.header_timeout,
+        send_timeout: opts.send_timeout,
+        hostname: request::hostname(),
     });
-    // Unbounded like tiny_http's own queue: the feeder must never block, so every
-    // complete request is known to the watchdog at once, however busy the workers.
-    let (tx, rx) = channel::<Request>();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..workers {
-        let ctx = ctx.clone();
-        let rx = rx.clone();
-        std::thread::Builder::new()
-            .name(format!("http-{i}"))
-            .spawn(move || worker(&ctx, &rx))?;
-    }
+    let accept_ctx = ctx.clone();
     std::thread::Builder::new()
         .name("http-accept".into())
-        .spawn(move || accept_loop(listener, tx, watchdog))?;
+        .spawn(move || {
+            // Spawn failures (out of threads or memory) come in floods: one line
+            // a second, with the count.
+            let mut unspawned = 0u64;
+            let mut last_warned: Option<Instant> = None;
+            conn::accept_loop(listener, move |stream, peer| {
+                let ctx = accept_ctx.clone();
+                // Admission is decided here, in accept order, so a connection cap
+                // counts connections in the order they came.
+                let admitted = admit(&ctx, peer);
+                let spawned = std::thread::Builder::new()
+                    .name("http-conn".into())
+                    .stack_size(CONNECTION_STACK)
+                    .spawn(move || connection(&ctx, stream, peer, admitted));
+                if let Err(e) = spawned {
+                    // The stream went with the closure: the client sees a close.
+                    unspawned += 1;
+                    if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(
+                            "http: no thread for {peer}: {e} ({unspawned} connections closed so)"
+                        );
+                        last_warned = Some(Instant::now());
+                    }
+                }
+            })
+        })?;
     // Printed whatever the log level: scripts and tests read the bound port here.
     eprintln!("pgbootfs: listening on http://{addr}");
     info!(
-        "http: {workers} workers, send timeout {}s, header timeout {}s",
+        "http: {workers} workers, {} per client, send timeout {}s, header timeout {}s{}{}",
+        opts.per_client.max(1),
         opts.send_timeout.as_secs(),
-        opts.header_timeout.as_secs()
+        opts.header_timeout.as_secs(),
+        describe_nets(" allow from ", &opts.allow_from),
+        describe_nets(" trusted proxies ", &opts.trusted_proxies),
     );
     Ok(HttpServer { addr })
+}
+
+fn describe_nets(label: &str, nets: &[IpNet]) -> String {
+    if nets.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+    format!(",{label}{}", list.join(","))
 }
 
 fn resolve(listen: &str) -> io::Result<SocketAddr> {
@@ -193,105 +242,6 @@ fn resolve(listen: &str) -> io::Result<SocketAddr> {
         })
 }
 
-/// Feeds requests to the workers. tiny_http's accept thread ends at the first
-/// accept error (EMFILE, ECONNABORTED, ...) and panics when it cannot duplicate an
-/// accepted socket: either way a new server is built on the same listening socket,
-/// and the old one is drained for the connections it had accepted.
-fn accept_loop(listener: TcpListener, tx: Sender<Request>, watchdog: Arc<conn::Watchdog>) {
-    let mut failures: u32 = 0;
-    loop {
-        let (copy, server) = match serve_on(&listener) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("http: cannot restart the listener: {e}");
-                backoff(&mut failures);
-                continue;
-            }
-        };
-        loop {
-            match server.recv_timeout(Duration::from_secs(1)) {
-                Ok(Some(rq)) => {
-                    failures = 0;
-                    watchdog.request_arrived(rq.remote_addr().copied());
-                    if tx.send(rq).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    warn!("http: accepting connections failed ({e}); listening again");
-                    break;
-                }
-            }
-            if !copy.alive() {
-                warn!("http: accepting connections failed (accept thread died); listening again");
-                break;
-            }
-        }
-        let drain_tx = tx.clone();
-        let drain_dog = watchdog.clone();
-        let _ = std::thread::Builder::new()
-            .name("http-drain".into())
-            .spawn(move || drain(server, drain_tx, &drain_dog));
-        backoff(&mut failures);
-    }
-}
-
-/// A tiny_http server on a copy of `listener`, and the watch on that copy.
-fn serve_on(listener: &TcpListener) -> Result<(conn::ListenerCopy, Server), String> {
-    let l = listener.try_clone().map_err(|e| e.to_string())?;
-    let copy = conn::ListenerCopy::new(&l).map_err(|e| e.to_string())?;
-    let server = Server::from_listener(l, None).map_err(|e| e.to_string())?;
-    Ok((copy, server))
-}
-
-fn backoff(failures: &mut u32) {
-    let ms = 50u64 << (*failures).min(5);
-    *failures += 1;
-    std::thread::sleep(Duration::from_millis(ms.min(1000)));
-}
-
-/// Passes on requests from connections a dead accept thread had accepted, until
-/// none has come for a while.
-fn drain(server: Server, tx: Sender<Request>, watchdog: &conn::Watchdog) {
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(300) {
-        if let Ok(Some(rq)) = server.recv_timeout(Duration::from_secs(1)) {
-            last = Instant::now();
-            watchdog.request_arrived(rq.remote_addr().copied());
-            if tx.send(rq).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-fn worker(ctx: &Ctx, rx: &Mutex<Receiver<Request>>) {
-    loop {
-        let next = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(rq) = next else { return };
-        // A bug in one request must not cost a worker.
-        if catch_unwind(AssertUnwindSafe(|| serve_one(ctx, rq))).is_err() {
-            error!("http: a request handler panicked");
-        }
-    }
-}
-
-/// Values of every header `name` of the request.
-fn headers<'a>(rq: &'a Request, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    rq.headers()
-        .iter()
-        .filter(move |h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
-fn header<'a>(rq: &'a Request, name: &'a str) -> Option<&'a str> {
-    headers(rq, name).next()
-}
-
 /// Control characters of a request target, escaped for the log.
 fn printable(s: &str) -> String {
     s.chars()
@@ -305,28 +255,180 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-fn serve_one(ctx: &Ctx, rq: Request) {
-    let started = Instant::now();
-    let method = rq.method().clone();
-    let url = printable(rq.url());
-    let peer = rq.remote_addr().copied();
-    let inm: Vec<&str> = headers(&rq, "If-None-Match").collect();
-    let reply = route(ctx, &rq).validated(&inm, header(&rq, "If-Modified-Since"));
-    let (status, sent, note) = response::send(ctx.port, rq, reply, method == Method::Head, peer);
-    ctx.watchdog.request_done(peer);
-    let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+/// One access-log line.
+fn access(who: &str, method: &str, target: &str, sent: &Sent, started: Instant) {
     info!(
         target: "pgbootfs::access",
-        "{peer} {method} {url} {status} {sent} {}ms{note}",
-        started.elapsed().as_millis()
+        "{who} {method} {} {} {} {}ms{}",
+        printable(target),
+        sent.status,
+        sent.bytes,
+        started.elapsed().as_millis(),
+        sent.note
     );
 }
 
-fn route(ctx: &Ctx, rq: &Request) -> Reply {
-    if !matches!(rq.method(), Method::Get | Method::Head) {
+/// A final answer that closes the connection (refusals, timeouts), logged as one
+/// access line with why.
+fn refuse(s: TcpStream, peer: SocketAddr, started: Instant, status: u16, why: &str) {
+    let reply = Reply::text(status).header("Connection", "close");
+    let reply = if status == 503 {
+        reply.header("Retry-After", response::RETRY_AFTER)
+    } else {
+        reply
+    };
+    let sent = Sent {
+        status,
+        bytes: 0,
+        note: format!(" ({why})"),
+        complete: true,
+    };
+    access(&peer.to_string(), "-", "-", &sent, started);
+    conn::answer_and_close(s, &reply.to_bytes());
+}
+
+/// Whether a new connection may be served: its slot, or the status and reason of
+/// its refusal.
+type Admission = Result<ConnectionSlot, (u16, String)>;
+
+fn admit(ctx: &Ctx, peer: SocketAddr) -> Admission {
+    let ip = clients::canonical(peer.ip());
+    if !ctx.clients.is_proxy(ip) && !ctx.clients.allowed(ip) {
+        return Err((403, "not in --allow-from".to_string()));
+    }
+    ctx.clients.connect(ip).ok_or_else(|| {
+        let why = format!(
+            "{ip} already holds {} connections (--http-per-client)",
+            ctx.clients.connection_cap()
+        );
+        (503, why)
+    })
+}
+
+/// Serves one connection until it closes, fails or breaks a rule.
+fn connection(ctx: &Ctx, mut s: TcpStream, peer: SocketAddr, admitted: Admission) {
+    let started = Instant::now();
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err((status, why)) => return refuse(s, peer, started, status, &why),
+    };
+    let proxy = ctx.clients.is_proxy(peer.ip());
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(ctx.send_timeout));
+    let local = Local {
+        addr: match s.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        },
+        hostname: ctx.hostname.clone(),
+    };
+    let mut buf = Vec::new();
+    let mut served = 0u64;
+    loop {
+        let started = Instant::now();
+        let end = match conn::read_head(&mut s, &mut buf, started + ctx.header_timeout, MAX_HEADER)
+        {
+            HeadRead::Complete(end) => end,
+            HeadRead::Closed => return,
+            HeadRead::TimedOut => {
+                // An idle keep-alive connection is closed quietly; a started or
+                // never-sent request is told why.
+                if served == 0 || !buf.is_empty() {
+                    let why = format!(
+                        "cut: no complete request in {}s, {} header bytes pending",
+                        ctx.header_timeout.as_secs(),
+                        buf.len()
+                    );
+                    return refuse(s, peer, started, 408, &why);
+                }
+                debug!("http: closing idle connection from {peer}");
+                return;
+            }
+            HeadRead::TooLarge => {
+                let why = format!("cut: more than {MAX_HEADER} header bytes");
+                return refuse(s, peer, started, 431, &why);
+            }
+            HeadRead::LineTooLong => {
+                let why = format!(
+                    "refused: request line longer than {} bytes",
+                    request::MAX_REQUEST_LINE
+                );
+                return refuse(s, peer, started, 400, &why);
+            }
+            HeadRead::Failed(e) => {
+                debug!("http: connection from {peer} failed: {e}");
+                return;
+            }
+        };
+        let head = match request::parse(&buf[..end], &local) {
+            Ok(h) => h,
+            Err(why) => return refuse(s, peer, started, 400, &format!("refused: {why}")),
+        };
+        buf.drain(..end);
+        served += 1;
+        if !serve_one(ctx, &mut s, &head, peer, proxy, started) {
+            // Cut short: the client must see the end at once, not wait for the rest.
+            return;
+        }
+        if head.wants_close() {
+            // Anything the client pipelined after this request is still unread:
+            // closing now would reset the connection under the response.
+            return conn::linger_close(s);
+        }
+    }
+}
+
+/// Serves one request; returns whether the connection may carry another.
+fn serve_one(
+    ctx: &Ctx,
+    s: &mut TcpStream,
+    head: &Head,
+    peer: SocketAddr,
+    proxy: bool,
+    started: Instant,
+) -> bool {
+    let (client, who) = if proxy {
+        let c = ctx
+            .clients
+            .client_of(peer.ip(), head.values("x-forwarded-for"));
+        (c, format!("{c} via {peer}"))
+    } else {
+        (clients::canonical(peer.ip()), peer.to_string())
+    };
+    let reply = if proxy && !ctx.clients.allowed(client) {
+        Reply::text(403)
+    } else {
+        let _slot = ctx.clients.begin(client);
+        let inm: Vec<&str> = head.values("if-none-match").collect();
+        let reply = route(ctx, head).validated(&inm, head.value("if-modified-since"));
+        let reply = close_if(reply, head.wants_close());
+        let sent = response::send(s, reply, head.method == Method::Head);
+        access(&who, &head.method.to_string(), &head.target, &sent, started);
+        return sent.complete;
+    };
+    let mut sent = response::send(
+        s,
+        close_if(reply, head.wants_close()),
+        head.method == Method::Head,
+    );
+    sent.note.push_str(" (not in --allow-from)");
+    access(&who, &head.method.to_string(), &head.target, &sent, started);
+    sent.complete
+}
+
+fn close_if(reply: Reply, close: bool) -> Reply {
+    if close {
+        reply.header("Connection", "close")
+    } else {
+        reply
+    }
+}
+
+fn route(ctx: &Ctx, rq: &Head) -> Reply {
+    if !matches!(rq.method, Method::Get | Method::Head) {
         return Reply::text(405).header("Allow", "GET, HEAD");
     }
-    let target = match path::parse(rq.url()) {
+    let target = match path::parse(&rq.target) {
         Ok(t) => t,
         Err(PathError::Bad) => return Reply::text(400),
         Err(PathError::NotFound) => return Reply::text(404),
@@ -337,18 +439,27 @@ fn route(ctx: &Ctx, rq: &Request) -> Reply {
         .map_or(SystemTime::UNIX_EPOCH, |n| n.mtime);
     let parts = match target {
         Target::StreamIndex => {
-            return Reply::json(&simplestreams::index(
-                &tree,
-                &conditional::fmt_date(updated),
-            ))
-            .header("Last-Modified", conditional::fmt_date(updated));
+            let stamp = simplestreams::updated(&conditional::fmt_date(updated));
+            return Reply::json_text(simplestreams::index(&tree, &stamp))
+                .header("Last-Modified", conditional::fmt_date(updated));
         }
         Target::StreamProducts => {
-            return Reply::json(&simplestreams::products(
-                &tree,
-                &conditional::fmt_date(updated),
-            ))
-            .header("Last-Modified", conditional::fmt_date(updated));
+            let stamp = simplestreams::updated(&conditional::fmt_date(updated));
+            return Reply::json_text(simplestreams::products(&tree, &stamp))
+                .header("Last-Modified", conditional::fmt_date(updated));
+        }
+        Target::ByHash(sha) => {
+            // Only complete files are in the tree: an unfinished hash is a 404.
+            let sha = sha.to_ascii_lowercase();
+            return match tree.by_sha256(&sha) {
+                Some(
+                    node @ Node {
+                        kind: NodeKind::File(f),
+                        ..
+                    },
+                ) => file_reply(ctx, rq, node, f),
+                _ => Reply::text(404),
+            };
         }
         Target::Tree(parts, trailing) => (parts, trailing),
     };
@@ -358,12 +469,13 @@ fn route(ctx: &Ctx, rq: &Request) -> Reply {
     };
     match &node.kind {
         NodeKind::Dir(_) => {
-            let wants_json =
-                headers(rq, "Accept").any(|v| v.to_ascii_lowercase().contains("application/json"));
+            let wants_json = rq
+                .values("accept")
+                .any(|v| v.to_ascii_lowercase().contains("application/json"));
             let reply = if wants_json {
                 Reply::json(&listing::json(&tree, node))
             } else {
-                let base = if parts.len() < path_depth(rq.url()) {
+                let base = if parts.len() < path_depth(&rq.target) {
                     "/MAAS/images-stream"
                 } else {
                     ""
@@ -392,7 +504,7 @@ fn path_depth(url: &str) -> usize {
         .count()
 }
 
-fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
+fn file_reply(ctx: &Ctx, rq: &Head, node: &Node, f: &FileInfo) -> Reply {
     let tag = conditional::etag(&f.sha256);
     let modified = conditional::fmt_date(node.mtime);
     // no-cache: a cache may keep the image but must revalidate it, which costs a
@@ -402,12 +514,24 @@ fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
             .header("Last-Modified", modified.clone())
             .header("Cache-Control", "no-cache")
     };
-    // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
-    let inm: Vec<&str> = headers(rq, "If-None-Match").collect();
+    // The order of RFC 9110 13.2.2: If-Match, else If-Unmodified-Since; then
+    // If-None-Match, else If-Modified-Since; then If-Range.
+    let im: Vec<&str> = rq.values("if-match").collect();
+    let precondition = if !im.is_empty() {
+        conditional::match_holds(&im, &tag)
+    } else {
+        rq.value("if-unmodified-since")
+            .and_then(conditional::parse_date)
+            .is_none_or(|since| conditional::not_modified_since(node.mtime, since))
+    };
+    if !precondition {
+        return validators(Reply::text(412));
+    }
+    let inm: Vec<&str> = rq.values("if-none-match").collect();
     let not_modified = if !inm.is_empty() {
         conditional::none_match_hits(&inm, &tag)
     } else {
-        header(rq, "If-Modified-Since")
+        rq.value("if-modified-since")
             .and_then(conditional::parse_date)
             .is_some_and(|since| conditional::not_modified_since(node.mtime, since))
     };
@@ -415,12 +539,14 @@ fn file_reply(ctx: &Ctx, rq: &Request, node: &Node, f: &FileInfo) -> Reply {
         return validators(Reply::new(304, Body::None));
     }
     // Range is defined for GET only; a stale If-Range gets the whole file.
-    let mut ask = match header(rq, "Range") {
-        Some(v) if *rq.method() == Method::Get => conditional::parse_range(v, f.size),
+    let mut ask = match rq.value("range") {
+        Some(v) if rq.method == Method::Get => conditional::parse_range(v, f.size),
         _ => RangeAsk::Full,
     };
     if ask != RangeAsk::Full
-        && header(rq, "If-Range").is_some_and(|v| !conditional::if_range_holds(v, &tag, node.mtime))
+        && rq
+            .value("if-range")
+            .is_some_and(|v| !conditional::if_range_holds(v, &tag, node.mtime))
     {
         ask = RangeAsk::Full;
     }

@@ -19,6 +19,8 @@ pub enum Target {
     StreamIndex,
     /// `streams/v1/maas:v2:download.json`.
     StreamProducts,
+    /// `boot-resources/<sha256>/`: a file by its content, as MAAS 3.5+ racks fetch.
+    ByHash(String),
     /// A tree path: its decoded components, and whether the target ended in `/`.
     Tree(Vec<String>, bool),
 }
@@ -50,11 +52,18 @@ pub fn parse(raw: &str) -> Result<Target, PathError> {
         }
     }
     let mut view: &[String] = &parts;
+    if let [maas, resources, sha] = view
+        && maas == MAAS_PREFIX[0]
+        && resources == "boot-resources"
+    {
+        return Ok(Target::ByHash(sha.clone()));
+    }
     if view.len() >= 2 && view[0] == MAAS_PREFIX[0] && view[1] == MAAS_PREFIX[1] {
         view = &view[2..];
     }
     let names: Vec<&str> = view.iter().map(String::as_str).collect();
     Ok(match names.as_slice() {
+        ["boot-resources", sha] if parts.len() == 2 => Target::ByHash(sha.to_string()),
         ["streams", "v1", "index.json"] if !trailing => Target::StreamIndex,
         ["streams", "v1", "maas:v2:download.json"] if !trailing => Target::StreamProducts,
         _ => Target::Tree(view.to_vec(), trailing),

@@ -1,21 +1,19 @@
-//! Writing responses raw on tiny_http's per-request writer: status line and headers
-//! of our own (Content-Length always, except on a 304), and image bodies copied
-//! straight from the handle's buffers in chunk-sized writes.
+//! Writing responses on the connection: status line and headers (Content-Length
+//! always, except on a 304), and image bodies copied straight from the handle's
+//! buffers in chunk-sized writes.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use log::{debug, warn};
+use log::warn;
 use sha2::{Digest, Sha256};
-use tiny_http::Request;
 
 use crate::handle::{ErrorClass, Handle, READ_CHUNK};
 
-use super::{conditional, conn};
+use super::conditional;
 
 /// Seconds a client is told to wait after a 503.
-const RETRY_AFTER: &str = "5";
+pub(super) const RETRY_AFTER: &str = "5";
 
 /// A response before it is written.
 pub(super) struct Reply {
@@ -66,6 +64,11 @@ impl Reply {
         let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
         body.push(b'\n');
         Reply::new(200, Body::Bytes(body)).header("Content-Type", "application/json")
+    }
+
+    /// A 200 with JSON text already formatted (the stream files, as MAAS writes them).
+    pub(super) fn json_text(text: String) -> Reply {
+        Reply::new(200, Body::Bytes(text.into_bytes())).header("Content-Type", "application/json")
     }
 
     /// For a generated 200 body (listing, stream JSON): adds a strong ETag from the
@@ -129,37 +132,74 @@ fn reason(status: u16) -> &'static str {
         206 => "Partial Content",
         304 => "Not Modified",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        412 => "Precondition Failed",
         416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     }
 }
 
-/// Writes the reply; returns status, body bytes sent and a note for the log.
-pub(super) fn send(
-    port: u16,
-    rq: Request,
-    mut reply: Reply,
-    head: bool,
-    peer: Option<SocketAddr>,
-) -> (u16, u64, String) {
-    let mut w = rq.into_writer();
-    if let Body::File { handle, len, start } = &reply.body
+/// What writing a response came to.
+pub(super) struct Sent {
+    pub status: u16,
+    /// Body bytes written.
+    pub bytes: u64,
+    /// For the access log: why it ended early, if it did.
+    pub note: String,
+    /// Whether all of it went out (else the connection must be closed: the client
+    /// would wait for the rest).
+    pub complete: bool,
+}
+
+impl Reply {
+    /// The status line, headers and (for a generated body) the body, as bytes: a
+    /// small response goes out in one write.
+    fn head_bytes(&self, head: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nServer: pgbootfs\r\nDate: {}\r\n",
+            self.status,
+            reason(self.status),
+            conditional::fmt_date(SystemTime::now())
+        );
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(len) = self.len() {
+            out.push_str(&format!("Content-Length: {len}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        if let Body::Bytes(b) = &self.body
+            && !head
+        {
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    /// The whole response as bytes, for replies with no file body (refusals).
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        self.head_bytes(false)
+    }
+}
+
+/// Writes the reply (headers only for HEAD).
+pub(super) fn send(w: &mut dyn Write, mut reply: Reply, head: bool) -> Sent {
+    if let Body::File { handle, start, len } = &reply.body
         && !head
         && *len > 0
     {
-        // flush() waits for this response's turn on a pipelined connection: only
-        // then is the database touched.
-        if let Err(e) = w.flush() {
-            return (reply.status, 0, format!(" (client gone: {e})"));
-        }
         // The first bytes, from memory or the database: a failure here can still
         // be told to the client as a status.
         if let Err(e) = handle.prepare(*start) {
             warn!("http: {e}");
+            let close = reply.headers.iter().any(|(n, _)| *n == "Connection");
             reply = match e.class() {
                 // Worth retrying.
                 ErrorClass::Busy | ErrorClass::Unavailable => {
@@ -167,34 +207,28 @@ pub(super) fn send(
                 }
                 ErrorClass::Gone | ErrorClass::Broken => Reply::text(500),
             };
+            if close {
+                reply = reply.header("Connection", "close");
+            }
         }
     }
-    let mut head_bytes = format!(
-        "HTTP/1.1 {} {}\r\nServer: pgbootfs\r\nDate: {}\r\n",
-        reply.status,
-        reason(reply.status),
-        conditional::fmt_date(SystemTime::now())
-    );
-    for (name, value) in &reply.headers {
-        head_bytes.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some(len) = reply.len() {
-        head_bytes.push_str(&format!("Content-Length: {len}\r\n"));
-    }
-    head_bytes.push_str("\r\n");
-    if let Err(e) = w.write_all(head_bytes.as_bytes()) {
-        return (reply.status, 0, format!(" (client gone: {e})"));
-    }
     let status = reply.status;
+    let gone = |why: String| Sent {
+        status,
+        bytes: 0,
+        note: format!(" (client gone: {why})"),
+        complete: false,
+    };
+    let first = reply.head_bytes(head);
+    if let Err(e) = w.write_all(&first) {
+        return gone(e.to_string());
+    }
     let result = match reply.body {
         _ if head => Ok(0),
         Body::None => Ok(0),
-        Body::Bytes(b) => w
-            .write_all(&b)
-            .map(|_| b.len() as u64)
-            .map_err(|e| (0, e.to_string())),
+        Body::Bytes(b) => Ok(b.len() as u64),
         Body::File { handle, start, len } => {
-            let r = copy_file(&handle, start, len, &mut w);
+            let r = copy_file(&handle, start, len, w);
             // End the transaction before anything else can block.
             handle.close();
             r
@@ -202,14 +236,18 @@ pub(super) fn send(
     };
     let result = result.and_then(|n| w.flush().map(|_| n).map_err(|e| (n, e.to_string())));
     match result {
-        Ok(n) => (status, n, String::new()),
-        Err((n, why)) => {
-            drop(w);
-            // The client must see a short transfer, not wait for the rest.
-            let cut = peer.is_some_and(|p| conn::close_peer(port, p));
-            debug!("http: cut connection from {peer:?}: {cut}");
-            (status, n, format!(" (aborted: {why})"))
-        }
+        Ok(n) => Sent {
+            status,
+            bytes: n,
+            note: String::new(),
+            complete: true,
+        },
+        Err((n, why)) => Sent {
+            status,
+            bytes: n,
+            note: format!(" (aborted: {why})"),
+            complete: false,
+        },
     }
 }
 
@@ -260,6 +298,8 @@ mod tests {
     fn header_values_cannot_split_the_header() {
         let r = Reply::new(304, Body::None).header("ETag", "\"ab\r\nSet-Cookie: x\"");
         assert_eq!(r.headers, [("ETag", "\"abSet-Cookie: x\"".to_string())]);
+        let r = Reply::new(304, Body::None).header("X", "a\0b\nc\rd\x7f");
+        assert_eq!(r.headers, [("X", "abcd".to_string())]);
         assert_eq!(r.len(), None);
         assert_eq!(Reply::text(404).len(), Some("404 Not Found\n".len() as u64));
     }

@@ -18,8 +18,9 @@ use sha2::{Digest, Sha256};
 use super::progress::Progress;
 use super::remove::{delete_set_rows, drop_unused_largefiles};
 use super::source::{self, SourceFile, SourceKind, SourceSet};
-use super::{Columns, StoreError, db_err, ensure_schema, hex, lock_store};
+use super::{StoreError, db_err, ensure_schema, hex, lock_store};
 use crate::db::DbConfig;
+use crate::maas::{self, RTYPE_GENERATED, RTYPE_SYNCED, RTYPE_UPLOADED, Schema};
 
 /// Bytes per `lowrite` call: libpq's 8 KiB writes are what makes `\lo_import` slow.
 pub const WRITE_CHUNK: usize = 1 << 20;
@@ -32,7 +33,19 @@ const INV_WRITE: i32 = 0x20000;
 pub struct ImportOptions {
     /// Replace a stored version whose content differs instead of refusing.
     pub replace: bool,
+    /// `os/series` a custom image (os `custom`) from a directory is based on
+    /// (`bootresource.base_image`, MAAS 3.1+). As MAAS's upload: a base the
+    /// stored resource has wins; without either, the region's commissioning
+    /// os/series, else `ubuntu/jammy`.
+    pub base_image: Option<String>,
+    /// Title of images imported from a directory (`extra.title`, as an upload's;
+    /// MAAS stores "" when none is given).
+    pub title: Option<String>,
 }
+
+/// MAAS 3.4's default commissioning os/series, the base of a custom image when
+/// nothing else says.
+pub const DEFAULT_BASE_IMAGE: &str = "ubuntu/jammy";
 
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,6 +66,17 @@ pub struct ImportSummary {
 
 /// Checks SRC, creates the tables where absent, and imports every version.
 pub fn run(db: &DbConfig, src: &Path, opts: &ImportOptions) -> Result<ImportSummary, StoreError> {
+    if let Some(b) = &opts.base_image {
+        let valid = b.split_once('/').is_some_and(|(os, series)| {
+            !os.is_empty() && !series.is_empty() && !series.contains('/')
+        });
+        if !valid {
+            return Err(StoreError::BadPath {
+                path: b.clone(),
+                reason: "--base-image must be os/series, e.g. ubuntu/jammy".into(),
+            });
+        }
+    }
     let source = source::scan(src)?;
     info!(
         "import: {} version(s), {} file(s), {} bytes from {} ({:?})",
@@ -64,10 +88,17 @@ pub fn run(db: &DbConfig, src: &Path, opts: &ImportOptions) -> Result<ImportSumm
     );
     let mut client = db.connect("pgbootfs-import")?;
     prefer_lz4(&mut client)?;
-    let cols = ensure_schema(&mut client)?;
-    let stmts = Statements::prepare(&mut client, &cols)?;
+    let schema = ensure_schema(&mut client, &db.describe())?;
+    info!("import: image tables of {}", schema.era);
+    let stmts = Statements::prepare(&mut client, &schema)?;
+    let default_base = if schema.base_image {
+        commissioning_base(&mut client)?
+    } else {
+        String::new()
+    };
     let mut run = Run {
-        cols: &cols,
+        schema: &schema,
+        default_base,
         stmts: &stmts,
         kind: source.kind,
         opts,
@@ -83,7 +114,8 @@ pub fn run(db: &DbConfig, src: &Path, opts: &ImportOptions) -> Result<ImportSumm
 
 /// One import: what every version's transaction needs, and what it reports.
 struct Run<'a> {
-    cols: &'a Columns,
+    schema: &'a Schema,
+    default_base: String,
     stmts: &'a Statements,
     kind: SourceKind,
     opts: &'a ImportOptions,
@@ -125,26 +157,23 @@ struct Statements {
 }
 
 impl Statements {
-    fn prepare(client: &mut Client, cols: &Columns) -> Result<Statements, StoreError> {
+    fn prepare(client: &mut Client, schema: &Schema) -> Result<Statements, StoreError> {
         let mut p = |sql: &str| {
             client
                 .prepare(sql)
                 .map_err(|e| db_err(format!("preparing `{sql}`"), e))
         };
-        let size_col = if cols.largefile_size { ", size" } else { "" };
-        let size_val = if cols.largefile_size { ", $2" } else { "" };
+        let size_col = if schema.largefile_size { ", size" } else { "" };
+        let size_val = if schema.largefile_size { ", $2" } else { "" };
         Ok(Statements {
             lo_create: p("SELECT lo_create(0)")?,
             lo_open: p("SELECT lo_open($1::oid, $2::int4)")?,
             lowrite: p("SELECT lowrite($1::int4, $2::bytea)")?,
             lo_unlink: p("SELECT lo_unlink($1::oid)")?,
             find_largefile: p(&format!(
-                "SELECT id::int8, total_size::int8, {}::int8 FROM maasserver_largefile WHERE sha256 = $1",
-                if cols.largefile_size {
-                    "size"
-                } else {
-                    "total_size"
-                }
+                "SELECT lf.id::int8, lf.total_size::int8, {}::int8 FROM maasserver_largefile lf \
+                 WHERE lf.sha256 = $1",
+                schema.largefile_written("lf")
             ))?,
             insert_largefile: p(&format!(
                 "INSERT INTO maasserver_largefile (created, updated, sha256, total_size, content{size_col}) \
@@ -154,7 +183,7 @@ impl Statements {
                 "INSERT INTO maasserver_bootresourcefile \
                  (created, updated, filename, filetype, extra, largefile_id, resource_set_id) \
                  VALUES (now(), now(), $1, $2, $3::text::{}, $4::int8, $5::int8)",
-                cols.file_extra
+                schema.file_extra_type()
             ))?,
         })
     }
@@ -166,20 +195,41 @@ type StoredFiles = BTreeMap<String, (String, i64, bool)>;
 impl Run<'_> {
     /// Writes one version in one transaction: nothing of it is visible until commit.
     fn import_set(&mut self, client: &mut Client, set: &SourceSet) -> Result<(), StoreError> {
-        let (cols, stmts, kind, opts) = (self.cols, self.stmts, self.kind, self.opts);
+        let (schema, stmts, kind, opts) = (self.schema, self.stmts, self.kind, self.opts);
         let (progress, summary) = (&mut self.progress, &mut self.summary);
         let path = set.path();
         let mut txn = client
             .transaction()
             .map_err(|e| db_err("starting a transaction", e))?;
         lock_store(&mut txn)?;
-        let (resource_id, existing) = find_set(&mut txn, set)?;
+        let found = find_set(&mut txn, schema, set)?;
+        check_rtype(set, found.as_ref())?;
+        let resource = ResourceRow::new(set, found.as_ref(), opts, &self.default_base);
+        let existing = found.as_ref().and_then(|f| f.set.clone());
         let mut replaced = false;
         let mut old_largefiles = Vec::new();
-        if let Some(set_id) = existing {
-            let stored = stored_files(&mut txn, set_id)?;
+        if let Some((set_id, label)) = existing {
+            let stored = stored_files(&mut txn, schema, set_id)?;
             let differences = compare(set, kind, &stored, progress)?;
             if differences.is_empty() {
+                // A sync of a stored version gives the set the source's label and
+                // the resource its columns, as MAAS's does; an unchanged upload is
+                // not uploaded again, so its rows stay as they are.
+                if set.rtype == RTYPE_SYNCED
+                    && let Some(f) = &found
+                {
+                    resource.update(&mut txn, schema, f.id, &path)?;
+                }
+                if set.rtype == RTYPE_SYNCED && label != set.label {
+                    txn.execute(
+                        "UPDATE maasserver_bootresourceset SET label = $1, updated = now() \
+                         WHERE id = $2::int8",
+                        &[&set.label, &set_id],
+                    )
+                    .map_err(|e| db_err(format!("updating the label of {path}"), e))?;
+                }
+                txn.commit()
+                    .map_err(|e| db_err(format!("committing {path}"), e))?;
                 progress.info(&format!("import: {path}: already stored, unchanged"));
                 summary.sets_unchanged += 1;
                 return Ok(());
@@ -198,16 +248,12 @@ impl Run<'_> {
             let lf = store_content(&mut txn, stmts, set, f, progress, summary)?;
             files.push((f, lf));
         }
-        let resource_id = match resource_id {
-            Some(id) => {
-                txn.execute(
-                    "UPDATE maasserver_bootresource SET updated = now() WHERE id = $1::int8",
-                    &[&id],
-                )
-                .map_err(|e| db_err(format!("updating the resource of {path}"), e))?;
-                id
+        let resource_id = match &found {
+            Some(f) => {
+                resource.update(&mut txn, schema, f.id, &path)?;
+                f.id
             }
-            None => insert_resource(&mut txn, cols, set)?,
+            None => resource.insert(&mut txn, schema, set)?,
         };
         let set_id: i64 = txn
         .query_one(
@@ -218,9 +264,10 @@ impl Run<'_> {
         .map_err(|e| db_err(format!("inserting the set row of {path}"), e))?
         .get(0);
         for (f, lf) in &files {
+            let extra = maas::python_json(&serde_json::Value::Object(f.extra.clone()));
             txn.execute(
                 &stmts.insert_file,
-                &[&f.filename, &f.filetype, &f.extra, lf, &set_id],
+                &[&f.filename, &f.filetype, &extra, lf, &set_id],
             )
             .map_err(|e| {
                 db_err(
@@ -248,32 +295,249 @@ impl Run<'_> {
     }
 }
 
-/// The resource id (if the resource exists) and the set id (if the version does).
-fn find_set(
-    txn: &mut Transaction<'_>,
-    set: &SourceSet,
-) -> Result<(Option<i64>, Option<i64>), StoreError> {
-    let row = txn
-        .query_opt(
-            "SELECT r.id::int8, s.id::int8 FROM maasserver_bootresource r \
-             LEFT JOIN maasserver_bootresourceset s ON s.resource_id = r.id AND s.version = $3 \
-             WHERE r.name = $1 AND r.architecture = $2",
-            &[&set.name(), &set.architecture(), &set.version],
-        )
-        .map_err(|e| db_err(format!("looking up {}", set.path()), e))?;
-    Ok(match row {
-        Some(r) => (Some(r.get(0)), r.get(1)),
-        None => (None, None),
+/// The stored resource a set goes to.
+struct FoundResource {
+    id: i64,
+    rtype: i32,
+    /// bootresource.base_image (None before MAAS 3.1).
+    base_image: Option<String>,
+    /// The stored set of the same version: its id and label.
+    set: Option<(i64, String)>,
+}
+
+/// Refuses to mix what MAAS keeps apart: an upload added to a synced resource
+/// would be deleted by MAAS's next sync (its clean-up keeps only the newest
+/// complete set of a synced resource), and MAAS never syncs over an upload.
+fn check_rtype(set: &SourceSet, found: Option<&FoundResource>) -> Result<(), StoreError> {
+    let Some(found) = found else {
+        return Ok(());
+    };
+    let reason = match (set.rtype, found.rtype) {
+        (RTYPE_UPLOADED, RTYPE_SYNCED | RTYPE_GENERATED) => {
+            "the stored resource is synced from a simplestreams source: MAAS's next sync keeps \
+             only its newest complete set and would delete this version; import it as a \
+             mirror, or under another name (e.g. custom/<name>)"
+        }
+        (RTYPE_SYNCED, RTYPE_UPLOADED) => {
+            "the stored resource was uploaded: MAAS does not sync over an uploaded image; \
+             remove it first (pgbootfs remove) if the mirror's should replace it"
+        }
+        _ => return Ok(()),
+    };
+    Err(StoreError::Refused {
+        path: set.path(),
+        reason: reason.to_string(),
     })
 }
 
-fn stored_files(txn: &mut Transaction<'_>, set_id: i64) -> Result<StoredFiles, StoreError> {
-    let cols = "lf.sha256::text, lf.total_size::int8";
+/// The bootresource columns MAAS writes for a set's resource.
+struct ResourceRow {
+    rtype: i32,
+    extra: String,
+    kflavor: Option<String>,
+    bootloader_type: Option<String>,
+    rolling: bool,
+    base_image: String,
+}
+
+impl ResourceRow {
+    fn new(
+        set: &SourceSet,
+        found: Option<&FoundResource>,
+        opts: &ImportOptions,
+        default_base: &str,
+    ) -> ResourceRow {
+        let mut extra = set.resource_extra.clone();
+        let mut base_image = String::new();
+        if set.rtype == RTYPE_UPLOADED {
+            // MAAS's upload form always has a title field: "" when none was given.
+            let title = opts.title.clone().unwrap_or_default();
+            extra.insert("title".into(), serde_json::Value::String(title));
+            // Only a custom image has a base; MAAS keeps '' for the others. As in
+            // MAAS's form, a base the stored resource already has is kept.
+            if set.os == "custom" {
+                let stored = found
+                    .and_then(|f| f.base_image.clone())
+                    .filter(|b| !b.is_empty());
+                if let (Some(stored), Some(given)) = (&stored, &opts.base_image)
+                    && stored != given
+                {
+                    log::warn!(
+                        "{}: keeps its base image {stored} (as MAAS does), not --base-image {given}",
+                        set.path()
+                    );
+                }
+                base_image = stored
+                    .or_else(|| opts.base_image.clone())
+                    .unwrap_or_else(|| default_base.to_string());
+            }
+        }
+        ResourceRow {
+            rtype: set.rtype,
+            extra: maas::python_json(&serde_json::Value::Object(extra)),
+            kflavor: set.kflavor.clone(),
+            bootloader_type: set.bootloader_type.clone(),
+            rolling: set.rolling,
+            base_image,
+        }
+    }
+
+    /// The optional columns this schema has, with their values.
+    fn optional<'a>(
+        &'a self,
+        schema: &Schema,
+    ) -> Vec<(&'static str, &'a (dyn postgres::types::ToSql + Sync))> {
+        let mut cols: Vec<(&'static str, &'a (dyn postgres::types::ToSql + Sync))> = Vec::new();
+        if schema.kflavor {
+            cols.push(("kflavor", &self.kflavor));
+        }
+        if schema.bootloader_type {
+            cols.push(("bootloader_type", &self.bootloader_type));
+        }
+        if schema.rolling {
+            cols.push(("rolling", &self.rolling));
+        }
+        if schema.base_image {
+            cols.push(("base_image", &self.base_image));
+        }
+        cols
+    }
+
+    fn insert(
+        &self,
+        txn: &mut Transaction<'_>,
+        schema: &Schema,
+        set: &SourceSet,
+    ) -> Result<i64, StoreError> {
+        let (name, architecture) = (set.name(), set.architecture());
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            vec![&self.rtype, &name, &architecture, &self.extra];
+        let mut names = String::new();
+        let mut values = String::new();
+        for (col, val) in self.optional(schema) {
+            params.push(val);
+            names.push_str(&format!(", {col}"));
+            values.push_str(&format!(", ${}", params.len()));
+        }
+        let sql = format!(
+            "INSERT INTO maasserver_bootresource \
+             (created, updated, rtype, name, architecture, extra{names}) \
+             VALUES (now(), now(), $1::int4, $2, $3, $4::text::{}{values}) RETURNING id::int8",
+            schema.resource_extra_type()
+        );
+        txn.query_one(&sql, &params)
+            .map(|r| r.get(0))
+            .map_err(|e| db_err(format!("inserting the resource row of {}", set.path()), e))
+    }
+
+    fn update(
+        &self,
+        txn: &mut Transaction<'_>,
+        schema: &Schema,
+        id: i64,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            vec![&id, &self.rtype, &self.extra];
+        let mut sets = String::new();
+        for (col, val) in self.optional(schema) {
+            params.push(val);
+            sets.push_str(&format!(", {col} = ${}", params.len()));
+        }
+        let sql = format!(
+            "UPDATE maasserver_bootresource SET updated = now(), rtype = $2::int4, \
+             extra = $3::text::{}{sets} WHERE id = $1::int8",
+            schema.resource_extra_type()
+        );
+        txn.execute(&sql, &params)
+            .map(|_| ())
+            .map_err(|e| db_err(format!("updating the resource row of {path}"), e))
+    }
+}
+
+/// The region's commissioning os/series (`maasserver_config`), which MAAS makes
+/// the base of a custom image uploaded without one; [`DEFAULT_BASE_IMAGE`] when
+/// the database has no such setting (a stand-alone store).
+fn commissioning_base(client: &mut Client) -> Result<String, StoreError> {
+    let has_config: bool = client
+        .query_one("SELECT to_regclass('maasserver_config') IS NOT NULL", &[])
+        .map_err(|e| db_err("looking for maasserver_config", e))?
+        .get(0);
+    let (mut os, mut series) = DEFAULT_BASE_IMAGE
+        .split_once('/')
+        .map(|(o, s)| (o.to_string(), s.to_string()))
+        .unwrap_or_default();
+    if has_config {
+        let rows = client
+            .query(
+                "SELECT name::text, value::text FROM maasserver_config \
+                 WHERE name IN ('commissioning_osystem', 'commissioning_distro_series')",
+                &[],
+            )
+            .map_err(|e| db_err("reading the commissioning release", e))?;
+        for r in &rows {
+            let (name, value): (String, Option<String>) = (r.get(0), r.get(1));
+            // The value is JSON text (`"jammy"`).
+            let Some(v) = value
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+                .and_then(|v| v.as_str().map(str::to_string))
+                .filter(|v| !v.is_empty())
+            else {
+                continue;
+            };
+            if name == "commissioning_osystem" {
+                os = v;
+            } else {
+                series = v;
+            }
+        }
+    }
+    Ok(format!("{os}/{series}"))
+}
+
+/// The stored resource of the set, with the stored set of its version.
+fn find_set(
+    txn: &mut Transaction<'_>,
+    schema: &Schema,
+    set: &SourceSet,
+) -> Result<Option<FoundResource>, StoreError> {
+    let base = if schema.base_image {
+        "r.base_image::text"
+    } else {
+        "NULL::text"
+    };
+    let row = txn
+        .query_opt(
+            &format!(
+                "SELECT r.id::int8, r.rtype::int4, {base}, s.id::int8, s.label::text \
+                 FROM maasserver_bootresource r \
+                 LEFT JOIN maasserver_bootresourceset s ON s.resource_id = r.id AND s.version = $3 \
+                 WHERE r.name = $1 AND r.architecture = $2"
+            ),
+            &[&set.name(), &set.architecture(), &set.version],
+        )
+        .map_err(|e| db_err(format!("looking up {}", set.path()), e))?;
+    Ok(row.map(|r| FoundResource {
+        id: r.get(0),
+        rtype: r.get(1),
+        base_image: r.get(2),
+        set: r
+            .get::<_, Option<i64>>(3)
+            .map(|id| (id, r.get::<_, Option<String>>(4).unwrap_or_default())),
+    }))
+}
+
+fn stored_files(
+    txn: &mut Transaction<'_>,
+    schema: &Schema,
+    set_id: i64,
+) -> Result<StoredFiles, StoreError> {
+    let written = schema.largefile_written("lf");
     let rows = txn
         .query(
             &format!(
-                "SELECT f.filename::text, {cols}, \
-                 coalesce((to_jsonb(lf) ->> 'size')::int8, lf.total_size::int8) >= lf.total_size \
+                "SELECT f.filename::text, lf.sha256::text, lf.total_size::int8, \
+                 {written} >= lf.total_size \
                  FROM maasserver_bootresourcefile f \
                  JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
                  WHERE f.resource_set_id = $1::int8"
@@ -334,32 +598,6 @@ fn compare(
         }
     }
     Ok(diff)
-}
-
-fn insert_resource(
-    txn: &mut Transaction<'_>,
-    cols: &Columns,
-    set: &SourceSet,
-) -> Result<i64, StoreError> {
-    let sql = format!(
-        "INSERT INTO maasserver_bootresource \
-         (created, updated, rtype, name, architecture, extra, kflavor, bootloader_type, rolling, base_image) \
-         VALUES (now(), now(), $1::int4, $2, $3, $4::text::{}, $5, $6, false, '') RETURNING id::int8",
-        cols.resource_extra
-    );
-    txn.query_one(
-        &sql,
-        &[
-            &set.rtype,
-            &set.name(),
-            &set.architecture(),
-            &set.resource_extra,
-            &set.kflavor,
-            &set.bootloader_type,
-        ],
-    )
-    .map(|r| r.get(0))
-    .map_err(|e| db_err(format!("inserting the resource row of {}", set.path()), e))
 }
 
 /// Makes sure the file's content is stored; returns its largefile id.

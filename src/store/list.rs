@@ -8,9 +8,10 @@ use log::warn;
 use postgres::GenericClient;
 use serde_json::{Value, json};
 
-use super::{StoreError, StorePath, db_err, split_name};
-use crate::catalog::{TABLES, valid_component};
+use super::{StoreError, StorePath, open_schema};
+use crate::catalog::valid_component;
 use crate::db::DbConfig;
+use crate::maas::Schema;
 
 /// One file row with its set, resource and largefile.
 #[derive(Debug, Clone)]
@@ -54,70 +55,39 @@ impl StoredFile {
     }
 }
 
-/// Fails with a clear message when the MAAS tables are absent.
-pub fn require_tables(client: &mut impl GenericClient, target: &str) -> Result<(), StoreError> {
-    let missing: Vec<String> = client
-        .query(
-            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL ORDER BY t",
-            &[&TABLES.to_vec()],
-        )
-        .map_err(|e| db_err("checking for the MAAS tables", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(StoreError::Db(crate::db::DbError::NotAStore {
-        target: target.to_string(),
-        missing,
-    }))
-}
-
 /// Every file row under `under`, sorted by path. Rows whose names cannot be a path
 /// are skipped with a warning.
 pub fn load(
     client: &mut impl GenericClient,
+    schema: &Schema,
     under: &StorePath,
 ) -> Result<Vec<StoredFile>, StoreError> {
-    // to_jsonb(lf) ->> 'size' reads the column where it exists (not on MAAS 2.0).
-    let rows = client
-        .query(
-            "SELECT r.name::text, r.architecture::text, s.version::text, f.filename::text, \
-                    s.label::text, f.filetype::text, lf.sha256::text, lf.total_size::int8, \
-                    coalesce((to_jsonb(lf) ->> 'size')::int8, lf.total_size::int8), \
-                    lf.content, lf.id::int8 \
-             FROM maasserver_bootresourcefile f \
-             JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
-             JOIN maasserver_bootresourceset s ON s.id = f.resource_set_id \
-             JOIN maasserver_bootresource r ON r.id = s.resource_id",
-            &[],
-        )
-        .map_err(|e| db_err("reading the image rows", e))?;
+    let rows = schema.load_files(client)?;
     let mut out = Vec::new();
     for r in &rows {
-        let name: String = r.get(0);
-        let architecture: String = r.get(1);
-        let (os, series) = split_name(&name);
-        let (arch, subarch) = architecture.split_once('/').unwrap_or((&architecture, ""));
-        let version: String = r.get(2);
-        let filename: String = r.get(3);
-        let parts = [os, arch, subarch, series, &version, &filename].map(str::to_string);
+        let Some(parts) = r.parts() else {
+            warn!(
+                "skipping {} {}: the architecture is not arch/subarch",
+                r.name, r.architecture
+            );
+            continue;
+        };
         if let Some(bad) = parts.iter().find(|p| !valid_component(p)) {
             warn!(
-                "skipping {name} {architecture} {version} {filename}: {bad:?} cannot be a path component"
+                "skipping {} {} {} {}: {bad:?} cannot be a path component",
+                r.name, r.architecture, r.version, r.filename
             );
             continue;
         }
         let file = StoredFile {
-            parts,
-            label: r.get(4),
-            filetype: r.get(5),
-            sha256: r.get(6),
-            total_size: r.get(7),
-            written: r.get(8),
-            oid: r.get(9),
-            largefile_id: r.get(10),
+            parts: parts.map(str::to_string),
+            label: r.label.clone(),
+            filetype: r.filetype.clone(),
+            sha256: r.sha256.clone(),
+            total_size: r.total_size,
+            written: r.size,
+            oid: r.oid,
+            largefile_id: r.largefile_id,
         };
         if under.contains(&file.parts_ref()) {
             out.push(file);
@@ -136,8 +106,8 @@ pub fn run(
 ) -> Result<(), StoreError> {
     let under = StorePath::parse(path)?;
     let mut client = db.connect("pgbootfs-ls")?;
-    require_tables(&mut client, &db.describe())?;
-    let files = load(&mut client, &under)?;
+    let schema = open_schema(&mut client, &db.describe())?;
+    let files = load(&mut client, &schema, &under)?;
     if files.is_empty() && !under.parts().is_empty() {
         return Err(StoreError::NotFound(under.display()));
     }

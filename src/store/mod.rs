@@ -14,6 +14,7 @@ use postgres::Client;
 
 use crate::catalog::valid_component;
 use crate::db::DbError;
+use crate::maas::Schema;
 
 pub mod import;
 pub mod list;
@@ -54,6 +55,13 @@ pub enum StoreError {
         path: String,
         /// What differs, one entry per file.
         differences: Vec<String>,
+    },
+    /// A version cannot be written where it would go; nothing of it was.
+    Refused {
+        /// The version's path.
+        path: String,
+        /// Why, and what to do instead.
+        reason: String,
     },
     /// A file's content does not match the checksum or size its source promised.
     Checksum {
@@ -109,6 +117,12 @@ impl fmt::Display for StoreError {
                     write!(f, "\n  {d}")?;
                 }
                 Ok(())
+            }
+            StoreError::Refused { path, reason } => {
+                write!(
+                    f,
+                    "{path} was not imported (nothing of it was written): {reason}"
+                )
             }
             StoreError::Checksum { path, detail } => write!(
                 f,
@@ -197,75 +211,46 @@ impl StorePath {
     }
 }
 
-/// MAAS's `bootresource.name` for an os and series: a custom image has a bare name.
-pub fn resource_name(os: &str, series: &str) -> String {
-    if os == "custom" {
-        series.to_string()
-    } else {
-        format!("{os}/{series}")
-    }
-}
-
-/// The os and series of a `bootresource.name` (the reverse of [`resource_name`]).
-pub fn split_name(name: &str) -> (&str, &str) {
-    name.split_once('/').unwrap_or(("custom", name))
-}
+pub use crate::maas::{resource_name, split_name};
 
 /// Lower-case hex of a digest (kept here for the store's callers).
 pub use crate::catalog::hex;
 
-/// What the existing tables look like: MAAS versions differ in a few columns.
-#[derive(Debug, Clone)]
-pub(crate) struct Columns {
-    /// SQL type of `extra` (text before MAAS 3.4, jsonb from 3.4).
-    pub resource_extra: String,
-    /// SQL type of bootresourcefile.extra.
-    pub file_extra: String,
-    /// Whether maasserver_largefile has `size` (MAAS 2.1 and later).
-    pub largefile_size: bool,
+/// Detects the tables' MAAS version; a clear error when they are absent or MAAS
+/// 3.5+ (images on disk).
+pub(crate) fn open_schema(
+    client: &mut impl postgres::GenericClient,
+    target: &str,
+) -> Result<Schema, StoreError> {
+    Ok(Schema::detect(client, target)?)
 }
 
-/// Creates the four tables where absent (never alters one) and reads their columns.
-pub(crate) fn ensure_schema(client: &mut Client) -> Result<Columns, StoreError> {
+/// Creates the four tables where absent (never alters one) and detects their
+/// MAAS version. A MAAS 3.5+ database is refused before anything is written.
+pub(crate) fn ensure_schema(client: &mut Client, target: &str) -> Result<Schema, StoreError> {
     let mut txn = client
         .transaction()
         .map_err(|e| db_err("starting a transaction", e))?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .map_err(|e| db_err("taking the store's write lock", e))?;
-    let missing: i64 = txn
-        .query_one(
-            "SELECT count(*) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
-            &[&crate::catalog::TABLES.to_vec()],
-        )
-        .map_err(|e| db_err("checking for the MAAS tables", e))?
-        .get(0);
-    if missing > 0 {
-        // The server's "already exists, skipping" notices would only be noise.
-        txn.batch_execute("SET LOCAL client_min_messages = warning")
-            .and_then(|_| txn.batch_execute(SCHEMA))
-            .map_err(|e| db_err("creating the MAAS tables where absent", e))?;
-        log::info!("created the MAAS tables that were absent ({missing} of 4)");
+    match Schema::detect(&mut txn, target) {
+        Ok(_) => {}
+        Err(DbError::NotAStore { missing, .. }) => {
+            // The server's "already exists, skipping" notices would only be noise.
+            txn.batch_execute("SET LOCAL client_min_messages = warning")
+                .and_then(|_| txn.batch_execute(SCHEMA))
+                .map_err(|e| db_err("creating the MAAS tables where absent", e))?;
+            log::info!(
+                "created the MAAS tables that were absent ({} of 4)",
+                missing.len()
+            );
+        }
+        Err(e) => return Err(e.into()),
     }
+    let schema = Schema::detect(&mut txn, target)?;
     txn.commit()
         .map_err(|e| db_err("creating the MAAS tables where absent", e))?;
-    column_info(client)
-}
-
-/// Reads the column variants of existing tables.
-pub(crate) fn column_info(client: &mut Client) -> Result<Columns, StoreError> {
-    let q = "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped";
-    let mut typ = |table: &str, col: &str| -> Result<Option<String>, StoreError> {
-        client
-            .query_opt(q, &[&table, &col])
-            .map(|r| r.map(|r| r.get(0)))
-            .map_err(|e| db_err(format!("reading the columns of {table}"), e))
-    };
-    Ok(Columns {
-        resource_extra: typ("maasserver_bootresource", "extra")?.unwrap_or("text".into()),
-        file_extra: typ("maasserver_bootresourcefile", "extra")?.unwrap_or("text".into()),
-        largefile_size: typ("maasserver_largefile", "size")?.is_some(),
-    })
+    Ok(schema)
 }
 
 /// Takes the store's write lock for the rest of the transaction.
@@ -291,11 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip() {
-        assert_eq!(resource_name("ubuntu", "focal"), "ubuntu/focal");
-        assert_eq!(resource_name("custom", "myimage"), "myimage");
-        assert_eq!(split_name("myimage"), ("custom", "myimage"));
-        assert_eq!(split_name("ubuntu/focal"), ("ubuntu", "focal"));
+    fn hex_is_lower_case() {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
     }
 }

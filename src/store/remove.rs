@@ -9,8 +9,7 @@ use std::io::Write;
 use log::info;
 use postgres::Transaction;
 
-use super::list::require_tables;
-use super::{StoreError, StorePath, db_err, lock_store, split_name};
+use super::{StoreError, StorePath, db_err, lock_store, open_schema, split_name};
 use crate::db::DbConfig;
 
 /// What a removal deleted.
@@ -51,7 +50,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
         }
     }
     let mut client = db.connect("pgbootfs-remove")?;
-    require_tables(&mut client, &db.describe())?;
+    open_schema(&mut client, &db.describe())?;
     let mut txn = client
         .transaction()
         .map_err(|e| db_err("starting a transaction", e))?;

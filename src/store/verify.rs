@@ -7,7 +7,8 @@ use std::io::Write;
 use log::info;
 use sha2::{Digest, Sha256};
 
-use super::list::{StoredFile, load, require_tables};
+use super::list::{StoredFile, load};
+use super::open_schema;
 use super::progress::Progress;
 use super::{StoreError, StorePath, db_err, hex};
 use crate::catalog::FileInfo;
@@ -32,8 +33,8 @@ pub struct VerifyReport {
 pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<VerifyReport, StoreError> {
     let under = StorePath::parse(path)?;
     let mut client = db.connect("pgbootfs-verify")?;
-    require_tables(&mut client, &db.describe())?;
-    let files = load(&mut client, &under)?;
+    let schema = open_schema(&mut client, &db.describe())?;
+    let files = load(&mut client, &schema, &under)?;
     if files.is_empty() {
         return Err(StoreError::NotFound(under.display()));
     }

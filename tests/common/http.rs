@@ -73,6 +73,17 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Threads of the server now (from /proc).
+    pub fn threads(&self) -> u64 {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -100,9 +100,13 @@ fn walk(
                 version: names[4].clone(),
                 label: UPLOADED_LABEL.into(),
                 rtype: RTYPE_UPLOADED,
-                resource_extra: "{}".into(),
+                // As an upload: the architecture's subarch (a title is added from --title).
+                resource_extra: [("subarches".to_string(), Value::String(names[2].clone()))]
+                    .into_iter()
+                    .collect(),
                 kflavor: None,
                 bootloader_type: None,
+                rolling: false,
                 files: Vec::new(),
             });
             set.files.push(SourceFile {
@@ -111,7 +115,7 @@ fn walk(
                 path,
                 size: md.len(),
                 sha256: None,
-                extra: "{}".into(),
+                extra: Map::new(),
             });
         }
     }

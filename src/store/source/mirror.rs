@@ -107,10 +107,11 @@ fn mirror_item(
     let Some(rel) = s("path") else {
         return;
     };
-    let mut missing: Vec<&str> = ["os", "arch", "subarch", "release", "ftype", "sha256"]
-        .into_iter()
-        .filter(|k| s(k).is_none())
-        .collect();
+    // The resource as MAAS's sync names it (bootloader and ubuntu-core products
+    // included); the item needs ftype, sha256 and size besides.
+    let named = crate::maas::synced_name(s);
+    let mut missing: Vec<&str> = named.as_ref().err().cloned().unwrap_or_default();
+    missing.extend(["ftype", "sha256"].into_iter().filter(|k| s(k).is_none()));
     let size = a.get("size").and_then(|v| {
         v.as_u64()
             .or_else(|| v.as_str().and_then(|t| t.parse().ok()))
@@ -122,14 +123,23 @@ fn mirror_item(
         problems.push(format!("{at}: missing {}", missing.join(", ")));
         return;
     }
-    let (os, arch, subarch, series, ftype, sha) = (
-        s("os").unwrap_or_default(),
-        s("arch").unwrap_or_default(),
-        s("subarch").unwrap_or_default(),
-        s("release").unwrap_or_default(),
-        s("ftype").unwrap_or_default(),
-        s("sha256").unwrap_or_default().to_ascii_lowercase(),
-    );
+    let Ok(named) = named else {
+        return;
+    };
+    let ftype = s("ftype").unwrap_or_default();
+    if !FILETYPES.contains(&ftype.as_str()) {
+        // MAAS's sync skips what it does not know (e.g. `manifest`): so does import.
+        log::warn!("{at}: skipped: file type {ftype:?} is not one MAAS knows");
+        return;
+    }
+    let crate::maas::SyncedName {
+        os,
+        arch,
+        subarch,
+        series,
+        kflavor,
+    } = named;
+    let sha = s("sha256").unwrap_or_default().to_ascii_lowercase();
     let size = size.unwrap_or_default();
     let filename = rel.rsplit('/').next().unwrap_or_default().to_string();
     for part in [&os, &arch, &subarch, &series, &filename] {
@@ -185,16 +195,22 @@ fn mirror_item(
         problems.push(format!("{rel}: cannot read: {e}"));
         return;
     }
-    let mut extra = Map::new();
-    for k in ["kflavor", "subarches", "title"] {
-        if let Some(v) = s(k) {
-            extra.insert(k.into(), Value::String(v));
-        }
+    let pick = |keys: &[&str]| -> Map<String, Value> {
+        keys.iter()
+            .filter_map(|k| a.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect()
+    };
+    let mut extra = pick(&crate::maas::RESOURCE_EXTRA_KEYS);
+    if let Some(title) = crate::maas::synced_title(s) {
+        extra.insert("title".into(), Value::String(title));
     }
-    let mut file_extra = Map::new();
-    if let Some(v) = s("kpackage") {
-        file_extra.insert("kpackage".into(), Value::String(v));
-    }
+    let file_extra = pick(&crate::maas::FILE_EXTRA_KEYS);
+    // Streams write `"rolling": true`; a string "true" is read the same way.
+    let rolling = match a.get("rolling") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(t)) => t.eq_ignore_ascii_case("true"),
+        _ => false,
+    };
     let key = format!("{os}/{arch}/{subarch}/{series}/{version}");
     let set = sets.entry(key).or_insert_with(|| SourceSet {
         os: os.clone(),
@@ -204,9 +220,10 @@ fn mirror_item(
         version: version.to_string(),
         label: s("label").unwrap_or_else(|| "stable".into()),
         rtype: RTYPE_SYNCED,
-        resource_extra: Value::Object(extra).to_string(),
-        kflavor: s("kflavor"),
+        resource_extra: extra,
+        kflavor,
         bootloader_type: s("bootloader-type"),
+        rolling,
         files: Vec::new(),
     });
     if set.files.iter().any(|f| f.filename == filename) {
@@ -222,7 +239,7 @@ fn mirror_item(
         path,
         size,
         sha256: Some(sha),
-        extra: Value::Object(file_extra).to_string(),
+        extra: file_extra,
     });
 }
 

@@ -10,6 +10,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use serde_json::{Map, Value};
+
 use super::{StoreError, resource_name};
 use crate::catalog::valid_component;
 
@@ -19,34 +21,7 @@ mod mirror;
 use dir::scan_dir;
 use mirror::scan_mirror;
 
-/// `bootresource.rtype` for images fetched from a simplestreams source.
-pub const RTYPE_SYNCED: i32 = 0;
-/// `bootresource.rtype` for images an operator uploaded.
-pub const RTYPE_UPLOADED: i32 = 2;
-/// The label directory imports give their sets (MAAS labels uploads the same way).
-pub const UPLOADED_LABEL: &str = "uploaded";
-
-/// MAAS's file types (`BOOT_RESOURCE_FILE_TYPE`); a file named like one gets it.
-pub const FILETYPES: [&str; 18] = [
-    "root-tgz",
-    "root-tbz",
-    "root-txz",
-    "root-dd",
-    "root-dd.tar",
-    "root-dd.raw",
-    "root-dd.bz2",
-    "root-dd.gz",
-    "root-dd.xz",
-    "root-dd.tar.bz2",
-    "root-dd.tar.xz",
-    "root-image.gz",
-    "squashfs",
-    "boot-kernel",
-    "boot-initrd",
-    "boot-dtb",
-    "bootloader",
-    "archive.tar.xz",
-];
+pub use crate::maas::{FILETYPES, RTYPE_SYNCED, RTYPE_UPLOADED, UPLOADED_LABEL};
 
 /// MAAS columns are `varchar(255)`; filetype is `varchar(20)`.
 const MAX_NAME: usize = 255;
@@ -64,8 +39,8 @@ pub struct SourceFile {
     pub size: u64,
     /// The sha256 the source promises (mirrors), checked while copying.
     pub sha256: Option<String>,
-    /// `bootresourcefile.extra` as JSON text.
-    pub extra: String,
+    /// `bootresourcefile.extra`: only the keys MAAS keeps.
+    pub extra: Map<String, Value>,
 }
 
 /// One version of one resource: the unit that is written in one transaction.
@@ -85,12 +60,14 @@ pub struct SourceSet {
     pub label: String,
     /// `bootresource.rtype`.
     pub rtype: i32,
-    /// `bootresource.extra` as JSON text.
-    pub resource_extra: String,
+    /// `bootresource.extra`: only the keys MAAS keeps.
+    pub resource_extra: Map<String, Value>,
     /// `bootresource.kflavor`.
     pub kflavor: Option<String>,
     /// `bootresource.bootloader_type`.
     pub bootloader_type: Option<String>,
+    /// `bootresource.rolling`.
+    pub rolling: bool,
     /// The files, sorted by filename.
     pub files: Vec<SourceFile>,
 }
@@ -257,5 +234,6 @@ mod tests {
         assert_eq!(filetype_for("vmlinuz-6.8"), Some("boot-kernel"));
         assert_eq!(filetype_for("initrd.img"), Some("boot-initrd"));
         assert_eq!(filetype_for("README"), None);
+        assert_eq!(filetype_for("manifest"), None);
     }
 }

@@ -1,0 +1,626 @@
+//! Everything pgbootfs knows about MAAS's image tables, in one place: their names,
+//! which columns each MAAS version has, the four-table join every reader uses,
+//! how a row's name and architecture map to a path and back, the rules MAAS's
+//! sync applies to a simplestreams product, and the JSON formatting of `extra`.
+//!
+//! The tables by MAAS version (detected per database from the columns, never from
+//! a version number, because nothing in the database records one):
+//!
+//! | MAAS | what differs |
+//! |---|---|
+//! | 1.7-2.0 | no `kflavor`, `bootloader_type`, `rolling`; `largefile.size` only from 2.0 |
+//! | 2.1-3.0 | those three columns, no `base_image` |
+//! | 3.1-3.3 | `base_image` NOT NULL |
+//! | 3.4 | bigint ids and foreign keys, `extra` jsonb |
+//! | 3.5+ | images on the region's disk: `bootresourcefile.sha256`, no large objects |
+
+use std::fmt;
+
+use postgres::GenericClient;
+use serde_json::{Map, Value};
+
+use crate::db::DbError;
+
+/// The four tables that hold MAAS's boot images, up to MAAS 3.4.
+pub const TABLES: [&str; 4] = [
+    "maasserver_bootresource",
+    "maasserver_bootresourceset",
+    "maasserver_bootresourcefile",
+    "maasserver_largefile",
+];
+
+/// `bootresource.rtype` of an image synced from a simplestreams source.
+pub const RTYPE_SYNCED: i32 = 0;
+/// `bootresource.rtype` of a generated image (MAAS before 3.0); a sync adopts it.
+pub const RTYPE_GENERATED: i32 = 1;
+/// `bootresource.rtype` of an image an operator uploaded.
+pub const RTYPE_UPLOADED: i32 = 2;
+/// The label MAAS gives the set of an upload.
+pub const UPLOADED_LABEL: &str = "uploaded";
+
+/// The file types MAAS 3.4 knows (`BOOT_RESOURCE_FILE_TYPE`); a sync skips others.
+pub const FILETYPES: [&str; 17] = [
+    "root-tgz",
+    "root-tbz",
+    "root-txz",
+    "root-dd",
+    "root-dd.tar",
+    "root-dd.raw",
+    "root-dd.bz2",
+    "root-dd.gz",
+    "root-dd.xz",
+    "root-dd.tar.bz2",
+    "root-dd.tar.xz",
+    "root-image.gz",
+    "squashfs",
+    "boot-kernel",
+    "boot-initrd",
+    "boot-dtb",
+    "archive.tar.xz",
+];
+
+/// The product keys MAAS's sync keeps in `bootresource.extra`.
+pub const RESOURCE_EXTRA_KEYS: [&str; 3] = ["subarches", "platform", "supported_platforms"];
+
+/// The item keys MAAS's sync keeps in `bootresourcefile.extra`.
+pub const FILE_EXTRA_KEYS: [&str; 5] = [
+    "kpackage",
+    "src_package",
+    "src_release",
+    "src_version",
+    "kparams",
+];
+
+/// Which MAAS versions a database's tables belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Era {
+    /// MAAS 1.7 to 2.0: no kflavor, bootloader_type, rolling.
+    Maas17,
+    /// MAAS 2.1 to 3.0: no base_image.
+    Maas21,
+    /// MAAS 3.1 to 3.3.
+    Maas31,
+    /// MAAS 3.4: bigint ids, jsonb extra.
+    Maas34,
+}
+
+impl fmt::Display for Era {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Era::Maas17 => "MAAS 1.7-2.0",
+            Era::Maas21 => "MAAS 2.1-3.0",
+            Era::Maas31 => "MAAS 3.1-3.3",
+            Era::Maas34 => "MAAS 3.4",
+        })
+    }
+}
+
+/// What one database's image tables look like, detected once per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    /// The MAAS versions these tables belong to.
+    pub era: Era,
+    /// bootresource.kflavor exists (2.1+).
+    pub kflavor: bool,
+    /// bootresource.bootloader_type exists (2.1+).
+    pub bootloader_type: bool,
+    /// bootresource.rolling exists (2.1+, NOT NULL).
+    pub rolling: bool,
+    /// bootresource.base_image exists (3.1+, NOT NULL).
+    pub base_image: bool,
+    /// largefile.size exists (2.0+); without it every file counts as complete.
+    pub largefile_size: bool,
+    /// bootresource.extra is jsonb (3.4) rather than text.
+    pub resource_extra_jsonb: bool,
+    /// bootresourcefile.extra is jsonb (3.4) rather than text.
+    pub file_extra_jsonb: bool,
+}
+
+/// Names and types of the columns of the image tables, as (table, column, type).
+const COLUMNS_QUERY: &str = "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod) \
+     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+     WHERE c.oid = ANY (SELECT to_regclass(t) FROM unnest($1::text[]) AS t) \
+     AND a.attnum > 0 AND NOT a.attisdropped";
+
+impl Schema {
+    /// Reads the columns of the image tables. Fails with [`DbError::ImagesOnDisk`]
+    /// on MAAS 3.5+ and [`DbError::NotAStore`] when tables are missing.
+    pub fn detect(client: &mut impl GenericClient, target: &str) -> Result<Schema, DbError> {
+        let rows = client
+            .query(COLUMNS_QUERY, &[&TABLES.to_vec()])
+            .map_err(|e| DbError::query("reading the columns of the MAAS tables", e))?;
+        let cols: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let typ = |table: &str, col: &str| {
+            cols.iter()
+                .find(|(t, c, _)| t == table && c == col)
+                .map(|(_, _, ty)| ty.as_str())
+        };
+        // MAAS 3.5 moved the bytes to the region's disk: the file row carries the
+        // sha256 itself and large objects are no longer used.
+        if typ("maasserver_bootresourcefile", "sha256").is_some() {
+            return Err(DbError::ImagesOnDisk {
+                target: target.to_string(),
+            });
+        }
+        let missing: Vec<String> = TABLES
+            .iter()
+            .filter(|t| !cols.iter().any(|(table, _, _)| table == *t))
+            .map(|t| t.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(DbError::NotAStore {
+                target: target.to_string(),
+                missing,
+            });
+        }
+        let has = |table: &str, col: &str| typ(table, col).is_some();
+        let r = "maasserver_bootresource";
+        let jsonb = |table: &str| typ(table, "extra") == Some("jsonb");
+        let id_bigint = typ(r, "id") == Some("bigint");
+        let schema = Schema {
+            era: if has(r, "base_image") && (id_bigint || jsonb(r)) {
+                Era::Maas34
+            } else if has(r, "base_image") {
+                Era::Maas31
+            } else if has(r, "kflavor") {
+                Era::Maas21
+            } else {
+                Era::Maas17
+            },
+            kflavor: has(r, "kflavor"),
+            bootloader_type: has(r, "bootloader_type"),
+            rolling: has(r, "rolling"),
+            base_image: has(r, "base_image"),
+            largefile_size: has("maasserver_largefile", "size"),
+            resource_extra_jsonb: jsonb(r),
+            file_extra_jsonb: jsonb("maasserver_bootresourcefile"),
+        };
+        log::debug!("{target}: image tables of {}: {schema:?}", schema.era);
+        Ok(schema)
+    }
+
+    /// The four-table join: one row per file, the same columns on every schema.
+    fn files_query(&self) -> String {
+        let opt = |has: bool, col: &str, none: &str| {
+            if has {
+                format!("r.{col}")
+            } else {
+                none.to_string()
+            }
+        };
+        format!(
+            "SELECT r.id::int8, r.rtype::int4, r.name::text, r.architecture::text, \
+                    {}::text, {}::text, {}::bool, r.extra::text, \
+                    s.id::int8, s.version::text, s.label::text, \
+                    f.id::int8, f.filename::text, f.filetype::text, f.extra::text, \
+                    lf.id::int8, lf.sha256::text, lf.total_size::int8, {}::int8, lf.content, \
+                    (extract(epoch FROM greatest(f.updated, lf.updated)) * 1000000)::int8 \
+             FROM maasserver_bootresourcefile f \
+             JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
+             JOIN maasserver_bootresourceset s ON s.id = f.resource_set_id \
+             JOIN maasserver_bootresource r ON r.id = s.resource_id \
+             ORDER BY r.name, r.architecture, s.version, f.filename",
+            opt(self.kflavor, "kflavor", "NULL"),
+            opt(self.bootloader_type, "bootloader_type", "NULL"),
+            opt(self.rolling, "rolling", "false"),
+            self.largefile_written("lf"),
+        )
+    }
+
+    /// The SQL for a largefile's bytes written so far, `alias` naming the table:
+    /// `size`, or `total_size` where MAAS had no `size` (every file complete).
+    pub fn largefile_written(&self, alias: &str) -> String {
+        if self.largefile_size {
+            format!("{alias}.size")
+        } else {
+            format!("{alias}.total_size")
+        }
+    }
+
+    /// Every file row of the store (unfinished ones included).
+    pub fn load_files(&self, client: &mut impl GenericClient) -> Result<Vec<FileRow>, DbError> {
+        let rows = client
+            .query(self.files_query().as_str(), &[])
+            .map_err(|e| DbError::query("reading the image rows", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| FileRow {
+                resource_id: r.get(0),
+                rtype: r.get(1),
+                name: r.get(2),
+                architecture: r.get(3),
+                kflavor: r.get(4),
+                bootloader_type: r.get(5),
+                rolling: r.get(6),
+                resource_extra: r.get(7),
+                set_id: r.get(8),
+                version: r.get(9),
+                label: r.get(10),
+                file_id: r.get(11),
+                filename: r.get(12),
+                filetype: r.get(13),
+                file_extra: r.get(14),
+                largefile_id: r.get(15),
+                sha256: r.get(16),
+                total_size: r.get(17),
+                size: r.get(18),
+                oid: r.get(19),
+                updated_us: r.get(20),
+            })
+            .collect())
+    }
+
+    /// The SQL type to cast `extra` text to for bootresource.
+    pub fn resource_extra_type(&self) -> &'static str {
+        if self.resource_extra_jsonb {
+            "jsonb"
+        } else {
+            "text"
+        }
+    }
+
+    /// The SQL type to cast `extra` text to for bootresourcefile.
+    pub fn file_extra_type(&self) -> &'static str {
+        if self.file_extra_jsonb {
+            "jsonb"
+        } else {
+            "text"
+        }
+    }
+}
+
+/// One file of one set of one resource, with its largefile.
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    /// bootresource.id.
+    pub resource_id: i64,
+    /// bootresource.rtype.
+    pub rtype: i32,
+    /// bootresource.name (`os/series`, or a bare custom image name).
+    pub name: String,
+    /// bootresource.architecture (`arch/subarch`).
+    pub architecture: String,
+    /// bootresource.kflavor (None where the column is absent).
+    pub kflavor: Option<String>,
+    /// bootresource.bootloader_type (None where the column is absent).
+    pub bootloader_type: Option<String>,
+    /// bootresource.rolling (false where the column is absent).
+    pub rolling: bool,
+    /// bootresource.extra as text.
+    pub resource_extra: String,
+    /// bootresourceset.id.
+    pub set_id: i64,
+    /// bootresourceset.version.
+    pub version: String,
+    /// bootresourceset.label.
+    pub label: String,
+    /// bootresourcefile.id.
+    pub file_id: i64,
+    /// bootresourcefile.filename.
+    pub filename: String,
+    /// bootresourcefile.filetype.
+    pub filetype: String,
+    /// bootresourcefile.extra as text.
+    pub file_extra: String,
+    /// largefile.id.
+    pub largefile_id: i64,
+    /// largefile.sha256.
+    pub sha256: String,
+    /// largefile.total_size.
+    pub total_size: i64,
+    /// largefile.size (total_size before MAAS 2.0): bytes written so far.
+    pub size: i64,
+    /// largefile.content: the large object.
+    pub oid: u32,
+    /// The later `updated` of the file and largefile rows, in microseconds.
+    pub updated_us: i64,
+}
+
+impl FileRow {
+    /// os, arch, subarch, series, version, filename; None if the architecture is
+    /// not `arch/subarch`.
+    pub fn parts(&self) -> Option<[&str; 6]> {
+        let (os, series) = split_name(&self.name);
+        let (arch, subarch) = split_architecture(&self.architecture)?;
+        Some([
+            os,
+            arch,
+            subarch,
+            series,
+            self.version.as_str(),
+            self.filename.as_str(),
+        ])
+    }
+
+    /// Whether every byte has been written.
+    pub fn complete(&self) -> bool {
+        self.size >= self.total_size
+    }
+}
+
+/// MAAS's `bootresource.name` for an os and series: a custom image has a bare name.
+pub fn resource_name(os: &str, series: &str) -> String {
+    if os == "custom" {
+        series.to_string()
+    } else {
+        format!("{os}/{series}")
+    }
+}
+
+/// The os and series of a `bootresource.name` (the reverse of [`resource_name`]).
+pub fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or(("custom", name))
+}
+
+/// The arch and subarch of a `bootresource.architecture`.
+pub fn split_architecture(architecture: &str) -> Option<(&str, &str)> {
+    architecture.split_once('/')
+}
+
+/// What MAAS's sync makes of one simplestreams product: the resource's os,
+/// arch, subarch and series, and its kflavor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedName {
+    /// os (`ubuntu` when the product has none).
+    pub os: String,
+    /// Architecture.
+    pub arch: String,
+    /// Sub-architecture, with a non-generic kflavor folded in.
+    pub subarch: String,
+    /// Series: the release, the bootloader type, or `release-gadget` for ubuntu-core.
+    pub series: String,
+    /// bootresource.kflavor.
+    pub kflavor: Option<String>,
+}
+
+/// The resource MAAS's sync writes for a product with attributes `get`, or the
+/// names of the attributes it lacks.
+pub fn synced_name(get: impl Fn(&str) -> Option<String>) -> Result<SyncedName, Vec<&'static str>> {
+    let os = get("os").unwrap_or_else(|| "ubuntu".into());
+    let mut missing = Vec::new();
+    let arch = get("arch");
+    if arch.is_none() {
+        missing.push("arch");
+    }
+    let mut kflavor = get("kflavor");
+    let bootloader_type = get("bootloader-type");
+    let (subarch, series) = if os == "ubuntu-core" {
+        kflavor = Some(get("kernel_snap").unwrap_or_else(|| "generic".into()));
+        match (get("release"), get("gadget_snap")) {
+            (Some(r), Some(g)) => ("generic".to_string(), format!("{r}-{g}")),
+            (r, g) => {
+                missing.extend(r.is_none().then_some("release"));
+                missing.extend(g.is_none().then_some("gadget_snap"));
+                (String::new(), String::new())
+            }
+        }
+    } else if let Some(bt) = bootloader_type {
+        ("generic".to_string(), bt)
+    } else {
+        let mut subarch = get("subarch").unwrap_or_else(|| "generic".into());
+        if let Some(kf) = kflavor.as_deref()
+            && kf != "generic"
+            && (subarch.contains("hwe-") || subarch.contains("ga-"))
+            && !subarch.contains(kf)
+        {
+            // The rack names kernels by subarch: a flavoured kernel needs its own.
+            subarch = match subarch.strip_suffix("-edge") {
+                Some(base) => format!("{base}-{kf}-edge"),
+                None => format!("{subarch}-{kf}"),
+            };
+        }
+        let release = get("release");
+        if release.is_none() {
+            missing.push("release");
+        }
+        (subarch, release.unwrap_or_default())
+    };
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    Ok(SyncedName {
+        os,
+        arch: arch.unwrap_or_default(),
+        subarch,
+        series,
+        kflavor,
+    })
+}
+
+/// The title MAAS's sync stores: "os_title release_title [gadget_title]", when
+/// the product has the first two.
+pub fn synced_title(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let (os, release) = (get("os_title")?, get("release_title")?);
+    Some(match get("gadget_title") {
+        Some(g) => format!("{os} {release} {g}"),
+        None => format!("{os} {release}"),
+    })
+}
+
+/// Parses an `extra` column's text; anything but a JSON object reads as empty.
+pub fn parse_extra(text: &str) -> Map<String, Value> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `value` as Python's `json.dumps(value, sort_keys=True)` writes it: `", "` and
+/// `": "` separators, keys sorted, everything outside printable ASCII escaped.
+pub fn python_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_python(value, None, 0, &mut out);
+    out
+}
+
+/// Like [`python_json`] with `indent=N`: one member per line, `","` at line ends.
+pub fn python_json_pretty(value: &Value, indent: usize) -> String {
+    let mut out = String::new();
+    write_python(value, Some(indent), 0, &mut out);
+    out
+}
+
+fn write_python(value: &Value, indent: Option<usize>, level: usize, out: &mut String) {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * level));
+        }
+    };
+    let sep = if indent.is_some() { "," } else { ", " };
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_python_str(s, out),
+        Value::Array(items) if items.is_empty() => out.push_str("[]"),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, level + 1);
+                write_python(v, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        Value::Object(map) if map.is_empty() => out.push_str("{}"),
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, level + 1);
+                write_python_str(k, out);
+                out.push_str(": ");
+                write_python(&map[k.as_str()], indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+    }
+}
+
+/// A JSON string as Python's `ensure_ascii` writes it.
+fn write_python_str(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn python_json_formatting() {
+        let v = json!({"title": "Ubuntu 22.04 LTS", "subarches": "generic,ga-22.04", "n": [1, 2], "e": {}});
+        assert_eq!(
+            python_json(&v),
+            r#"{"e": {}, "n": [1, 2], "subarches": "generic,ga-22.04", "title": "Ubuntu 22.04 LTS"}"#
+        );
+        assert_eq!(python_json(&json!({})), "{}");
+        assert_eq!(
+            python_json(&json!({"t": "caf\u{e9} \u{1f600} \"q\"\\\n\u{7f}"})),
+            r#"{"t": "caf\u00e9 \ud83d\ude00 \"q\"\\\n\u007f"}"#
+        );
+        assert_eq!(
+            python_json_pretty(&json!({"b": [], "a": {"x": [1, 2]}}), 1),
+            "{\n \"a\": {\n  \"x\": [\n   1,\n   2\n  ]\n },\n \"b\": []\n}"
+        );
+    }
+
+    fn product(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| owned.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn sync_naming_rules() {
+        let n = synced_name(product(&[
+            ("arch", "amd64"),
+            ("subarch", "hwe-22.04"),
+            ("release", "jammy"),
+            ("kflavor", "lowlatency"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (n.os.as_str(), n.subarch.as_str(), n.series.as_str()),
+            ("ubuntu", "hwe-22.04-lowlatency", "jammy")
+        );
+        let n = synced_name(product(&[
+            ("arch", "amd64"),
+            ("subarch", "hwe-22.04-edge"),
+            ("release", "jammy"),
+            ("kflavor", "lowlatency"),
+        ]))
+        .unwrap();
+        assert_eq!(n.subarch, "hwe-22.04-lowlatency-edge");
+        let n = synced_name(product(&[
+            ("os", "grub-efi-signed"),
+            ("arch", "amd64"),
+            ("bootloader-type", "uefi"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (n.subarch.as_str(), n.series.as_str(), n.kflavor),
+            ("generic", "uefi", None)
+        );
+        let n = synced_name(product(&[
+            ("os", "ubuntu-core"),
+            ("arch", "amd64"),
+            ("release", "16"),
+            ("gadget_snap", "pc"),
+        ]))
+        .unwrap();
+        assert_eq!(n.series, "16-pc");
+        assert_eq!(n.kflavor.as_deref(), Some("generic"));
+        assert_eq!(
+            synced_name(product(&[("os", "centos")])).unwrap_err(),
+            ["arch", "release"]
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(resource_name("ubuntu", "focal"), "ubuntu/focal");
+        assert_eq!(resource_name("custom", "myimage"), "myimage");
+        assert_eq!(split_name("myimage"), ("custom", "myimage"));
+        assert_eq!(split_name("ubuntu/focal"), ("ubuntu", "focal"));
+        assert_eq!(
+            split_architecture("amd64/ga-22.04"),
+            Some(("amd64", "ga-22.04"))
+        );
+        assert_eq!(split_architecture("amd64"), None);
+    }
+}
