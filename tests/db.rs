@@ -269,6 +269,12 @@ fn tls_modes_certificates_and_host_names_as_libpq() {
         &["--db", &at("127.0.0.1", "sslmode=require"), "ls"],
         &[],
     ));
+    // allow tries in clear first, is refused by the hostssl-only rules, then uses TLS.
+    ok(run(
+        h,
+        &["--db", &at("127.0.0.1", "sslmode=allow"), "ls"],
+        &[],
+    ));
     // ... and so does the default, prefer.
     ok(run(h, &["--db", &at("127.0.0.1", ""), "ls"], &[]));
     // ... but with ~/.postgresql/root.crt present, require checks it, as libpq.
