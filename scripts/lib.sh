@@ -72,3 +72,12 @@ ensure_redbot() {
   fi
   if [ -x "$scripts/redbot" ]; then echo "$scripts/redbot"; else command -v redbot; fi
 }
+
+# ensure_prometheus_client: installs the Python prometheus_client (PyPI), whose text
+# parser the metrics tests read every scrape with, when missing.
+ensure_prometheus_client() {
+  if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    say "installing prometheus_client (the reference metrics parser) from PyPI"
+    python3 -m pip install -q --disable-pip-version-check prometheus_client >&2
+  fi
+}

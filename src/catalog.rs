@@ -352,6 +352,13 @@ impl Catalog {
 
     /// Reloads the tree from the database, swaps it in and says what changed.
     pub fn refresh(&self) -> Result<Changes, CatalogError> {
+        let started = Instant::now();
+        let res = self.reload();
+        crate::metrics::catalog_refreshed(started.elapsed(), res.is_ok());
+        res
+    }
+
+    fn reload(&self) -> Result<Changes, CatalogError> {
         let rows = self.load_rows()?;
         let mut tree = self.build(rows);
         // Only the refresher swaps trees, so the snapshot taken here is the one replaced.

@@ -20,6 +20,16 @@ pub mod fs;
 pub mod handle;
 pub mod http;
 pub mod maas;
+pub mod metrics;
 pub mod mount;
+pub mod mount_helper;
 pub mod mountinfo;
 pub mod store;
+
+/// The version and the git commit this binary was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("PGBOOTFS_GIT_COMMIT"),
+    ")"
+);

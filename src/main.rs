@@ -4,18 +4,30 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use pgbootfs::daemon::CacheDir;
 use pgbootfs::db::DbConfig;
 use pgbootfs::handle::PoolOptions;
 use pgbootfs::http::{self, HttpOptions, ServeOptions};
 use pgbootfs::mount::{self, MountOptions};
+use pgbootfs::mount_helper;
 use pgbootfs::store;
 
 /// Serve MAAS boot images stored as PostgreSQL large objects.
 #[derive(Parser)]
-#[command(name = "pgbootfs", version)]
+#[command(
+    name = "pgbootfs",
+    version = pgbootfs::VERSION,
+    after_help = "Examples:
+  pgbootfs --db service=maas mount /srv/images --http 127.0.0.1:8080
+  pgbootfs --db 'host=/var/run/postgresql dbname=maasdb user=maas' ls ubuntu/amd64
+  mount -t fuse.pgbootfs maas /srv/images -o ro,allow_other,refresh=10
+
+As a mount(8) helper (called as mount.fuse.pgbootfs, or `pgbootfs SOURCE DIR -o
+OPTIONS`), SOURCE is a libpq service name or a conninfo; see `pgbootfs mount --help`
+and the README for the options."
+)]
 struct Cli {
     /// PostgreSQL connection: a key=value conninfo or a postgres:// URL (unix-socket
     /// hosts included). Default: DATABASE_URL, then PGHOST, PGPORT, PGUSER, PGPASSWORD,
@@ -36,18 +48,66 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount the image store read-only at MOUNTPOINT (runs in the foreground).
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas mount /srv/images
+  pgbootfs --db service=maas mount /srv/images --allow-other --http 0.0.0.0:8080
+  pgbootfs --db service=maas mount /srv/images --metrics 127.0.0.1:9108 --cache-dir /var/cache/pgbootfs
+
+The same from /etc/fstab or mount(8), daemonized once the mount answers:
+  maas  /srv/images  fuse.pgbootfs  ro,allow_other,refresh=10,_netdev  0  0
+  mount -t fuse.pgbootfs maas /srv/images -o ro,refresh=10,http=127.0.0.1:8080
+Mount options are these flags with _ for - (max_handles=64, cache_dir=DIR, ...),
+plus allow_other, foreground, log=FILE and log_level=LEVEL.")]
     Mount(MountArgs),
     /// Import a directory os/arch/subarch/series/version/filename or a simplestreams
     /// mirror (streams/v1/index.json), one version per transaction.
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas import ./images      # ubuntu/amd64/ga-22.04/jammy/20240101/squashfs ...
+  sstream-mirror https://images.maas.io/ephemeral-v3/stable/streams/v1/index.json ./mirror 'arch=amd64' 'release=jammy'
+  pgbootfs --db service=maas import ./mirror
+  pgbootfs --db service=maas import ./mirror --replace   # take new content for versions already stored")]
     Import(ImportArgs),
     /// List the store (or the subtree at PATH) with sizes, sha256 and completeness.
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas ls
+  pgbootfs --db service=maas ls ubuntu/amd64/ga-22.04
+  pgbootfs --db service=maas ls --json | jq -r '.sets[] | select(.complete | not) | .path'")]
     Ls(LsArgs),
     /// Re-read every large object under PATH and compare size and sha256 with the rows.
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas verify
+  pgbootfs --db service=maas verify ubuntu/amd64/ga-22.04/jammy")]
     Verify(PathArg),
     /// Remove a version, a series or a subarch with the large objects nothing else uses.
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas remove ubuntu/amd64/ga-22.04/jammy/20240101
+  pgbootfs --db service=maas remove ubuntu/amd64/ga-20.04")]
     Remove(RemoveArgs),
     /// Serve the image store over HTTP only (runs in the foreground).
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas serve --listen 0.0.0.0:8080
+  curl -O http://127.0.0.1:8080/ubuntu/amd64/ga-22.04/jammy/20240101/squashfs
+  curl http://127.0.0.1:8080/metrics
+  sstream-mirror http://127.0.0.1:8080/streams/v1/index.json ./mirror")]
     Serve(ServeArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  pgbootfs completions bash > /etc/bash_completion.d/pgbootfs
+  pgbootfs completions zsh > /usr/local/share/zsh/site-functions/_pgbootfs
+  pgbootfs completions fish > ~/.config/fish/completions/pgbootfs.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page pgbootfs(1), or write one page per command into DIR.
+    #[command(after_help = "Examples:
+  pgbootfs man | man -l -
+  pgbootfs man --out /usr/local/share/man/man1 && mandb -q")]
+    Man {
+        /// Write pgbootfs.1 and pgbootfs-COMMAND.1 into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -118,6 +178,10 @@ struct MountArgs {
     /// Also serve the tree over HTTP on ADDR (e.g. 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (with --http they are also at
+    /// /metrics there).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     #[command(flatten)]
     http_opts: HttpArgs,
 }
@@ -228,6 +292,7 @@ impl HttpArgs {
             per_client: self.http_per_client.max(1),
             allow_from: self.allow_from.clone(),
             trusted_proxies: self.trusted_proxy.clone(),
+            metrics_only: false,
         }
     }
 }
@@ -308,8 +373,60 @@ fn main() -> ExitCode {
         .init();
     log_panics();
     raise_fd_limit();
-    let cli = Cli::parse();
-    let result = DbConfig::resolve(cli.db.as_deref())
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let subcommands = subcommands();
+    let subcommands: Vec<&str> = subcommands.iter().map(String::as_str).collect();
+    let cli = if mount_helper::invoked_as_helper(&args, &subcommands) {
+        match mount_helper::parse(&args) {
+            Ok(req) if req.fake => return ExitCode::SUCCESS,
+            Ok(req) if req.foreground => {
+                for (var, value) in &req.env {
+                    // SAFETY: no thread has been started yet (logging and the
+                    // descriptor limit start none), so nothing reads the
+                    // environment concurrently.
+                    unsafe { std::env::set_var(var, value) };
+                }
+                let mut argv: Vec<std::ffi::OsString> =
+                    vec!["pgbootfs".into(), "--db".into(), req.conninfo.into()];
+                argv.extend(req.mount_args);
+                Cli::parse_from(argv)
+            }
+            Ok(req) => {
+                return match mount_helper::daemonize(&req) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                };
+            }
+            Err(e) => return fail(&e),
+        }
+    } else {
+        Cli::parse()
+    };
+    // Commands that need no database.
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "pgbootfs",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { out } => {
+            return match write_man(out.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
+        _ => {}
+    }
+    // A mount started by the helper gets its source here, like --db but off the
+    // command line.
+    let db_arg = cli
+        .db
+        .or_else(|| std::env::var(mount_helper::SOURCE_ENV).ok());
+    let result = DbConfig::resolve(db_arg.as_deref())
         .and_then(|db| match cli.handle_db.as_deref() {
             Some(overlay) => db.with_handle_overlay(overlay),
             None => Ok(db),
@@ -327,6 +444,10 @@ fn main() -> ExitCode {
                     allow_other: args.allow_other,
                     read_ahead_kb: args.read_ahead_kb,
                     http: args.http.map(|addr| args.http_opts.options(addr)),
+                    metrics: args.metrics.map(|addr| HttpOptions {
+                        metrics_only: true,
+                        ..args.http_opts.options(addr)
+                    }),
                 };
                 mount::run(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }
@@ -372,14 +493,51 @@ fn main() -> ExitCode {
                 };
                 http::serve(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }
+            // Answered above, before any database is looked for.
+            Command::Completions { .. } | Command::Man { .. } => Ok(()),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `pgbootfs ls | head`: the reader went away, which is not our failure.
         Err(e) if stdout_closed(e.as_ref()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgbootfs: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e.as_ref()),
     }
+}
+
+/// The manual: pgbootfs(1) on standard output, or a page per command in `dir`.
+fn write_man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
+    };
+    let write = |name: &str, cmd: clap::Command| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut f = std::fs::File::create(&path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+        })?;
+        clap_mangen::Man::new(cmd).title(name).render(&mut f)
+    };
+    for sub in cmd.get_subcommands() {
+        let name = format!("pgbootfs-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("pgbootfs", cmd)
+}
+
+/// One line on standard error and a failing exit status.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("pgbootfs: error: {e}");
+    ExitCode::FAILURE
+}
+
+/// The subcommand names: any other first argument is a mount helper's SOURCE.
+fn subcommands() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut names: Vec<String> = cmd
+        .get_subcommands()
+        .flat_map(|s| std::iter::once(s.get_name()).chain(s.get_all_aliases()))
+        .map(str::to_string)
+        .collect();
+    names.push("help".into());
+    names
 }

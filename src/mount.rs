@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub read_ahead_kb: u32,
     /// Also serve the tree over HTTP, sharing the catalog and the handle pool.
     pub http: Option<HttpOptions>,
+    /// Serve only `/metrics` on a listener of its own.
+    pub metrics: Option<HttpOptions>,
 }
 
 /// Why a mount could not start.
@@ -58,6 +60,8 @@ pub enum MountError {
     Spawn(&'static str, io::Error),
     /// The HTTP server could not start (`--http`).
     Http(io::Error),
+    /// The metrics listener could not start (`--metrics`).
+    Metrics(io::Error),
 }
 
 impl fmt::Display for MountError {
@@ -72,6 +76,7 @@ impl fmt::Display for MountError {
             ),
             MountError::Spawn(what, e) => write!(f, "cannot start {what}: {e}"),
             MountError::Http(e) => write!(f, "--http: {e}"),
+            MountError::Metrics(e) => write!(f, "--metrics: {e}"),
         }
     }
 }
@@ -80,9 +85,10 @@ impl std::error::Error for MountError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             MountError::Start(e) => Some(e),
-            MountError::Mount { err, .. } | MountError::Spawn(_, err) | MountError::Http(err) => {
-                Some(err)
-            }
+            MountError::Mount { err, .. }
+            | MountError::Spawn(_, err)
+            | MountError::Http(err)
+            | MountError::Metrics(err) => Some(err),
             MountError::Mountpoint(_) => None,
         }
     }
@@ -106,9 +112,15 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     // Resolved now: once mounted, a stat of the mountpoint waits for our own session.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
     let services = Services::start(db, &opts.pool, opts.cache_dir.as_ref())?;
+    let mut serving = format!("mounted at {}", canonical.display());
     if let Some(http_opts) = &opts.http {
-        crate::http::start(services.catalog.clone(), &services.pool, http_opts)
+        let server = crate::http::start(services.catalog.clone(), &services.pool, http_opts)
             .map_err(MountError::Http)?;
+        serving.push_str(&format!(", http://{}", server.addr()));
+    }
+    if let Some(metrics_opts) = &opts.metrics {
+        crate::http::start(services.catalog.clone(), &services.pool, metrics_opts)
+            .map_err(MountError::Metrics)?;
     }
     let open = Arc::new(OpenTable::default());
     let core = FsCore::new(
@@ -174,8 +186,16 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         })
         .map_err(|e| MountError::Spawn("the signal thread", e))?;
 
+    // Ready means usable: the kernel's INIT has been answered once a stat of the
+    // mount root returns (it waits for the session thread started above).
+    match std::fs::metadata(&canonical) {
+        Ok(_) => crate::daemon::notify_ready(&serving, &services.catalog),
+        Err(e) => warn!("{} does not answer: {e}", canonical.display()),
+    }
+
     match rx.recv() {
         Ok(Event::Signal) => {
+            crate::daemon::notify_stopping("signal");
             info!("unmounting {}", opts.mountpoint.display());
             if let Err(e) = unmounter.unmount() {
                 info!("plain unmount failed ({e}): detaching lazily");
@@ -190,6 +210,7 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
             }
         }
         Ok(Event::SessionEnded(res)) => {
+            crate::daemon::notify_stopping("unmounted");
             if let Err(e) = res {
                 warn!("FUSE session ended with an error: {e}");
             }

@@ -9,4 +9,5 @@ mod hostile;
 mod http;
 mod maas;
 mod mount;
+mod service;
 mod store;

@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 
 use super::core::{Attr, FsCore, Kind, TTL};
 use super::error::FsError;
+use super::walk::StatReaders;
 use crate::catalog::Changes;
 use crate::handle::{Handle, READ_CHUNK};
 
@@ -89,6 +90,8 @@ pub struct BootFs {
     passthrough: AtomicBool,
     /// Which open files are passed through and which are not, per inode.
     modes: Mutex<Modes>,
+    /// Processes that stat what they list: only they get READDIRPLUS batches.
+    stat_readers: StatReaders,
 }
 
 /// The kernel keeps one I/O mode per inode: while any handle of an inode is open
@@ -126,6 +129,7 @@ impl BootFs {
             gid,
             passthrough: AtomicBool::new(passthrough),
             modes: Mutex::default(),
+            stat_readers: StatReaders::default(),
         })
     }
 
@@ -281,7 +285,9 @@ macro_rules! unsupported {
 
 impl Filesystem for BootFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Listings carry attributes (no lookup per entry for `ls -l` or `find`).
+        // Listings can carry attributes (no LOOKUP per entry for `ls -l`); who gets
+        // them is decided per process (see `walk`), with the kernel's adaptive mode
+        // for the rest of a listing.
         let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         if config.add_capabilities(plus).is_err() {
             debug!("kernel lacks readdirplus");
@@ -316,18 +322,27 @@ impl Filesystem for BootFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::metrics::fuse_op("lookup");
         let res = name
             .to_str()
             .ok_or(FsError::NotFound)
             .and_then(|n| self.core.lookup(parent.0, n));
         match res {
-            Ok(a) => reply.entry(&a.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => {
+                // Walkers look up directories to enter them; only a process
+                // that stats files wants attributes with its listings.
+                if a.kind == Kind::File {
+                    self.stat_readers.note(req.pid());
+                }
+                reply.entry(&a.ttl, &self.attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::metrics::fuse_op("getattr");
         match self.core.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&a.ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -335,11 +350,15 @@ impl Filesystem for BootFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::fuse_op("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.core.open(ino.0, write) {
             Ok(fh) => match self.open_mode(ino.0, fh, &reply) {
                 // Reads of this file never reach us: the kernel reads the cache file.
-                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                Some(id) => {
+                    crate::metrics::passthrough_open();
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                }
                 // Content under an inode never changes, so the page cache stays valid.
                 None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             },
@@ -358,6 +377,7 @@ impl Filesystem for BootFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::metrics::fuse_op("read");
         let handle = match self.core.handle(fh.0) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(&e)),
@@ -388,6 +408,7 @@ impl Filesystem for BootFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("release");
         self.core.release(fh.0);
         self.closed(fh.0);
         reply.ok();
@@ -401,6 +422,7 @@ impl Filesystem for BootFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("flush");
         reply.ok();
     }
 
@@ -412,6 +434,7 @@ impl Filesystem for BootFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("fsync");
         // Nothing is ever dirty.
         reply.ok();
     }
@@ -426,10 +449,12 @@ impl Filesystem for BootFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        crate::metrics::fuse_op("getxattr");
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_op("listxattr");
         reply.error(Errno::ENOSYS);
     }
 
@@ -444,6 +469,7 @@ impl Filesystem for BootFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        crate::metrics::fuse_op("ioctl");
         unsupported!(reply, Errno::ENOTTY, "ioctl")
     }
 
@@ -456,17 +482,23 @@ impl Filesystem for BootFs {
         _whence: i32,
         reply: ReplyLseek,
     ) {
+        crate::metrics::fuse_op("lseek");
         // ENOSYS: the kernel then answers SEEK_DATA/SEEK_HOLE itself, for good.
         unsupported!(reply, Errno::ENOSYS, "lseek")
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::fuse_op("opendir");
+        // The kernel may keep listings (`forget` drops them when they change), but
+        // only listings with attributes: a names-only one kept would serve a later
+        // `ls -l` without them, at one LOOKUP per entry.
+        let flags = if self.stat_readers.wants_attrs(req.pid()) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
         match self.core.opendir(ino.0) {
-            // The kernel may keep listings: `forget` drops them when they change.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -479,6 +511,7 @@ impl Filesystem for BootFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        crate::metrics::fuse_op("readdir");
         let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
             reply.add(INodeNo(a.ino), next, file_type(a.kind), name)
         });
@@ -490,13 +523,20 @@ impl Filesystem for BootFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        crate::metrics::fuse_op("readdirplus");
+        // For a process that reads names only, the first batch is `.` and `..`
+        // (which make no inode); the kernel asks for the rest with READDIR.
+        let names_only = offset == 0 && !self.stat_readers.wants_attrs(req.pid());
         let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
+            if names_only && next > 2 {
+                return true;
+            }
             reply.add(
                 INodeNo(a.ino),
                 next,
@@ -520,6 +560,7 @@ impl Filesystem for BootFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("releasedir");
         self.core.releasedir(fh.0);
         reply.ok();
     }
@@ -532,15 +573,18 @@ impl Filesystem for BootFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_op("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::metrics::fuse_op("statfs");
         let t = self.core.totals();
         reply.statfs(t.bytes.div_ceil(4096), 0, 0, t.inodes, 0, 4096, 255, 4096);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        crate::metrics::fuse_op("access");
         match self.core.access(ino.0, mask.contains(AccessFlags::W_OK)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

@@ -6,6 +6,7 @@
 pub mod core;
 pub mod error;
 pub mod fuse;
+mod walk;
 
 pub use self::core::{FsCore, OpenTable, TreeSource};
 pub use error::FsError;

@@ -56,6 +56,18 @@ pub enum HandleErrorKind {
     Thread(String),
 }
 
+impl ErrorClass {
+    /// The class as a word, for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::Busy => "busy",
+            ErrorClass::Unavailable => "unavailable",
+            ErrorClass::Gone => "gone",
+            ErrorClass::Broken => "broken",
+        }
+    }
+}
+
 impl HandleError {
     /// How a front end should treat this error.
     pub fn class(&self) -> ErrorClass {

@@ -12,6 +12,8 @@ use parking_lot::Mutex;
 pub(crate) trait Idle: Send + Sync {
     /// Ends the transaction and returns the connection if unused for `idle`.
     fn release_if_idle(&self, idle: Duration);
+    /// Holds a connection now (for the metrics; never waits for a read).
+    fn holds_connection(&self) -> bool;
 }
 
 /// The open handles of one pool, swept by one thread while any exist.
@@ -39,6 +41,18 @@ impl Registry {
             Ok(_) => *sweeping = true,
             Err(e) => warn!("cannot start the idle-handle sweeper: {e}"),
         }
+    }
+
+    /// Handles alive, and how many of them hold a connection.
+    pub(crate) fn count(&self) -> (usize, usize) {
+        let live: Vec<Arc<dyn Idle>> = self
+            .handles
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let connected = live.iter().filter(|h| h.holds_connection()).count();
+        (live.len(), connected)
     }
 
     fn sweep(&self, idle: Duration, every: Duration) {

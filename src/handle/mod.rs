@@ -34,11 +34,12 @@ use log::{debug, error, warn};
 use parking_lot::Mutex;
 
 use crate::catalog::FileInfo;
+use crate::metrics::Source;
 use cache::{CHUNK, Content, Step};
 pub use error::{ErrorClass, HandleError, HandleErrorKind};
 use idle::Idle;
 use pool::{Conn, end_txn};
-pub use pool::{HandlePool, PoolOptions};
+pub use pool::{HandlePool, PoolOptions, PoolStats};
 use readahead::{Outcome, Readahead};
 
 /// Size and alignment of the chunks readers are served from; the mount caps
@@ -81,6 +82,8 @@ struct Shared {
     last_end: AtomicU64,
     epoch: Instant,
     state: Mutex<State>,
+    /// The chunk `prepare` made ready and where it came from, for the metrics.
+    prepared: Mutex<Option<(u64, Source)>>,
 }
 
 #[derive(Default)]
@@ -123,6 +126,7 @@ impl HandlePool {
             last_end: AtomicU64::new(0),
             epoch: Instant::now(),
             state: Mutex::new(State::default()),
+            prepared: Mutex::new(None),
         });
         let weak: std::sync::Weak<dyn Idle> = Arc::downgrade(&shared) as _;
         self.watch(weak);
@@ -148,7 +152,11 @@ impl Handle {
         if offset >= self.shared.size {
             return Ok(());
         }
-        self.shared.chunk(offset / CHUNK).map(|_| ())
+        let idx = offset / CHUNK;
+        let (_, source) = self.shared.chunk(idx)?;
+        // The read that follows finds this chunk in memory: it came from `source`.
+        *self.shared.prepared.lock() = Some((idx, source));
+        Ok(())
     }
 
     /// Is this handle holding a database connection now?
@@ -164,13 +172,40 @@ impl Handle {
         len: usize,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, HandleError> {
+        self.read_span(offset, len, true, f)
+    }
+
+    /// [`Handle::read_with`], counting the bytes as served (to a reader) or not
+    /// (the disk cache's own fill).
+    fn read_span<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        served: bool,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, HandleError> {
         let sh = &self.shared;
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Ok(f(&[]));
         };
-        let chunks = (first..=last)
+        let (chunks, sources): (Vec<_>, Vec<_>) = (first..=last)
             .map(|i| sh.chunk(i))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        if served {
+            let prepared = sh.prepared.lock().take();
+            for (i, mut source) in (first..=last).zip(sources) {
+                if let Some((idx, s)) = prepared
+                    && idx == i
+                    && source == Source::Memory
+                {
+                    source = s;
+                }
+                let part = end.min((i + 1) * CHUNK) - offset.max(i * CHUNK);
+                crate::metrics::served(source, part);
+            }
+        }
         Ok(sh.serve(&chunks, offset, end, f))
     }
 
@@ -187,6 +222,7 @@ impl Handle {
         let chunks = (first..=last)
             .map(|i| sh.content.get(i))
             .collect::<Option<Vec<_>>>()?;
+        crate::metrics::served(Source::Memory, end - offset);
         Some(sh.serve(&chunks, offset, end, f))
     }
 
@@ -271,16 +307,16 @@ impl Shared {
     }
 
     /// Chunk `idx`: from memory, from another reader's fetch, or fetched here.
-    fn chunk(&self, idx: u64) -> Result<Arc<Vec<u8>>, HandleError> {
+    fn chunk(&self, idx: u64) -> Result<(Arc<Vec<u8>>, Source), HandleError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(self.error(HandleErrorKind::Failed));
         }
         if let Some(d) = self.content.get(idx) {
-            return Ok(d);
+            return Ok((d, Source::Memory));
         }
         let mut st = self.state.lock();
         if let Some(d) = self.disk_chunk(&mut st, idx) {
-            return Ok(d);
+            return Ok((d, Source::Disk));
         }
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -291,7 +327,8 @@ impl Shared {
             let sequential = off >= last_end.saturating_sub(CHUNK)
                 && off <= last_end.saturating_add(STREAM_SKIP);
             match self.content.step(idx, sequential, WAIT_STEP) {
-                Step::Hit(d) => return Ok(d),
+                // Brought by a fetch or stream this reader waited for.
+                Step::Hit(d) => return Ok((d, Source::Database)),
                 Step::Retry => {
                     if let Err(e) = self.check_stream(&mut st) {
                         return Err(self.fail(&mut st, e));
@@ -309,7 +346,7 @@ impl Shared {
                     return match self.fetch(&mut st, idx) {
                         Ok(d) => {
                             self.content.insert(idx, d.clone());
-                            Ok(d)
+                            Ok((d, Source::Database))
                         }
                         Err(e) => {
                             self.content.abandon(idx);
@@ -485,6 +522,7 @@ impl Shared {
                 Ok(row) => row,
                 Err(e) if conn.client.is_closed() && attempt <= self.pool.max_size() => {
                     debug!("{}: pooled connection was dead ({e}); retrying", self.path);
+                    crate::metrics::reconnect();
                     attempt += 1;
                     continue;
                 }
@@ -528,6 +566,7 @@ impl Shared {
     /// reader lives through a busy pool or a server restart without other bytes.
     fn fail(&self, st: &mut State, err: HandleError) -> HandleError {
         error!("read failed: {err}");
+        crate::metrics::database_error(err.class().label());
         self.release(st);
         err
     }
@@ -547,7 +586,7 @@ fn fill_disk(pool: &HandlePool, info: &FileInfo, path: &str, mut fill: disk::Fil
     let h = pool.open(info, path);
     let mut off = 0u64;
     while off < info.size {
-        let res = h.read_with(off, CHUNK as usize, |b| {
+        let res = h.read_span(off, CHUNK as usize, false, |b| {
             fill.write(off, b).then_some(b.len() as u64)
         });
         match res {
@@ -578,6 +617,13 @@ impl Handle {
 }
 
 impl Idle for Shared {
+    fn holds_connection(&self) -> bool {
+        // A handle whose state is locked is in a read that needed the database.
+        self.state
+            .try_lock()
+            .is_none_or(|st| st.conn.is_some() || st.stream.as_ref().is_some_and(|s| !s.ended()))
+    }
+
     fn release_if_idle(&self, idle: Duration) {
         if self.idle_for() < idle {
             return;

@@ -47,6 +47,21 @@ impl Default for PoolOptions {
     }
 }
 
+/// What [`HandlePool::stats`] reports.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// Connections lent to handles.
+    pub in_use: u32,
+    /// Connections open and waiting in the pool.
+    pub idle: u32,
+    /// Most connections the pool opens.
+    pub max: u32,
+    /// Handles open (not yet dropped).
+    pub handles_open: usize,
+    /// Handles holding a connection now.
+    pub handles_connected: usize,
+}
+
 /// A pooled connection reserved for handles, with its statements prepared once.
 pub struct HandleConn {
     pub(crate) client: Client,
@@ -70,6 +85,7 @@ impl ManageConnection for HandleManager {
 
     fn connect(&self) -> Result<HandleConn, DbError> {
         let client = self.inner.connect()?;
+        crate::metrics::pool_connection_opened();
         prepare(client).map_err(|e| DbError::query("setting up a handle connection", e))
     }
 
@@ -247,6 +263,20 @@ impl HandlePool {
         self.pool.state().connections
     }
 
+    /// The pool's state for the metrics: connections in use, idle and at most,
+    /// and handles open and holding a connection.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.pool.state();
+        let (open, connected) = self.registry.count();
+        PoolStats {
+            in_use: state.connections.saturating_sub(state.idle_connections),
+            idle: state.idle_connections,
+            max: self.pool.max_size(),
+            handles_open: open,
+            handles_connected: connected,
+        }
+    }
+
     /// How long a read waits for a free connection.
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
@@ -265,12 +295,16 @@ impl HandlePool {
     /// A connection within the pool timeout; at once an error while new connections
     /// fail, since waiting for a server that is down only ties up the caller.
     pub(crate) fn get(&self, path: &str) -> Result<Conn, HandleError> {
-        let deadline = Instant::now() + self.timeout;
+        let asked = Instant::now();
+        let deadline = asked + self.timeout;
+        let waits = self.pool.state().idle_connections == 0
+            && self.pool.state().connections >= self.pool.max_size();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self.pool.get_timeout(left.min(POOL_POLL)) {
                 Ok(conn) => {
                     self.unreachable.clear();
+                    crate::metrics::pool_checkout(asked.elapsed(), waits);
                     return Ok(conn);
                 }
                 Err(e) => e,
@@ -281,7 +315,10 @@ impl HandlePool {
             let kind = match self.unreachable.recent() {
                 Some(why) if !exhausted => HandleErrorKind::Connect(why),
                 _ if Instant::now() < deadline => continue,
-                _ if exhausted => HandleErrorKind::PoolExhausted(self.timeout),
+                _ if exhausted => {
+                    crate::metrics::pool_timeout(asked.elapsed());
+                    HandleErrorKind::PoolExhausted(self.timeout)
+                }
                 _ => HandleErrorKind::Connect(err.to_string()),
             };
             return Err(HandleError {

@@ -62,6 +62,8 @@ pub struct HttpOptions {
     pub allow_from: Vec<IpNet>,
     /// Proxies whose X-Forwarded-For names the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// Serve `/metrics` only (`mount --metrics ADDR`), 404 for everything else.
+    pub metrics_only: bool,
 }
 
 /// A running HTTP server; its threads live as long as the process.
@@ -124,13 +126,20 @@ pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     services
         .refresh_every(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;
-    start(services.catalog.clone(), &services.pool, &opts.http).map_err(ServeError::Io)?;
+    let server =
+        start(services.catalog.clone(), &services.pool, &opts.http).map_err(ServeError::Io)?;
     info!(
         "serving {} (refresh every {}s)",
         db.describe(),
         opts.refresh.as_secs()
     );
-    signals.wait();
+    crate::daemon::notify_ready(
+        &format!("serving http://{}", server.addr()),
+        &services.catalog,
+    );
+    if let Some(sig) = signals.wait() {
+        crate::daemon::notify_stopping(&format!("signal {sig}"));
+    }
     // Exiting closes every handle connection; the server ends their transactions.
     Ok(())
 }
@@ -150,6 +159,7 @@ struct Ctx {
     header_timeout: Duration,
     send_timeout: Duration,
     hostname: Option<String>,
+    metrics_only: bool,
 }
 
 /// Binds, then starts the accept thread; each connection gets a thread of its own,
@@ -177,6 +187,7 @@ pub fn start(
         header_timeout: opts.header_timeout,
         send_timeout: opts.send_timeout,
         hostname: request::hostname(),
+        metrics_only: opts.metrics_only,
     });
     let accept_ctx = ctx.clone();
     std::thread::Builder::new()
@@ -208,7 +219,11 @@ pub fn start(
             })
         })?;
     // Printed whatever the log level: scripts and tests read the bound port here.
-    eprintln!("pgbootfs: listening on http://{addr}");
+    if opts.metrics_only {
+        eprintln!("pgbootfs: metrics on http://{addr}/metrics");
+    } else {
+        eprintln!("pgbootfs: listening on http://{addr}");
+    }
     info!(
         "http: {workers} workers, {} per client, send timeout {}s, header timeout {}s{}{}",
         opts.per_client.max(1),
@@ -257,6 +272,7 @@ fn printable(s: &str) -> String {
 
 /// One access-log line.
 fn access(who: &str, method: &str, target: &str, sent: &Sent, started: Instant) {
+    crate::metrics::http_request(method, sent.status, sent.bytes, started.elapsed());
     info!(
         target: "pgbootfs::access",
         "{who} {method} {} {} {} {}ms{}",
@@ -402,7 +418,7 @@ fn serve_one(
         let inm: Vec<&str> = head.values("if-none-match").collect();
         let reply = route(ctx, head).validated(&inm, head.value("if-modified-since"));
         let reply = close_if(reply, head.wants_close());
-        let sent = response::send(s, reply, head.method == Method::Head);
+        let sent = response::send(s, reply, head.method == Method::Head, started);
         access(&who, &head.method.to_string(), &head.target, &sent, started);
         return sent.complete;
     };
@@ -410,10 +426,30 @@ fn serve_one(
         s,
         close_if(reply, head.wants_close()),
         head.method == Method::Head,
+        started,
     );
     sent.note.push_str(" (not in --allow-from)");
     access(&who, &head.method.to_string(), &head.target, &sent, started);
     sent.complete
+}
+
+/// The metrics, as OpenMetrics text if the scraper asks for it, else in the
+/// Prometheus text format.
+fn metrics_reply(rq: &Head) -> Reply {
+    let openmetrics = rq
+        .values("accept")
+        .any(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        crate::metrics::PROMETHEUS_CONTENT_TYPE
+    };
+    Reply::new(
+        200,
+        Body::Bytes(crate::metrics::encode(openmetrics).into_bytes()),
+    )
+    .header("Content-Type", content_type)
+    .header("Vary", "Accept")
 }
 
 fn close_if(reply: Reply, close: bool) -> Reply {
@@ -427,6 +463,12 @@ fn close_if(reply: Reply, close: bool) -> Reply {
 fn route(ctx: &Ctx, rq: &Head) -> Reply {
     if !matches!(rq.method, Method::Get | Method::Head) {
         return Reply::text(405).header("Allow", "GET, HEAD");
+    }
+    if rq.target.split('?').next() == Some("/metrics") {
+        return metrics_reply(rq);
+    }
+    if ctx.metrics_only {
+        return Reply::text(404);
     }
     let target = match path::parse(&rq.target) {
         Ok(t) => t,

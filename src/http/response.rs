@@ -3,7 +3,7 @@
 //! buffers in chunk-sized writes.
 
 use std::io::{self, Write};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use log::warn;
 use sha2::{Digest, Sha256};
@@ -190,7 +190,7 @@ impl Reply {
 }
 
 /// Writes the reply (headers only for HEAD).
-pub(super) fn send(w: &mut dyn Write, mut reply: Reply, head: bool) -> Sent {
+pub(super) fn send(w: &mut dyn Write, mut reply: Reply, head: bool, started: Instant) -> Sent {
     if let Body::File { handle, start, len } = &reply.body
         && !head
         && *len > 0
@@ -223,6 +223,7 @@ pub(super) fn send(w: &mut dyn Write, mut reply: Reply, head: bool) -> Sent {
     if let Err(e) = w.write_all(&first) {
         return gone(e.to_string());
     }
+    crate::metrics::http_first_byte(started.elapsed());
     let result = match reply.body {
         _ if head => Ok(0),
         Body::None => Ok(0),
