@@ -354,6 +354,59 @@ fn tls_modes_certificates_and_host_names_as_libpq() {
 }
 
 #[test]
+fn a_revoked_server_certificate_is_refused_with_sslcrl() {
+    let pki = Pki::new();
+    let pg = tls_cluster(&pki);
+    let d = pki.dir.path();
+    fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+         default_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .unwrap();
+    fs::write(d.join("index.txt"), "").unwrap();
+    fs::write(d.join("crlnumber"), "1000\n").unwrap();
+    let ca = ["-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+    let gencrl = |out: &str| {
+        let mut a = vec!["ca"];
+        a.extend(ca);
+        a.extend(["-gencrl", "-out", out]);
+        openssl(d, &a);
+    };
+    gencrl("empty.crl");
+    let mut a = vec!["ca"];
+    a.extend(ca);
+    a.extend(["-revoke", "server.crt"]);
+    openssl(d, &a);
+    gencrl("revoked.crl");
+    let home = temp_dir("pgbt-home-");
+    let db = |crl: &str| {
+        format!(
+            "host=localhost port={} user=postgres dbname=postgres sslmode=verify-full \
+             sslrootcert={} sslcrl={}",
+            pg.port(),
+            pki.path("ca.crt"),
+            pki.path(crl)
+        )
+    };
+    ok(run(home.path(), &["--db", &db("empty.crl"), "ls"], &[]));
+    let e = fails(run(home.path(), &["--db", &db("revoked.crl"), "ls"], &[]));
+    assert!(e.contains("certificate revoked"), "{e}");
+    // The same list from PGSSLCRL.
+    let plain = format!(
+        "host=localhost port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}",
+        pg.port(),
+        pki.path("ca.crt")
+    );
+    let crl = pki.path("revoked.crl");
+    fails(run(
+        home.path(),
+        &["--db", &plain, "ls"],
+        &[("PGSSLCRL", &crl)],
+    ));
+}
+
+#[test]
 fn client_certificates_authenticate_and_keys_must_be_private() {
     let pki = Pki::new();
     let pg = tls_cluster(&pki);
