@@ -20,6 +20,11 @@ ensure_deps() {
   command -v psql >/dev/null || need+=(postgresql-client)
   command -v fusermount3 >/dev/null || need+=(fuse3)
   command -v runuser >/dev/null || need+=(util-linux)
+  # TLS: the openssl crate builds against libssl; the tests make certificates with
+  # the openssl CLI.
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v pkg-config >/dev/null || need+=(pkg-config)
+  pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
   for pkg in "$@"; do
     case "$pkg" in
       *:*) bin=${pkg%%:*}; pkg=${pkg#*:} ;;

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
-use postgres::NoTls;
 use r2d2::Pool;
-use r2d2_postgres::PostgresConnectionManager;
 
 use serde_json::{Map, Value};
 
@@ -313,7 +311,7 @@ impl InodeTable {
 
 /// The live catalog: the current tree and the means to reload it.
 pub struct Catalog {
-    pool: Pool<PostgresConnectionManager<NoTls>>,
+    pool: Pool<crate::db::Manager>,
     schema: Schema,
     target: String,
     current: RwLock<Arc<Tree>>,

@@ -72,8 +72,14 @@ impl Services {
         pool: &PoolOptions,
         cache_dir: Option<&CacheDir>,
     ) -> Result<Services, StartError> {
+        // What each host is (primary, standby, unreachable), in the log at start.
+        db.survey();
+        let handle_db = db.for_handles();
+        if handle_db.describe() != db.describe() {
+            handle_db.survey();
+        }
         let catalog = Arc::new(Catalog::open(db).map_err(StartError::Catalog)?);
-        let mut pool = HandlePool::new(db, pool);
+        let mut pool = HandlePool::new(handle_db, pool);
         if let Some(c) = cache_dir {
             let disk = DiskCache::open(&c.dir, c.max_bytes).map_err(StartError::CacheDir)?;
             drop_uncatalogued(&disk, &catalog);

@@ -35,6 +35,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "CONNINFO")]
     db: Option<String>,
 
+    /// Connection settings for reading image bytes, laid over --db's (keys given
+    /// here win), e.g. 'target_session_attrs=prefer-standby' to read images from
+    /// hot standbys while the catalog reads from any host.
+    #[arg(long, global = true, value_name = "CONNINFO")]
+    handle_db: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -427,6 +433,10 @@ fn main() -> ExitCode {
         .db
         .or_else(|| std::env::var(mount_helper::SOURCE_ENV).ok());
     let result = DbConfig::resolve(db_arg.as_deref())
+        .and_then(|db| match cli.handle_db.as_deref() {
+            Some(overlay) => db.with_handle_overlay(overlay),
+            None => Ok(db),
+        })
         .map_err(Box::<dyn std::error::Error>::from)
         .and_then(|db| match cli.command {
             Command::Mount(args) => {

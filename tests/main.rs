@@ -3,6 +3,7 @@
 
 mod cache;
 mod common;
+mod db;
 mod handle;
 mod hostile;
 mod http;

@@ -331,7 +331,7 @@ fn readers_move_to_the_promoted_standby_when_the_primary_stops() {
     }
     let len = 32 << 20;
     let (primary, data, _) = files(4, len, 740);
-    let standby = Cluster::start_standby_of(&primary);
+    let standby = Cluster::standby_of(&primary, "");
     standby.wait_caught_up_with(&primary);
     // Both hosts, primary first, as libpq's multi-host conninfo.
     let conninfo = format!(
@@ -408,9 +408,8 @@ fn a_reader_cut_by_a_standby_conflict_reads_on_and_one_whose_object_went_gets_ei
         .query_one("SELECT lo_from_bytea(0, $1)", &[&bytes(759, 4 << 20)])
         .unwrap()
         .get(0);
-    let standby = Cluster::start_standby_of(&primary);
     // Replay waits for no reader: a conflicting session is cut at once.
-    standby.configure("max_standby_streaming_delay = 0");
+    let standby = Cluster::standby_of(&primary, "-c max_standby_streaming_delay=0");
     standby.wait_caught_up_with(&primary);
     let mnt = Mount::start(
         &standby.conninfo("postgres"),

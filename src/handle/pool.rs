@@ -7,15 +7,14 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use parking_lot::Mutex;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use r2d2::{ManageConnection, Pool, PooledConnection};
-use r2d2_postgres::PostgresConnectionManager;
 
 use super::cache::ChunkCache;
 use super::disk::DiskCache;
 use super::error::{HandleError, HandleErrorKind};
 use super::idle::{Idle, Registry};
-use crate::db::DbConfig;
+use crate::db::{DbConfig, DbError, Manager};
 
 /// How handles get and keep their connections.
 #[derive(Debug, Clone)]
@@ -82,55 +81,60 @@ pub struct HandleConn {
 /// Makes handle connections: no idle-in-transaction timeout, statements prepared.
 #[derive(Debug)]
 pub struct HandleManager {
-    inner: PostgresConnectionManager<NoTls>,
+    inner: Manager,
 }
 
 impl ManageConnection for HandleManager {
     type Connection = HandleConn;
-    type Error = postgres::Error;
+    type Error = DbError;
 
-    fn connect(&self) -> Result<HandleConn, postgres::Error> {
-        let mut client = self.inner.connect()?;
+    fn connect(&self) -> Result<HandleConn, DbError> {
+        let client = self.inner.connect()?;
         crate::metrics::pool_connection_opened();
-        // A reader may pause; the idle sweeper, not the server, ends such a transaction.
-        client.batch_execute("SET idle_in_transaction_session_timeout = 0")?;
-        let read = client.prepare("SELECT lo_get($1::oid, $2::int8, $3::int4)")?;
-        let has_rows: bool = client
-            .query_one(
-                "SELECT to_regclass('maasserver_largefile') IS NOT NULL",
-                &[],
-            )?
-            .get(0);
-        let open = if has_rows {
-            // NULL when no row names the object (a store being written, or none
-            // at all), false when rows name it but none with this sha256.
-            client.prepare(
-                "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
-                 (SELECT bool_or(sha256 = $2 AND total_size = $3) \
-                  FROM maasserver_largefile WHERE content = $1::oid)",
-            )?
-        } else {
-            client.prepare(
-                "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
-                 (SELECT NULL::bool WHERE $2::text IS NULL AND $3::int8 IS NULL)",
-            )?
-        };
-        Ok(HandleConn {
-            client,
-            read,
-            open,
-            in_txn: false,
-        })
+        prepare(client).map_err(|e| DbError::query("setting up a handle connection", e))
     }
 
-    fn is_valid(&self, conn: &mut HandleConn) -> Result<(), postgres::Error> {
-        conn.client.simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut HandleConn) -> Result<(), DbError> {
+        self.inner.is_valid(&mut conn.client)
     }
 
     fn has_broken(&self, conn: &mut HandleConn) -> bool {
         // Never let a connection go back inside a transaction.
         conn.in_txn || conn.client.is_closed()
     }
+}
+
+/// Sets a new session up for handles: statements prepared once.
+fn prepare(mut client: Client) -> Result<HandleConn, postgres::Error> {
+    // A reader may pause; the idle sweeper, not the server, ends such a transaction.
+    client.batch_execute("SET idle_in_transaction_session_timeout = 0")?;
+    let read = client.prepare("SELECT lo_get($1::oid, $2::int8, $3::int4)")?;
+    let has_rows: bool = client
+        .query_one(
+            "SELECT to_regclass('maasserver_largefile') IS NOT NULL",
+            &[],
+        )?
+        .get(0);
+    let open = if has_rows {
+        // NULL when no row names the object (a store being written, or none
+        // at all), false when rows name it but none with this sha256 and size.
+        client.prepare(
+            "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
+             (SELECT bool_or(sha256 = $2 AND total_size = $3) \
+              FROM maasserver_largefile WHERE content = $1::oid)",
+        )?
+    } else {
+        client.prepare(
+            "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
+             (SELECT NULL::bool WHERE $2::text IS NULL AND $3::int8 IS NULL)",
+        )?
+    };
+    Ok(HandleConn {
+        client,
+        read,
+        open,
+        in_txn: false,
+    })
 }
 
 /// A connection borrowed from the pool.
@@ -209,9 +213,9 @@ impl Unreachable {
 #[derive(Debug)]
 struct RecordUnreachable(Arc<Unreachable>);
 
-impl r2d2::HandleError<postgres::Error> for RecordUnreachable {
-    fn handle_error(&self, err: postgres::Error) {
-        let why = crate::db::connect_reason(&err);
+impl r2d2::HandleError<DbError> for RecordUnreachable {
+    fn handle_error(&self, err: DbError) {
+        let why = err.reason();
         let now = Instant::now();
         let mut last = self.0.0.lock();
         let logged = match last.as_ref() {
@@ -236,7 +240,7 @@ impl HandlePool {
     /// A pool as `opts` says; connects lazily, on the first read that needs it.
     pub fn new(db: &DbConfig, opts: &PoolOptions) -> HandlePool {
         let manager = HandleManager {
-            inner: PostgresConnectionManager::new(db.postgres_config("pgbootfs-handle"), NoTls),
+            inner: db.manager("pgbootfs-handle"),
         };
         let unreachable = Arc::new(Unreachable::default());
         let pool = Pool::builder()

@@ -136,10 +136,74 @@ fn template() -> &'static Path {
 /// A running PostgreSQL cluster, stopped and deleted on drop.
 pub struct Cluster {
     dir: tempfile::TempDir,
+    port: u16,
+    /// Extra server options (`-c name=value ...`), given at every start.
+    extra: String,
+}
+
+/// A TCP port nothing listens on now (the kernel's pick, released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with(|_| {}, 5432, "")
+    }
+
+    /// A cluster whose data directory `setup` may change first (certificates,
+    /// pg_hba.conf), listening on `port` with `extra` server options (e.g.
+    /// `-c listen_addresses=127.0.0.1 -c ssl=on`).
+    pub fn start_with(setup: impl FnOnce(&Path), port: u16, extra: &str) -> Cluster {
+        let cluster = Self::prepare(port, extra);
+        setup(&cluster.data());
+        chown_postgres(cluster.dir.path());
+        cluster.start_server();
+        cluster
+    }
+
+    /// A hot standby of `primary`, made with `pg_basebackup -R` (streaming
+    /// replication from the primary's socket), started and ready.
+    pub fn standby_of(primary: &Cluster, extra: &str) -> Cluster {
+        let cluster = Self::prepare(5432, extra);
+        let data = cluster.data();
+        fs::remove_dir_all(&data).unwrap();
+        chown_postgres(cluster.dir.path());
+        let mut c = pg_command("pg_basebackup");
+        c.arg("-h")
+            .arg(primary.host())
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(&data);
+        run_ok(c, "pg_basebackup");
+        cluster.start_server();
+        cluster
+    }
+
+    /// Promotes this standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "60", "promote"]);
+        run_ok(c, "pg_ctl promote");
+    }
+
+    fn prepare(port: u16, extra: &str) -> Cluster {
         let dir = temp_dir("pgbt-");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
@@ -151,10 +215,21 @@ impl Cluster {
             },
             "copy template",
         );
-        chown_postgres(dir.path());
-        let cluster = Cluster { dir };
-        cluster.start_server();
-        cluster
+        Cluster {
+            dir,
+            port,
+            extra: extra.to_string(),
+        }
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The port (TCP if listening on an address, and the socket's name).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Starts the server of this cluster's data directory.
@@ -173,9 +248,11 @@ impl Cluster {
             .arg(dir.join("server.log"))
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
-                "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300 {extra}",
-                dir.display()
+                "-k {} -p {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=300 {} {extra}",
+                dir.display(),
+                self.port,
+                self.extra
             ))
             .arg("start");
         let out = c.output().unwrap();
@@ -207,8 +284,9 @@ impl Cluster {
     /// A conninfo for `dbname` as the superuser.
     pub fn conninfo(&self, dbname: &str) -> String {
         format!(
-            "host={} port=5432 user=postgres dbname={dbname}",
-            self.host().display()
+            "host={} port={} user=postgres dbname={dbname}",
+            self.host().display(),
+            self.port
         )
     }
 
