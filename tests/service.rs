@@ -659,6 +659,49 @@ fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
 }
 
 #[test]
+fn mount_t_with_a_service_name_from_a_service_file() {
+    if !fuse_or_skip("mount_t_with_a_service_name_from_a_service_file") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
+        return;
+    }
+    let (pg, kernel) = service_store();
+    let _link = HelperLink::install();
+    let tmp = temp_dir("pgbt-helper-");
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let _guard = MountedDir(dir.clone());
+    // The fstab line names a service; where the database is lives in a file that
+    // only root reads, never on a command line.
+    let services = tmp.path().join("pg_service.conf");
+    let keys = pg.conninfo("postgres").replace(' ', "\n");
+    std::fs::write(&services, format!("[images]\n{keys}\n")).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "fuse.pgbootfs", "images"])
+        .arg(&dir)
+        .arg("-o")
+        .arg(format!("ro,refresh=2,pgservicefile={}", services.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&dir));
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    let pids = daemons_on(&dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("host="));
+    assert!(Command::new("umount").arg(&dir).status().unwrap().success());
+    assert!(wait_until(Duration::from_secs(15), || daemons_on(&dir).is_empty()));
+    assert!(wait_until(Duration::from_secs(15), || handle_backends(&pg) == 0));
+}
+
+#[test]
 fn mount_helper_bad_source_fails_with_one_line_and_no_mount() {
     if !fuse_or_skip("mount_helper_bad_source_fails_with_one_line_and_no_mount") {
         return;
