@@ -75,6 +75,33 @@ fn slow_read(path: PathBuf, rate: u64) -> JoinHandle<Result<(String, u64), (std:
 }
 
 /// `curl` downloading `url` into `out` at `rate` bytes a second.
+/// Two slow readers through the mount (f0, f1) and two slow downloads (f2, f3, into
+/// `tmp`), all at `rate` bytes a second.
+#[allow(clippy::type_complexity)]
+fn four_slow_readers(
+    mnt: &Mount,
+    srv: &Server,
+    tmp: &Path,
+    rate: u64,
+) -> (
+    Vec<JoinHandle<Result<(String, u64), (std::io::Error, u64)>>>,
+    Vec<Child>,
+) {
+    let readers = (0..2)
+        .map(|i| slow_read(mnt.path(&format!("{DIR}/f{i}")), rate))
+        .collect();
+    let curls = (2..4)
+        .map(|i| {
+            slow_curl(
+                &srv.url(&format!("/{DIR}/f{i}")),
+                &tmp.join(format!("f{i}")),
+                rate,
+            )
+        })
+        .collect();
+    (readers, curls)
+}
+
 fn slow_curl(url: &str, out: &Path, rate: u64) -> Child {
     Command::new("curl")
         .args(["-sS", "--fail", "--limit-rate", &rate.to_string(), "-o"])
@@ -107,18 +134,7 @@ fn four_slow_readers_finish_byte_exact_across_a_fast_restart() {
     let tmp = temp_dir("pgbt-resume-");
     // About 5 s per file: the restart falls in the middle.
     let rate = 6 << 20;
-    let readers: Vec<_> = (0..2)
-        .map(|i| slow_read(mnt.path(&format!("{DIR}/f{i}")), rate))
-        .collect();
-    let curls: Vec<_> = (2..4)
-        .map(|i| {
-            slow_curl(
-                &srv.url(&format!("/{DIR}/f{i}")),
-                &tmp.path().join(format!("f{i}")),
-                rate,
-            )
-        })
-        .collect();
+    let (readers, curls) = four_slow_readers(&mnt, &srv, tmp.path(), rate);
     std::thread::sleep(Duration::from_millis(1500));
     // `pg_ctl restart -m fast`, with the server kept down for 2 s: longer than
     // the bytes readers have ahead of them in memory and in the kernel's
@@ -343,18 +359,7 @@ fn readers_move_to_the_promoted_standby_when_the_primary_stops() {
     let srv = Server::start(&conninfo, &["--cache-memory", CACHE_MIB]);
     let tmp = temp_dir("pgbt-failover-");
     let rate = 6 << 20;
-    let readers: Vec<_> = (0..2)
-        .map(|i| slow_read(mnt.path(&format!("{DIR}/f{i}")), rate))
-        .collect();
-    let curls: Vec<_> = (2..4)
-        .map(|i| {
-            slow_curl(
-                &srv.url(&format!("/{DIR}/f{i}")),
-                &tmp.path().join(format!("f{i}")),
-                rate,
-            )
-        })
-        .collect();
+    let (readers, curls) = four_slow_readers(&mnt, &srv, tmp.path(), rate);
     assert!(
         wait_until(Duration::from_secs(10), || handles_in_txn(&primary) >= 4),
         "the readers are not reading from the primary"

@@ -388,7 +388,7 @@ fn systemd_notify_ready_once_usable_and_stopping_on_sigterm() {
     // Usable the moment systemd hears of it: mounted, answering, bytes right.
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     assert!(is_mounted(&dir), "READY=1 before the mount: {}", d.log());
-    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), *kernel);
     let status = ready
         .lines()
         .find_map(|l| l.strip_prefix("STATUS="))
@@ -570,21 +570,50 @@ fn handle_backends(pg: &Cluster) -> i64 {
         .get(0)
 }
 
+/// What each mount(8) test starts from: a store, the helper installed, an empty
+/// mount point unmounted on drop. None (after saying why) where the test cannot run.
+struct HelperScene {
+    // Dropped in this order: unmount first, the cluster last.
+    _guard: MountedDir,
+    dir: std::path::PathBuf,
+    tmp: tempfile::TempDir,
+    _link: HelperLink,
+    pg: Cluster,
+    kernel: Vec<u8>,
+}
+
+impl HelperScene {
+    fn set_up(test: &str) -> Option<HelperScene> {
+        if !fuse_or_skip(test) {
+            return None;
+        }
+        if !is_root() {
+            eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
+            return None;
+        }
+        let (pg, kernel) = service_store();
+        let link = HelperLink::install();
+        let tmp = temp_dir("pgbt-helper-");
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        Some(HelperScene {
+            _guard: MountedDir(dir.clone()),
+            dir,
+            tmp,
+            _link: link,
+            pg,
+            kernel,
+        })
+    }
+}
+
 #[test]
 fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
-    if !fuse_or_skip("mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it") {
+    let Some(scene) = HelperScene::set_up("mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it")
+    else {
         return;
-    }
-    if !is_root() {
-        eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
-        return;
-    }
-    let (pg, kernel) = service_store();
-    let _link = HelperLink::install();
-    let tmp = temp_dir("pgbt-helper-");
-    let dir = tmp.path().join("mnt");
-    std::fs::create_dir(&dir).unwrap();
-    let _guard = MountedDir(dir.clone());
+    };
+    let (pg, kernel, tmp, dir) = (&scene.pg, &scene.kernel, &scene.tmp, scene.dir.clone());
     let log = tmp.path().join("daemon.log");
     // mount(8) clears the environment: the source carries everything.
     let out = Command::new("mount")
@@ -607,7 +636,7 @@ fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
     );
     // Returned once mounted: no waiting here.
     assert!(is_mounted(&dir));
-    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), *kernel);
     let pids = daemons_on(&dir);
     assert_eq!(pids.len(), 1, "{pids:?}");
     // Options became flags; the source is not on the command line.
@@ -645,7 +674,7 @@ fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
     assert!(wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready: mounted at"))
     }));
-    assert!(handle_backends(&pg) >= 1);
+    assert!(handle_backends(pg) >= 1);
 
     let st = Command::new("umount").arg(&dir).status().unwrap();
     assert!(st.success());
@@ -654,25 +683,16 @@ fn mount_t_fuse_pgbootfs_daemonizes_and_umount_ends_it() {
         "the daemon outlived umount:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert!(wait_until(Duration::from_secs(15), || handle_backends(&pg) == 0));
+    assert!(wait_until(Duration::from_secs(15), || handle_backends(pg) == 0));
     assert!(!is_mounted(&dir));
 }
 
 #[test]
 fn mount_t_with_a_service_name_from_a_service_file() {
-    if !fuse_or_skip("mount_t_with_a_service_name_from_a_service_file") {
+    let Some(scene) = HelperScene::set_up("mount_t_with_a_service_name_from_a_service_file") else {
         return;
-    }
-    if !is_root() {
-        eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
-        return;
-    }
-    let (pg, kernel) = service_store();
-    let _link = HelperLink::install();
-    let tmp = temp_dir("pgbt-helper-");
-    let dir = tmp.path().join("mnt");
-    std::fs::create_dir(&dir).unwrap();
-    let _guard = MountedDir(dir.clone());
+    };
+    let (pg, kernel, tmp, dir) = (&scene.pg, &scene.kernel, &scene.tmp, scene.dir.clone());
     // The fstab line names a service; where the database is lives in a file that
     // only root reads, never on a command line.
     let services = tmp.path().join("pg_service.conf");
@@ -691,31 +711,24 @@ fn mount_t_with_a_service_name_from_a_service_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(is_mounted(&dir));
-    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), *kernel);
     let pids = daemons_on(&dir);
     assert_eq!(pids.len(), 1, "{pids:?}");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains("host="));
     assert!(Command::new("umount").arg(&dir).status().unwrap().success());
     assert!(wait_until(Duration::from_secs(15), || daemons_on(&dir).is_empty()));
-    assert!(wait_until(Duration::from_secs(15), || handle_backends(&pg) == 0));
+    assert!(wait_until(Duration::from_secs(15), || handle_backends(pg) == 0));
 }
 
 #[test]
 fn mount_helper_bad_source_fails_with_one_line_and_no_mount() {
-    if !fuse_or_skip("mount_helper_bad_source_fails_with_one_line_and_no_mount") {
+    let Some(scene) =
+        HelperScene::set_up("mount_helper_bad_source_fails_with_one_line_and_no_mount")
+    else {
         return;
-    }
-    if !is_root() {
-        eprintln!("*** SKIPPING: mount(8) with a helper in /sbin needs root ***");
-        return;
-    }
-    let (pg, _) = service_store();
-    let _link = HelperLink::install();
-    let tmp = temp_dir("pgbt-helper-");
-    let dir = tmp.path().join("mnt");
-    std::fs::create_dir(&dir).unwrap();
-    let _guard = MountedDir(dir.clone());
+    };
+    let (pg, dir) = (&scene.pg, scene.dir.clone());
     let bad_db = format!("host={} dbname=nosuchdb", pg.host().display());
     for source in ["no-such-service", bad_db.as_str()] {
         let out = Command::new("mount")
@@ -780,7 +793,7 @@ fn helper_convention_in_the_foreground() {
         "{}",
         d.log()
     );
-    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), kernel);
+    assert_eq!(read_all(&dir.join(&KERNEL[1..])).unwrap(), *kernel);
     assert!(d.log().contains("refresh every 3s"), "{}", d.log());
     let child = d.child.as_mut().unwrap();
     // SAFETY: kill on our own child's pid.
