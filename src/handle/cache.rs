@@ -9,7 +9,16 @@
 //!   front, so it runs at the pace of its fastest reader, never more than its
 //!   window ahead (backpressure). A reader that falls behind the cache's memory
 //!   fetches for itself.
-//! - Memory is bounded: least recently used chunks go first.
+//! - Memory is bounded, and spent where it helps: a chunk read by one reader
+//!   only is kept briefly (a stretch of the budget, the "once" list), so a lone
+//!   reader recycles a few buffers instead of filling the whole budget with fresh
+//!   memory; one read by a second reader, or fetched again soon after it was
+//!   evicted, is kept in the "shared" list, least recently used first out (the
+//!   2Q policy: a scan does not flush what several readers use).
+//!   Fresh memory is the cost being avoided: writing a chunk into memory the
+//!   process never touched costs 5 to 20 times a copy into a reused buffer here
+//!   (page faults, and the hypervisor backing the pages), and on a cold read it
+//!   was the difference between this cache and a plain read (BENCHMARKS.md).
 //!
 //! One mutex guards it all. Every operation under it is a map update, and a chunk
 //! is 512 KiB, so even a few GB/s is a few thousand short lock holds a second;
@@ -46,6 +55,13 @@ const MIN_AHEAD: u64 = 2 * CHUNK;
 const STREAM_OUTSIDE: u64 = 1 << 20;
 
 type Key = (Arc<str>, u64);
+
+/// Share of the budget for chunks read by one reader only.
+const ONCE_SHARE: u64 = 8;
+
+/// A reader id that does not count as a second reader: the disk cache's filler,
+/// which reads along with the real readers.
+pub(crate) const BACKGROUND: u64 = 0;
 
 /// Chunks in memory, and who is fetching what.
 pub struct ChunkCache {
@@ -121,11 +137,60 @@ impl Buffers {
 }
 
 struct State {
-    chunks: LruCache<Key, Arc<Vec<u8>>>,
+    /// Chunks delivered or fetched that no reader has had yet: the streams'
+    /// windows. Evicted only when nothing else is left to evict.
+    unread: LruCache<Key, Unread>,
+    /// Chunks had by one reader (its id) that it is still reading (it has not
+    /// had their last byte), and ones it has finished: together kept for
+    /// [`ONCE_SHARE`] of the budget, finished ones evicted first.
+    reading: LruCache<Key, (Arc<Vec<u8>>, u64)>,
+    done: LruCache<Key, (Arc<Vec<u8>>, u64)>,
+    once_bytes: u64,
+    /// Chunks had by two readers or more, or wanted again after eviction.
+    shared: LruCache<Key, Arc<Vec<u8>>>,
+    /// Keys evicted lately (2Q's "A1out"): a chunk fetched again while its key is
+    /// here goes straight to `shared`.
+    ghosts: Ghosts,
     bytes: u64,
     contents: HashMap<Arc<str>, Entry>,
     next_stream: u64,
+    next_reader: u64,
+    /// Readers (not background ones) with a view open.
+    readers: usize,
     streams: usize,
+}
+
+struct Unread {
+    data: Arc<Vec<u8>>,
+    /// Its key was evicted lately: whoever reads it first, it goes to `shared`.
+    again: bool,
+}
+
+/// A bounded first-in first-out set of keys.
+struct Ghosts {
+    keys: HashSet<Key>,
+    order: std::collections::VecDeque<Key>,
+    max: usize,
+}
+
+impl Ghosts {
+    fn add(&mut self, key: Key) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        while self.order.len() > self.max {
+            if let Some(k) = self.order.pop_front() {
+                self.keys.remove(&k);
+            }
+        }
+    }
+
+    /// True (and forgets it) if `key` was evicted lately.
+    fn take(&mut self, key: &Key) -> bool {
+        // Left in `order`: it leaves there in its turn, and a key added again
+        // meanwhile is only dropped a little early.
+        self.keys.remove(key)
+    }
 }
 
 /// What is going on for one content while handles on it exist.
@@ -190,10 +255,21 @@ impl ChunkCache {
         ChunkCache {
             budget: budget.max(4 * CHUNK),
             state: Mutex::new(State {
-                chunks: LruCache::unbounded(),
+                unread: LruCache::unbounded(),
+                reading: LruCache::unbounded(),
+                done: LruCache::unbounded(),
+                once_bytes: 0,
+                shared: LruCache::unbounded(),
+                ghosts: Ghosts {
+                    keys: HashSet::new(),
+                    order: std::collections::VecDeque::new(),
+                    max: (budget / CHUNK).max(16) as usize,
+                },
                 bytes: 0,
                 contents: HashMap::new(),
                 next_stream: 1,
+                next_reader: BACKGROUND + 1,
+                readers: 0,
                 streams: 0,
             }),
             buffers: Arc::new(Buffers {
@@ -209,9 +285,17 @@ impl ChunkCache {
         self.state.lock().bytes
     }
 
-    /// Joins the readers of content `sha256` of `size` bytes.
-    pub(crate) fn content(self: &Arc<Self>, sha256: &str, size: u64) -> Content {
+    /// Joins the readers of content `sha256` of `size` bytes as a reader of its
+    /// own, or as [`BACKGROUND`] when `background`.
+    pub(crate) fn content(self: &Arc<Self>, sha256: &str, size: u64, background: bool) -> Content {
         let mut st = self.state.lock();
+        let reader = if background {
+            BACKGROUND
+        } else {
+            st.next_reader += 1;
+            st.readers += 1;
+            st.next_reader
+        };
         let key: Arc<str> = st
             .contents
             .get_key_value(sha256)
@@ -229,6 +313,7 @@ impl ChunkCache {
             cache: self.clone(),
             key,
             size,
+            reader,
         }
     }
 }
@@ -239,6 +324,8 @@ pub(crate) struct Content {
     key: Arc<str>,
     size: u64,
     cv: Arc<Condvar>,
+    /// Who reads through this view, to tell a second reader of a chunk.
+    reader: u64,
 }
 
 impl Content {
@@ -257,11 +344,68 @@ impl Content {
     /// it follows.
     pub(crate) fn get(&self, idx: u64) -> Option<Arc<Vec<u8>>> {
         let mut st = self.lock();
-        let hit = st.chunks.get(&(self.key.clone(), idx)).cloned();
+        let hit = self.lookup(&mut st, idx);
         if hit.is_some() {
             self.want(&mut st, idx * CHUNK);
         }
         hit
+    }
+
+    /// The chunk at `idx` if cached, moved to the list its readers now call for.
+    fn lookup(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
+        let key = (self.key.clone(), idx);
+        if let Some(d) = st.shared.get(&key) {
+            return Some(d.clone());
+        }
+        for done in [false, true] {
+            let list = if done { &mut st.done } else { &mut st.reading };
+            let Some((d, r)) = list.get_mut(&key) else {
+                continue;
+            };
+            if *r == self.reader || self.reader == BACKGROUND {
+                return Some(d.clone());
+            }
+            if *r == BACKGROUND {
+                *r = self.reader;
+                return Some(d.clone());
+            }
+            // A second reader: worth keeping.
+            let (d, _) = list.pop(&key)?;
+            st.once_bytes -= d.len() as u64;
+            st.shared.put(key, d.clone());
+            return Some(d);
+        }
+        let u = st.unread.pop(&key)?;
+        let d = u.data.clone();
+        if u.again {
+            st.shared.put(key, u.data);
+        } else {
+            st.once_bytes += d.len() as u64;
+            st.reading.put(key, (u.data, self.reader));
+            self.trim(st);
+        }
+        Some(d)
+    }
+
+    /// Tells the cache this reader has had the last byte of every chunk from
+    /// `first` that ends by `end`: a chunk only it had goes first when the once
+    /// lists are full, before ones it is still reading (a request that crosses a
+    /// chunk boundary reads a chunk in two parts).
+    pub(crate) fn consumed(&self, first: u64, end: u64) {
+        let mut st = self.lock();
+        let mut idx = first;
+        while (idx + 1) * CHUNK <= end || (end == self.size && idx * CHUNK < end) {
+            let key = (self.key.clone(), idx);
+            if st
+                .reading
+                .peek(&key)
+                .is_some_and(|(_, r)| *r == self.reader)
+                && let Some(e) = st.reading.pop(&key)
+            {
+                st.done.put(key, e);
+            }
+            idx += 1;
+        }
     }
 
     /// Records that a reader wants `off`: each stream it follows may run ahead of it.
@@ -283,7 +427,7 @@ impl Content {
     pub(crate) fn step(&self, idx: u64, sequential: bool, wait: Duration) -> Step {
         let off = idx * CHUNK;
         let mut st = self.lock();
-        if let Some(d) = st.chunks.get(&(self.key.clone(), idx)).cloned() {
+        if let Some(d) = self.lookup(&mut st, idx) {
             self.want(&mut st, off);
             return Step::Hit(d);
         }
@@ -313,10 +457,11 @@ impl Content {
         Step::Fetch
     }
 
-    /// Stores a chunk fetched after [`Step::Fetch`] and wakes its waiters.
+    /// Stores a chunk fetched after [`Step::Fetch`], as had by this reader, and
+    /// wakes its waiters.
     pub(crate) fn insert(&self, idx: u64, data: Arc<Vec<u8>>) {
         let mut st = self.lock();
-        self.store(&mut st, idx, data);
+        self.store(&mut st, idx, data, true);
         let entry = self.entry(&mut st);
         entry.fetching.remove(&idx);
         entry.wake(idx);
@@ -330,31 +475,74 @@ impl Content {
         entry.wake(idx);
     }
 
-    fn store(&self, st: &mut State, idx: u64, data: Arc<Vec<u8>>) {
+    /// Stores chunk `idx`: as had by this reader when `read`, else as unread.
+    fn store(&self, st: &mut State, idx: u64, data: Arc<Vec<u8>>, read: bool) {
+        let key = (self.key.clone(), idx);
+        self.remove(st, &key);
         let len = data.len() as u64;
-        if let Some(old) = st.chunks.put((self.key.clone(), idx), data) {
+        st.bytes += len;
+        if st.ghosts.take(&key) {
+            // Evicted lately and wanted again: the once list was too short for
+            // this chunk's readers.
+            if read {
+                st.shared.put(key, data);
+            } else {
+                st.unread.put(key, Unread { data, again: true });
+            }
+        } else if read {
+            st.once_bytes += len;
+            st.reading.put(key, (data, self.reader));
+        } else {
+            st.unread.put(key, Unread { data, again: false });
+        }
+        self.trim(st);
+    }
+
+    /// Drops chunk `key` wherever it is (a chunk fetched again replaces it).
+    fn remove(&self, st: &mut State, key: &Key) {
+        let old = if let Some(d) = st.shared.pop(key) {
+            Some(d)
+        } else if let Some((d, _)) = st.reading.pop(key).or_else(|| st.done.pop(key)) {
+            st.once_bytes -= d.len() as u64;
+            Some(d)
+        } else {
+            st.unread.pop(key).map(|u| u.data)
+        };
+        if let Some(old) = old {
             st.bytes -= old.len() as u64;
             self.recycle(old);
         }
-        st.bytes += len;
-        // Buffers kept for reuse, chunks being filled by streams and the streams'
-        // own buffers count against the budget too: the budget bounds what reading
-        // costs in memory, not just the cache.
-        // Never below what the running streams need ahead of their readers: a chunk
-        // evicted before its reader got it is fetched again, and a small budget
-        // with many streams would then thrash.
-        let reserved = (self.cache.buffers.free.lock().len() + st.streams) as u64 * CHUNK
-            + st.streams as u64 * STREAM_OUTSIDE;
-        let floor = (st.streams as u64 * 2 * MIN_AHEAD).max(4 * CHUNK);
-        let cap = self.cache.budget.saturating_sub(reserved).max(floor);
-        while st.bytes > cap {
-            match st.chunks.pop_lru() {
-                Some((_, old)) => {
-                    st.bytes -= old.len() as u64;
-                    self.recycle(old);
-                }
-                None => break,
+    }
+
+    /// Evicts until the lists fit: the chunks had once their share, all of them
+    /// the budget. Finished chunks go first, then (for the budget) shared ones,
+    /// then ones still being read (their readers may have left), unread ones last.
+    fn trim(&self, st: &mut State) {
+        let cap = self.chunk_room(st);
+        // At least two chunks per reader: the one it is reading, and the next.
+        let once_cap = (self.cache.budget / ONCE_SHARE)
+            .max(st.readers as u64 * 2 * CHUNK)
+            .max(4 * CHUNK);
+        loop {
+            let over_all = st.bytes > cap;
+            if !over_all && st.once_bytes <= once_cap {
+                break;
             }
+            let old = if let Some((k, (d, _))) = st.done.pop_lru() {
+                st.once_bytes -= d.len() as u64;
+                Some((k, d))
+            } else if let Some(e) = over_all.then(|| st.shared.pop_lru()).flatten() {
+                Some(e)
+            } else if let Some((k, (d, _))) = st.reading.pop_lru() {
+                st.once_bytes -= d.len() as u64;
+                Some((k, d))
+            } else {
+                st.unread.pop_lru().map(|(k, u)| (k, u.data))
+            };
+            let Some((k, old)) = old else { break };
+            st.bytes -= old.len() as u64;
+            st.ghosts.add(k);
+            self.recycle(old);
         }
     }
 
@@ -395,9 +583,25 @@ impl Content {
         }
     }
 
-    /// How far each stream may run ahead of its fastest reader.
+    /// How far each stream may run ahead of its fastest reader: half of what the
+    /// budget leaves for chunks, shared by the streams, so that their windows fit
+    /// beside the chunks being read (windows that did not fit were evicted before
+    /// their readers came, and every such miss restarted a stream).
     fn ahead(&self, st: &State) -> u64 {
-        (self.cache.budget / 2 / st.streams.max(1) as u64).clamp(MIN_AHEAD, MAX_AHEAD)
+        (self.chunk_room(st) / 2 / st.streams.max(1) as u64).clamp(MIN_AHEAD, MAX_AHEAD)
+    }
+
+    /// What the budget leaves for chunks: buffers kept for reuse, chunks being
+    /// filled by streams and the streams' own buffers count against it too (the
+    /// budget bounds what reading costs in memory, not just the cache). Never below
+    /// what the running streams need ahead of their readers: a chunk evicted
+    /// before its reader got it is fetched again, and a small budget with many
+    /// streams would then thrash.
+    fn chunk_room(&self, st: &State) -> u64 {
+        let reserved = (self.cache.buffers.free.lock().len() + st.streams) as u64 * CHUNK
+            + st.streams as u64 * STREAM_OUTSIDE;
+        let floor = (st.streams as u64 * 2 * MIN_AHEAD).max(4 * CHUNK);
+        self.cache.budget.saturating_sub(reserved).max(floor)
     }
 
     /// How many bytes stream `id` may deliver now, and how far it may run ahead of
@@ -412,7 +616,7 @@ impl Content {
     pub(crate) fn deliver(&self, id: u64, start: u64, data: Arc<Vec<u8>>) {
         let end = start + data.len() as u64;
         let mut st = self.lock();
-        self.store(&mut st, start / CHUNK, data);
+        self.store(&mut st, start / CHUNK, data, false);
         let entry = self.entry(&mut st);
         if let Some(f) = entry.streams.iter_mut().find(|f| f.id == id) {
             f.next = end;
@@ -443,6 +647,9 @@ impl Content {
 impl Drop for Content {
     fn drop(&mut self) {
         let mut st = self.lock();
+        if self.reader != BACKGROUND {
+            st.readers -= 1;
+        }
         let gone = match st.contents.get_mut(&self.key) {
             Some(e) => {
                 e.handles -= 1;
@@ -452,6 +659,21 @@ impl Drop for Content {
         };
         if gone {
             st.contents.remove(&self.key);
+            // Chunks delivered ahead of readers who left are nobody's window now:
+            // they age out with the chunks read once.
+            let orphans: Vec<Key> = st
+                .unread
+                .iter()
+                .filter(|(k, _)| k.0 == self.key)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in orphans {
+                if let Some(u) = st.unread.pop(&k) {
+                    st.once_bytes += u.data.len() as u64;
+                    st.done.put(k, (u.data, BACKGROUND));
+                }
+            }
+            self.trim(&mut st);
         }
     }
 }
@@ -467,8 +689,8 @@ mod tests {
     #[test]
     fn one_reader_fetches_while_the_others_wait() {
         let cache = Arc::new(ChunkCache::new(64 * CHUNK));
-        let a = cache.content("aa", 10 * CHUNK);
-        let b = cache.content("aa", 10 * CHUNK);
+        let a = cache.content("aa", 10 * CHUNK, false);
+        let b = cache.content("aa", 10 * CHUNK, false);
         assert!(matches!(a.step(3, false, Duration::ZERO), Step::Fetch));
         // b finds the fetch under way and waits instead of fetching too.
         assert!(matches!(b.step(3, false, Duration::ZERO), Step::Retry));
@@ -478,15 +700,15 @@ mod tests {
             _ => panic!("b should find a's chunk"),
         }
         // Another content with the same chunk number is another key.
-        let c = cache.content("bb", 10 * CHUNK);
+        let c = cache.content("bb", 10 * CHUNK, false);
         assert!(c.get(3).is_none());
     }
 
     #[test]
     fn an_abandoned_fetch_passes_to_the_next_reader() {
         let cache = Arc::new(ChunkCache::new(64 * CHUNK));
-        let a = cache.content("aa", 10 * CHUNK);
-        let b = cache.content("aa", 10 * CHUNK);
+        let a = cache.content("aa", 10 * CHUNK, false);
+        let b = cache.content("aa", 10 * CHUNK, false);
         assert!(matches!(a.step(0, false, Duration::ZERO), Step::Fetch));
         a.abandon(0);
         assert!(matches!(b.step(0, false, Duration::ZERO), Step::Fetch));
@@ -494,10 +716,10 @@ mod tests {
 
     #[test]
     fn a_stream_is_followed_and_held_back_by_its_fastest_reader() {
-        let cache = Arc::new(ChunkCache::new(8 * CHUNK));
+        let cache = Arc::new(ChunkCache::new(11 * CHUNK));
         let size = 100 * CHUNK;
-        let a = cache.content("aa", size);
-        let b = cache.content("aa", size);
+        let a = cache.content("aa", size, false);
+        let b = cache.content("aa", size, false);
         let Step::Stream(id) = a.step(0, true, Duration::ZERO) else {
             panic!("a sequential reader at 0 starts a stream");
         };
@@ -508,8 +730,9 @@ mod tests {
             c.room_now(&mut st, id).map(|(room, _)| room > 0)
         };
         let mut delivered = 0;
-        // Budget 8 chunks, one stream: it may run budget/2 = 4 chunks past the
-        // furthest reader (b, at chunk 2), and no further.
+        // Budget 11 chunks, one stream: 3 go to what the stream holds outside the
+        // cache (the chunk it fills, its connection's buffers), and it may run
+        // half the other 8 = 4 chunks past the furthest reader (b, at chunk 2).
         while room(&a) == Some(true) && delivered < 50 {
             a.deliver(id, delivered * CHUNK, chunk(delivered as u8));
             delivered += 1;
@@ -527,13 +750,13 @@ mod tests {
 
     #[test]
     fn a_window_is_no_larger_than_the_room_when_it_starts() {
-        let cache = Arc::new(ChunkCache::new(8 * CHUNK));
-        let a = cache.content("aa", 100 * CHUNK);
+        let cache = Arc::new(ChunkCache::new(11 * CHUNK));
+        let a = cache.content("aa", 100 * CHUNK, false);
         let Step::Stream(id) = a.step(0, true, Duration::ZERO) else {
             panic!("a sequential reader at 0 starts a stream");
         };
         let never = || false;
-        // One stream may run budget/2 = 4 chunks past its reader (at 0).
+        // One stream may run 4 chunks past its reader (at 0), as above.
         assert_eq!(a.room_for(id, 32 * CHUNK, &never), Some(4 * CHUNK));
         assert_eq!(a.room_for(id, CHUNK, &never), Some(CHUNK));
         for i in 0..3 {
@@ -555,7 +778,7 @@ mod tests {
     #[test]
     fn memory_stays_within_the_budget() {
         let cache = Arc::new(ChunkCache::new(4 * CHUNK));
-        let a = cache.content("aa", 100 * CHUNK);
+        let a = cache.content("aa", 100 * CHUNK, false);
         for i in 0..10 {
             assert!(matches!(a.step(i, false, Duration::ZERO), Step::Fetch));
             a.insert(i, chunk(i as u8));
@@ -568,28 +791,110 @@ mod tests {
     #[test]
     fn many_streams_on_a_small_budget_keep_their_windows() {
         let cache = Arc::new(ChunkCache::new(4 * CHUNK));
-        let a = cache.content("aa", 1000 * CHUNK);
+        let a = cache.content("aa", 1000 * CHUNK, false);
         // Three streams running: each needs its window, whatever the budget.
+        let mut ids = vec![];
         for at in [0, 100, 200] {
-            assert!(matches!(a.step(at, true, Duration::ZERO), Step::Stream(_)));
+            let Step::Stream(id) = a.step(at, true, Duration::ZERO) else {
+                panic!("a sequential reader starts a stream");
+            };
+            ids.push(id);
         }
         let floor = 3 * 2 * MIN_AHEAD;
         for i in 0..floor / CHUNK {
-            a.insert(500 + i, chunk(1));
+            a.deliver(ids[0], i * CHUNK, chunk(1));
         }
         assert_eq!(cache.bytes(), floor, "nothing evicted below the floor");
-        a.insert(900, chunk(1));
+        a.deliver(ids[0], (floor / CHUNK) * CHUNK, chunk(1));
         assert_eq!(cache.bytes(), floor, "above it, the oldest goes");
+    }
+
+    #[test]
+    fn a_lone_reader_recycles_a_few_buffers() {
+        let budget = 256 * CHUNK;
+        let cache = Arc::new(ChunkCache::new(budget));
+        let a = cache.content("aa", 1000 * CHUNK, false);
+        for i in 0..100 {
+            assert!(matches!(a.step(i, false, Duration::ZERO), Step::Fetch));
+            a.insert(i, chunk(1));
+        }
+        assert_eq!(
+            cache.bytes(),
+            budget / ONCE_SHARE,
+            "one reader's chunks: its share only"
+        );
+        assert!(a.get(99).is_some() && a.get(60).is_none());
+        let reused = cache.buffers.free.lock().len();
+        assert!(reused > 0, "evicted buffers are kept for reuse");
+    }
+
+    #[test]
+    fn chunks_a_reader_finished_go_before_ones_it_is_reading() {
+        let cache = Arc::new(ChunkCache::new(256 * CHUNK));
+        let a = cache.content("aa", 1000 * CHUNK, false);
+        // Chunk 0 read half-way (say a request that crossed into chunk 1).
+        a.insert(0, chunk(1));
+        a.consumed(0, CHUNK / 2);
+        for i in 1..=40 {
+            a.insert(i, chunk(1));
+            a.consumed(i, (i + 1) * CHUNK);
+        }
+        assert!(a.get(0).is_some(), "the chunk still being read stayed");
+        assert!(a.get(1).is_none(), "finished ones went first");
+        assert!(a.get(40).is_some());
+    }
+
+    #[test]
+    fn a_second_reader_keeps_chunks_in_memory() {
+        let budget = 256 * CHUNK;
+        let cache = Arc::new(ChunkCache::new(budget));
+        let a = cache.content("aa", 1000 * CHUNK, false);
+        let b = cache.content("aa", 1000 * CHUNK, false);
+        let filler = cache.content("aa", 1000 * CHUNK, true);
+        for i in 0..50 {
+            assert!(matches!(a.step(i, false, Duration::ZERO), Step::Fetch));
+            a.insert(i, chunk(1));
+            assert!(filler.get(i).is_some());
+            if i < 10 {
+                assert!(b.get(i).is_some());
+            }
+        }
+        // Chunks 0..10 were had by two readers (the filler does not count): kept.
+        for i in 0..10 {
+            assert!(a.get(i).is_some(), "chunk {i} kept");
+        }
+        assert!(
+            a.get(10).is_none(),
+            "chunks of one reader went past its share"
+        );
+        // One fetched again right after its eviction is kept from then on.
+        assert!(matches!(a.step(10, false, Duration::ZERO), Step::Fetch));
+        a.insert(10, chunk(1));
+        for i in 50..100 {
+            a.insert(i, chunk(1));
+        }
+        assert!(a.get(10).is_some(), "a chunk wanted again stays");
     }
 
     #[test]
     fn entries_go_when_their_last_reader_does() {
         let cache = Arc::new(ChunkCache::new(4 * CHUNK));
-        let a = cache.content("aa", CHUNK);
+        let a = cache.content("aa", CHUNK, false);
         a.insert(0, chunk(1));
         drop(a);
         assert!(cache.state.lock().contents.is_empty());
         // The chunk itself stays for the next reader.
-        assert!(cache.content("aa", CHUNK).get(0).is_some());
+        assert!(cache.content("aa", CHUNK, false).get(0).is_some());
+        // What a stream delivered ahead of a reader who left ages out like the rest.
+        let b = cache.content("bb", 100 * CHUNK, false);
+        let Step::Stream(id) = b.step(0, true, Duration::ZERO) else {
+            panic!("a sequential reader at 0 starts a stream");
+        };
+        b.deliver(id, 0, chunk(2));
+        b.end_stream(id);
+        drop(b);
+        let st = cache.state.lock();
+        assert!(st.unread.is_empty());
+        assert!(st.done.contains(&(Arc::from("bb"), 0)));
     }
 }

@@ -114,6 +114,13 @@ struct State {
 impl HandlePool {
     /// A handle on `file`, shown as `path` in messages.
     pub fn open(&self, file: &FileInfo, path: &str) -> Handle {
+        self.open_as(file, path, false)
+    }
+
+    /// A handle whose reads do not count as another reader's in the chunk cache
+    /// when `background` (the disk cache's filler reads along with the reader
+    /// that started it; its reads alone should not keep chunks in memory).
+    fn open_as(&self, file: &FileInfo, path: &str, background: bool) -> Handle {
         let key = if self.share_by_sha256 {
             file.sha256.clone()
         } else {
@@ -127,7 +134,7 @@ impl HandlePool {
                 sha256: file.sha256.clone(),
                 path: path.to_string(),
             }),
-            content: self.cache.content(&key, file.size),
+            content: self.cache.content(&key, file.size, background),
             key,
             size: file.size,
             path: path.to_string(),
@@ -283,13 +290,18 @@ impl Shared {
         let r = if let [one] = chunks {
             f(&one[at..at + len])
         } else {
-            let mut out = Vec::with_capacity(at + len);
+            // A request across a chunk boundary: only its own bytes are copied.
+            let mut out = Vec::with_capacity(len);
+            let mut skip = at;
             for c in chunks {
-                out.extend_from_slice(c);
+                let take = (c.len() - skip).min(len - out.len());
+                out.extend_from_slice(&c[skip..skip + take]);
+                skip = 0;
             }
-            f(&out[at..at + len])
+            f(&out)
         };
         self.note_end(end);
+        self.content.consumed(offset / CHUNK, end);
         r
     }
 
@@ -466,7 +478,8 @@ impl Shared {
         let Some(conn) = st.conn.take() else {
             return Err(self.error(HandleErrorKind::Failed));
         };
-        let content = self.pool().cache.content(&self.key, self.size);
+        // The stream's own view only delivers: it reads nothing.
+        let content = self.pool().cache.content(&self.key, self.size, true);
         let s = Readahead::start(conn, content, id, self.target.clone(), off)
             .map_err(|e| self.error(HandleErrorKind::Thread(e.to_string())))?;
         st.stream = Some(s);
@@ -585,7 +598,7 @@ impl Shared {
 
 /// Reads `info` from 0 to the end through a handle of its own into `fill`.
 fn fill_disk(pool: &HandlePool, info: &FileInfo, path: &str, mut fill: disk::Fill) {
-    let h = pool.open(info, path);
+    let h = pool.open_as(info, path, true);
     let mut off = 0u64;
     while off < info.size {
         let res = h.read_span(off, CHUNK as usize, false, |b| {
