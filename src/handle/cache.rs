@@ -10,7 +10,7 @@
 //!   window ahead (backpressure). A reader that falls behind the cache's memory
 //!   fetches for itself.
 //! - Memory is bounded, and spent where it helps: a chunk read by one reader
-//!   only is kept briefly (a stretch of the budget, the "once" list), so a lone
+//!   only is kept briefly (a 32nd of the budget, the "once" lists), so a lone
 //!   reader recycles a few buffers instead of filling the whole budget with fresh
 //!   memory; one read by a second reader, or fetched again soon after it was
 //!   evicted, is kept in the "shared" list, least recently used first out (the
@@ -57,7 +57,7 @@ const STREAM_OUTSIDE: u64 = 1 << 20;
 type Key = (Arc<str>, u64);
 
 /// Share of the budget for chunks read by one reader only.
-const ONCE_SHARE: u64 = 8;
+const ONCE_SHARE: u64 = 32;
 
 /// A reader id that does not count as a second reader: the disk cache's filler,
 /// which reads along with the real readers.
