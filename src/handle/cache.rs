@@ -140,12 +140,15 @@ struct State {
     /// Chunks delivered or fetched that no reader has had yet: the streams'
     /// windows. Evicted only when nothing else is left to evict.
     unread: LruCache<Key, Unread>,
-    /// Chunks had by one reader (its id) that it is still reading (it has not
-    /// had their last byte), and ones it has finished: together kept for
-    /// [`ONCE_SHARE`] of the budget, finished ones evicted first.
-    reading: LruCache<Key, (Arc<Vec<u8>>, u64)>,
+    /// Chunks had by one reader (its id) that it is still reading, with how many
+    /// of their bytes it has had: kept while it is open, as the kernel has many
+    /// requests of one reader in flight, out of order, across several chunks (a
+    /// chunk's last bytes may be served before its first).
+    reading: LruCache<Key, Reading>,
+    /// Chunks had by one reader that it has finished: kept for [`ONCE_SHARE`] of
+    /// the budget, for a reader close behind it.
     done: LruCache<Key, (Arc<Vec<u8>>, u64)>,
-    once_bytes: u64,
+    done_bytes: u64,
     /// Chunks had by two readers or more, or wanted again after eviction.
     shared: LruCache<Key, Arc<Vec<u8>>>,
     /// Keys evicted lately (2Q's "A1out"): a chunk fetched again while its key is
@@ -158,6 +161,22 @@ struct State {
     /// Readers (not background ones) with a view open.
     readers: usize,
     streams: usize,
+}
+
+struct Reading {
+    data: Arc<Vec<u8>>,
+    reader: u64,
+    served: u64,
+}
+
+impl Reading {
+    fn new(data: Arc<Vec<u8>>, reader: u64) -> Reading {
+        Reading {
+            data,
+            reader,
+            served: 0,
+        }
+    }
 }
 
 struct Unread {
@@ -258,7 +277,7 @@ impl ChunkCache {
                 unread: LruCache::unbounded(),
                 reading: LruCache::unbounded(),
                 done: LruCache::unbounded(),
-                once_bytes: 0,
+                done_bytes: 0,
                 shared: LruCache::unbounded(),
                 ghosts: Ghosts {
                     keys: HashSet::new(),
@@ -357,11 +376,20 @@ impl Content {
         if let Some(d) = st.shared.get(&key) {
             return Some(d.clone());
         }
-        for done in [false, true] {
-            let list = if done { &mut st.done } else { &mut st.reading };
-            let Some((d, r)) = list.get_mut(&key) else {
-                continue;
-            };
+        if let Some(e) = st.reading.get_mut(&key) {
+            if e.reader == self.reader || self.reader == BACKGROUND {
+                return Some(e.data.clone());
+            }
+            if e.reader == BACKGROUND {
+                e.reader = self.reader;
+                return Some(e.data.clone());
+            }
+            // A second reader: worth keeping.
+            let e = st.reading.pop(&key)?;
+            st.shared.put(key, e.data.clone());
+            return Some(e.data);
+        }
+        if let Some((d, r)) = st.done.get_mut(&key) {
             if *r == self.reader || self.reader == BACKGROUND {
                 return Some(d.clone());
             }
@@ -369,9 +397,8 @@ impl Content {
                 *r = self.reader;
                 return Some(d.clone());
             }
-            // A second reader: worth keeping.
-            let (d, _) = list.pop(&key)?;
-            st.once_bytes -= d.len() as u64;
+            let (d, _) = st.done.pop(&key)?;
+            st.done_bytes -= d.len() as u64;
             st.shared.put(key, d.clone());
             return Some(d);
         }
@@ -380,31 +407,36 @@ impl Content {
         if u.again {
             st.shared.put(key, u.data);
         } else {
-            st.once_bytes += d.len() as u64;
-            st.reading.put(key, (u.data, self.reader));
-            self.trim(st);
+            st.reading.put(key, Reading::new(u.data, self.reader));
         }
         Some(d)
     }
 
-    /// Tells the cache this reader has had the last byte of every chunk from
-    /// `first` that ends by `end`: a chunk only it had goes first when the once
-    /// lists are full, before ones it is still reading (a request that crosses a
-    /// chunk boundary reads a chunk in two parts).
-    pub(crate) fn consumed(&self, first: u64, end: u64) {
+    /// Tells the cache this reader has had the bytes `offset..end`: a chunk only it
+    /// had, once it has had all of its bytes, moves to the finished ones, which go
+    /// first.
+    pub(crate) fn served(&self, offset: u64, end: u64) {
         let mut st = self.lock();
-        let mut idx = first;
-        while (idx + 1) * CHUNK <= end || (end == self.size && idx * CHUNK < end) {
+        let mut finished = false;
+        for idx in offset / CHUNK..end.div_ceil(CHUNK) {
             let key = (self.key.clone(), idx);
-            if st
-                .reading
-                .peek(&key)
-                .is_some_and(|(_, r)| *r == self.reader)
+            let Some(e) = st.reading.peek_mut(&key) else {
+                continue;
+            };
+            if e.reader != self.reader {
+                continue;
+            }
+            e.served += end.min((idx + 1) * CHUNK) - offset.max(idx * CHUNK);
+            if e.served >= e.data.len() as u64
                 && let Some(e) = st.reading.pop(&key)
             {
-                st.done.put(key, e);
+                st.done_bytes += e.data.len() as u64;
+                st.done.put(key, (e.data, e.reader));
+                finished = true;
             }
-            idx += 1;
+        }
+        if finished {
+            self.trim(&mut st);
         }
     }
 
@@ -490,8 +522,7 @@ impl Content {
                 st.unread.put(key, Unread { data, again: true });
             }
         } else if read {
-            st.once_bytes += len;
-            st.reading.put(key, (data, self.reader));
+            st.reading.put(key, Reading::new(data, self.reader));
         } else {
             st.unread.put(key, Unread { data, again: false });
         }
@@ -502,8 +533,10 @@ impl Content {
     fn remove(&self, st: &mut State, key: &Key) {
         let old = if let Some(d) = st.shared.pop(key) {
             Some(d)
-        } else if let Some((d, _)) = st.reading.pop(key).or_else(|| st.done.pop(key)) {
-            st.once_bytes -= d.len() as u64;
+        } else if let Some(e) = st.reading.pop(key) {
+            Some(e.data)
+        } else if let Some((d, _)) = st.done.pop(key) {
+            st.done_bytes -= d.len() as u64;
             Some(d)
         } else {
             st.unread.pop(key).map(|u| u.data)
@@ -514,28 +547,30 @@ impl Content {
         }
     }
 
-    /// Evicts until the lists fit: the chunks had once their share, all of them
-    /// the budget. Finished chunks go first, then (for the budget) shared ones,
-    /// then ones still being read (their readers may have left), unread ones last.
+    /// Evicts until the lists fit: the finished chunks of lone readers their
+    /// share, all of them the budget. Finished chunks go first, then shared ones,
+    /// then ones still being read, unread ones last.
     fn trim(&self, st: &mut State) {
         let cap = self.chunk_room(st);
-        // At least two chunks per reader: the one it is reading, and the next.
-        let once_cap = (self.cache.budget / ONCE_SHARE)
+        // Two chunks per reader at least, so that with many readers (a storm) a
+        // chunk stays long enough for the second to find it.
+        let done_cap = (self.cache.budget / ONCE_SHARE)
             .max(st.readers as u64 * 2 * CHUNK)
             .max(4 * CHUNK);
         loop {
             let over_all = st.bytes > cap;
-            if !over_all && st.once_bytes <= once_cap {
+            if !over_all && st.done_bytes <= done_cap {
                 break;
             }
             let old = if let Some((k, (d, _))) = st.done.pop_lru() {
-                st.once_bytes -= d.len() as u64;
+                st.done_bytes -= d.len() as u64;
                 Some((k, d))
-            } else if let Some(e) = over_all.then(|| st.shared.pop_lru()).flatten() {
+            } else if !over_all {
+                None
+            } else if let Some(e) = st.shared.pop_lru() {
                 Some(e)
-            } else if let Some((k, (d, _))) = st.reading.pop_lru() {
-                st.once_bytes -= d.len() as u64;
-                Some((k, d))
+            } else if let Some((k, e)) = st.reading.pop_lru() {
+                Some((k, e.data))
             } else {
                 st.unread.pop_lru().map(|(k, u)| (k, u.data))
             };
@@ -660,7 +695,7 @@ impl Drop for Content {
         if gone {
             st.contents.remove(&self.key);
             // Chunks delivered ahead of readers who left are nobody's window now:
-            // they age out with the chunks read once.
+            // they age out with the finished ones.
             let orphans: Vec<Key> = st
                 .unread
                 .iter()
@@ -669,12 +704,27 @@ impl Drop for Content {
                 .collect();
             for k in orphans {
                 if let Some(u) = st.unread.pop(&k) {
-                    st.once_bytes += u.data.len() as u64;
+                    st.done_bytes += u.data.len() as u64;
                     st.done.put(k, (u.data, BACKGROUND));
                 }
             }
-            self.trim(&mut st);
         }
+        if self.reader != BACKGROUND {
+            // What this reader left half-read is finished as far as it goes.
+            let mine: Vec<Key> = st
+                .reading
+                .iter()
+                .filter(|(k, e)| k.0 == self.key && e.reader == self.reader)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in mine {
+                if let Some(e) = st.reading.pop(&k) {
+                    st.done_bytes += e.data.len() as u64;
+                    st.done.put(k, (e.data, e.reader));
+                }
+            }
+        }
+        self.trim(&mut st);
     }
 }
 
@@ -817,11 +867,12 @@ mod tests {
         for i in 0..100 {
             assert!(matches!(a.step(i, false, Duration::ZERO), Step::Fetch));
             a.insert(i, chunk(1));
+            a.served(i * CHUNK, (i + 1) * CHUNK);
         }
         assert_eq!(
             cache.bytes(),
             budget / ONCE_SHARE,
-            "one reader's chunks: its share only"
+            "one reader's finished chunks: its share only"
         );
         assert!(a.get(99).is_some() && a.get(60).is_none());
         let reused = cache.buffers.free.lock().len();
@@ -832,16 +883,21 @@ mod tests {
     fn chunks_a_reader_finished_go_before_ones_it_is_reading() {
         let cache = Arc::new(ChunkCache::new(256 * CHUNK));
         let a = cache.content("aa", 1000 * CHUNK, false);
-        // Chunk 0 read half-way (say a request that crossed into chunk 1).
+        // Chunk 0 read but for its first half (its requests came out of order).
         a.insert(0, chunk(1));
-        a.consumed(0, CHUNK / 2);
+        a.served(CHUNK / 2, CHUNK);
         for i in 1..=40 {
             a.insert(i, chunk(1));
-            a.consumed(i, (i + 1) * CHUNK);
+            a.served(i * CHUNK, (i + 1) * CHUNK);
         }
         assert!(a.get(0).is_some(), "the chunk still being read stayed");
         assert!(a.get(1).is_none(), "finished ones went first");
         assert!(a.get(40).is_some());
+        // A reader that leaves mid-chunk leaves it to age out with the rest.
+        drop(a);
+        let st = cache.state.lock();
+        assert!(st.reading.is_empty());
+        assert!(st.done.contains(&(Arc::from("aa"), 0)));
     }
 
     #[test]
@@ -854,6 +910,7 @@ mod tests {
         for i in 0..50 {
             assert!(matches!(a.step(i, false, Duration::ZERO), Step::Fetch));
             a.insert(i, chunk(1));
+            a.served(i * CHUNK, (i + 1) * CHUNK);
             assert!(filler.get(i).is_some());
             if i < 10 {
                 assert!(b.get(i).is_some());
@@ -872,6 +929,7 @@ mod tests {
         a.insert(10, chunk(1));
         for i in 50..100 {
             a.insert(i, chunk(1));
+            a.served(i * CHUNK, (i + 1) * CHUNK);
         }
         assert!(a.get(10).is_some(), "a chunk wanted again stays");
     }

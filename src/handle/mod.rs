@@ -301,7 +301,7 @@ impl Shared {
             f(&out)
         };
         self.note_end(end);
-        self.content.consumed(offset / CHUNK, end);
+        self.content.served(offset, end);
         r
     }
 
