@@ -668,6 +668,27 @@ fn handle_db_sends_image_reads_to_the_standby() {
         1,
         "{log}"
     );
+    drop(mnt);
+    // The same setting in the one conninfo, without --handle-db: image bytes (and
+    // here the catalog too, which only reads) come from the standby.
+    let db = format!(
+        "host={},{} user=postgres dbname=postgres target_session_attrs=prefer-standby",
+        primary.host().display(),
+        standby.host().display()
+    );
+    let mnt = Mount::start(&db, &[]);
+    let got = read_all(&mnt.path("ubuntu/amd64/ga-22.04/jammy/20240101/squashfs")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+    let on_standby = apps(&standby);
+    let on_primary = apps(&primary);
+    assert!(
+        on_standby.iter().any(|a| a == "pgbootfs-handle"),
+        "{on_standby:?}"
+    );
+    assert!(
+        !on_primary.iter().any(|a| a.starts_with("pgbootfs-")),
+        "{on_primary:?}"
+    );
     // Nothing is left inside a transaction on either host once the mount is gone.
     drop(mnt);
     for pg in [&primary, &standby] {
