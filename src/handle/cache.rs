@@ -955,4 +955,100 @@ mod tests {
         assert!(st.unread.is_empty());
         assert!(st.done.contains(&(Arc::from("bb"), 0)));
     }
+
+    /// The byte counts agree with the lists, and no key is in two lists.
+    fn check(cache: &ChunkCache) {
+        let st = cache.state.lock();
+        let sum = |it: &mut dyn Iterator<Item = u64>| it.sum::<u64>();
+        let unread = sum(&mut st.unread.iter().map(|(_, u)| u.data.len() as u64));
+        let reading = sum(&mut st.reading.iter().map(|(_, e)| e.data.len() as u64));
+        let done = sum(&mut st.done.iter().map(|(_, (d, _))| d.len() as u64));
+        let shared = sum(&mut st.shared.iter().map(|(_, d)| d.len() as u64));
+        assert_eq!(st.done_bytes, done);
+        assert_eq!(st.bytes, unread + reading + done + shared);
+        let mut keys = HashSet::new();
+        for k in st.unread.iter().map(|(k, _)| k) {
+            assert!(keys.insert(k.clone()));
+        }
+        for k in st.reading.iter().map(|(k, _)| k) {
+            assert!(keys.insert(k.clone()));
+        }
+        for k in st.done.iter().map(|(k, _)| k) {
+            assert!(keys.insert(k.clone()));
+        }
+        for k in st.shared.iter().map(|(k, _)| k) {
+            assert!(keys.insert(k.clone()));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Any mix of readers, streams, fetches, partial reads and departures keeps
+        /// the accounting right and the cache within its budget (or its floor).
+        #[test]
+        fn accounting_holds_whatever_readers_do(
+            ops in proptest::collection::vec((0u8..8, 0usize..4, 0u64..40, 0u64..3), 1..300)
+        ) {
+            let budget = 24 * CHUNK;
+            let cache = Arc::new(ChunkCache::new(budget));
+            let size = 40 * CHUNK - 1000;
+            let names = ["aa", "bb"];
+            let mut views: Vec<Option<Content>> = (0..4)
+                .map(|i| Some(cache.content(names[i % 2], size, i == 3)))
+                .collect();
+            let mut streams: Vec<(usize, u64, u64)> = vec![];
+            for (op, who, idx, part) in ops {
+                let Some(v) = views[who].as_ref() else {
+                    views[who] = Some(cache.content(names[who % 2], size, who == 3));
+                    continue;
+                };
+                let len = if idx == 39 { CHUNK - 1000 } else { CHUNK };
+                match op {
+                    0 | 1 => {
+                        let _ = v.get(idx);
+                    }
+                    2 => match v.step(idx, part == 0, Duration::ZERO) {
+                        Step::Fetch => v.insert(idx, Arc::new(vec![0; len as usize])),
+                        Step::Stream(id) => streams.push((who, id, idx)),
+                        _ => {}
+                    },
+                    3 | 4 => {
+                        // A piece of the chunk: a third of it, or all of it.
+                        let (a, b) = if part == 2 { (0, len) } else { (part * len / 3, (part + 1) * len / 3) };
+                        v.served(idx * CHUNK + a, idx * CHUNK + b);
+                    }
+                    5 => {
+                        if let Some(&(w, id, at)) = streams.iter().find(|s| s.0 == who) {
+                            let next = (at + 1).min(39);
+                            let l = if at == 39 { CHUNK - 1000 } else { CHUNK };
+                            views[w].as_ref().unwrap().deliver(id, at * CHUNK, Arc::new(vec![0; l as usize]));
+                            streams.retain(|s| s.1 != id);
+                            streams.push((w, id, next));
+                        }
+                    }
+                    6 => {
+                        if let Some(pos) = streams.iter().position(|s| s.0 == who) {
+                            let (w, id, _) = streams.remove(pos);
+                            views[w].as_ref().unwrap().end_stream(id);
+                        }
+                    }
+                    _ => {
+                        for (w, id, _) in streams.iter().filter(|s| s.0 == who) {
+                            views[*w].as_ref().unwrap().end_stream(*id);
+                        }
+                        streams.retain(|s| s.0 != who);
+                        views[who] = None;
+                    }
+                }
+                check(&cache);
+                let st = cache.state.lock();
+                let floor = (st.streams as u64 * 2 * MIN_AHEAD).max(4 * CHUNK);
+                proptest::prop_assert!(st.bytes <= budget.max(floor) + CHUNK);
+            }
+            drop(views);
+            check(&cache);
+            proptest::prop_assert_eq!(cache.state.lock().readers, 0);
+        }
+    }
 }
