@@ -9,12 +9,12 @@
 //!   front, so it runs at the pace of its fastest reader, never more than its
 //!   window ahead (backpressure). A reader that falls behind the cache's memory
 //!   fetches for itself.
-//! - Memory is bounded, and spent where it helps: a chunk read by one reader
-//!   only is kept briefly (a 32nd of the budget, the "once" lists), so a lone
-//!   reader recycles a few buffers instead of filling the whole budget with fresh
-//!   memory; one read by a second reader, or fetched again soon after it was
-//!   evicted, is kept in the "shared" list, least recently used first out (the
-//!   2Q policy: a scan does not flush what several readers use).
+//! - Memory is bounded, and spent where it helps: a chunk had by one reader only
+//!   is kept while it reads it and then briefly (the "done" list, a 32nd of the
+//!   budget), so a lone reader recycles a few buffers instead of filling the
+//!   whole budget with fresh memory; one had by a second reader, or fetched again
+//!   soon after it was evicted, is kept in the "shared" list, least recently used
+//!   first out (the 2Q policy: a scan does not flush what several readers use).
 //!   Fresh memory is the cost being avoided: writing a chunk into memory the
 //!   process never touched costs 5 to 20 times a copy into a reused buffer here
 //!   (page faults, and the hypervisor backing the pages), and on a cold read it
