@@ -615,14 +615,11 @@ fn handle_db_sends_image_reads_to_the_standby() {
     }
     let data = bytes(6, 2 << 20);
     let (primary, standby) = primary_and_standby(&data);
-    let db = format!(
-        "host={},{} user=postgres dbname=postgres target_session_attrs=primary",
+    let hosts = format!(
+        "host={},{} user=postgres dbname=postgres",
         primary.host().display(),
         standby.host().display()
     );
-    let mnt = Mount::start(&db, &["--handle-db", "target_session_attrs=prefer-standby"]);
-    let got = read_all(&mnt.path("ubuntu/amd64/ga-22.04/jammy/20240101/squashfs")).unwrap();
-    assert_eq!(sha256_hex(&got), sha256_hex(&data));
     let apps = |pg: &Cluster| -> Vec<String> {
         pg.client("postgres")
             .query(
@@ -635,11 +632,21 @@ fn handle_db_sends_image_reads_to_the_standby() {
             .map(|r| r.get(0))
             .collect()
     };
-    let on_standby = apps(&standby);
-    let on_primary = apps(&primary);
-    assert!(
-        on_standby.iter().any(|a| a == "pgbootfs-handle"),
-        "{on_standby:?}"
+    // Mounts, reads the image through it, and says who is connected where.
+    let mount_and_read = |attrs: &str, extra: &[&str]| {
+        let mnt = Mount::start(&format!("{hosts} target_session_attrs={attrs}"), extra);
+        let got = read_all(&mnt.path("ubuntu/amd64/ga-22.04/jammy/20240101/squashfs")).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(&data));
+        let (on_primary, on_standby) = (apps(&primary), apps(&standby));
+        assert!(
+            on_standby.iter().any(|a| a == "pgbootfs-handle"),
+            "{on_standby:?}"
+        );
+        (mnt, on_primary, on_standby)
+    };
+    let (mnt, on_primary, on_standby) = mount_and_read(
+        "primary",
+        &["--handle-db", "target_session_attrs=prefer-standby"],
     );
     assert!(
         !on_standby.iter().any(|a| a == "pgbootfs-catalog"),
@@ -671,20 +678,7 @@ fn handle_db_sends_image_reads_to_the_standby() {
     drop(mnt);
     // The same setting in the one conninfo, without --handle-db: image bytes (and
     // here the catalog too, which only reads) come from the standby.
-    let db = format!(
-        "host={},{} user=postgres dbname=postgres target_session_attrs=prefer-standby",
-        primary.host().display(),
-        standby.host().display()
-    );
-    let mnt = Mount::start(&db, &[]);
-    let got = read_all(&mnt.path("ubuntu/amd64/ga-22.04/jammy/20240101/squashfs")).unwrap();
-    assert_eq!(sha256_hex(&got), sha256_hex(&data));
-    let on_standby = apps(&standby);
-    let on_primary = apps(&primary);
-    assert!(
-        on_standby.iter().any(|a| a == "pgbootfs-handle"),
-        "{on_standby:?}"
-    );
+    let (mnt, on_primary, _) = mount_and_read("prefer-standby", &[]);
     assert!(
         !on_primary.iter().any(|a| a.starts_with("pgbootfs-")),
         "{on_primary:?}"

@@ -113,6 +113,26 @@ fn slow_curl(url: &str, out: &Path, rate: u64) -> Child {
         .expect("curl (scripts/test installs it)")
 }
 
+/// A reader 1 MiB into `f0` through the mount and a download 1 MiB into `f1` over
+/// HTTP: the open file and what it read, the connection and what it received
+/// (the response head and the body's start).
+fn readers_one_mib_in(mnt: &Mount, srv: &Server) -> (fs::File, Vec<u8>, TcpStream, Vec<u8>) {
+    let mut f = fs::File::open(mnt.path(&format!("{DIR}/f0"))).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    f.read_exact(&mut head).unwrap();
+    let mut http = TcpStream::connect(srv.addr).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut http,
+        format!("GET /{DIR}/f1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    http.read_exact(&mut first).unwrap();
+    (f, head, http, first)
+}
+
 fn curl_result(child: Child) -> (Option<i32>, String) {
     let out = child.wait_with_output().unwrap();
     (
@@ -200,19 +220,7 @@ fn a_server_gone_past_the_reconnect_timeout_gives_eio_and_the_mount_stays() {
     let mnt = Mount::start(&conninfo, &opts);
     let srv = Server::start(&conninfo, &opts[2..]);
     let p = mnt.path(&format!("{DIR}/f0"));
-    let mut f = fs::File::open(&p).unwrap();
-    let mut head = vec![0u8; 1 << 20];
-    f.read_exact(&mut head).unwrap();
-    let mut http = TcpStream::connect(srv.addr).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut http,
-        format!("GET /{DIR}/f1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut first = vec![0u8; 1 << 20];
-    http.read_exact(&mut first).unwrap();
+    let (mut f, head, mut http, mut first) = readers_one_mib_in(&mnt, &srv);
 
     pg.stop_server();
     let t = Instant::now();
@@ -281,19 +289,7 @@ fn content_replaced_while_the_server_was_down_gives_eio_not_other_bytes() {
     let opts = ["--refresh", "1", "--cache-memory", CACHE_MIB];
     let mnt = Mount::start(&conninfo, &opts);
     let srv = Server::start(&conninfo, &opts[2..]);
-    let mut f = fs::File::open(mnt.path(&format!("{DIR}/f0"))).unwrap();
-    let mut got = vec![0u8; 1 << 20];
-    f.read_exact(&mut got).unwrap();
-    let mut http = TcpStream::connect(srv.addr).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut http,
-        format!("GET /{DIR}/f1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut first = vec![0u8; 1 << 20];
-    http.read_exact(&mut first).unwrap();
+    let (mut f, mut got, mut http, mut first) = readers_one_mib_in(&mnt, &srv);
 
     // While pgbootfs cannot reach the server (it listens on another port), both
     // images are replaced and their old objects unlinked, as a re-import does.
