@@ -650,20 +650,7 @@ fn dir_node(ino: Ino, parent: Ino, path: String) -> Node {
     }
 }
 
-/// Whether `s` has the form of a sha256 as MAAS stores it: 64 hex digits.
-pub fn valid_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Lower-case hex, as MAAS writes sha256 values.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use crate::digest::{hex, valid_sha256};
 
 /// Whether `name` can be one component of a path.
 pub fn valid_component(name: &str) -> bool {

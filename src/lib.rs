@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod daemon;
 pub mod db;
+pub mod digest;
 pub mod fs;
 pub mod handle;
 pub mod http;

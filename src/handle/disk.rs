@@ -29,7 +29,7 @@ use log::{debug, info, warn};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{hex, valid_sha256};
+use crate::digest::{hex, valid_sha256};
 
 /// The cache directory and its index.
 pub struct DiskCache {
@@ -56,23 +56,6 @@ struct Entry {
 
 /// Fills running at once: each may hold a connection while it leads a stream.
 const MAX_FILLS: usize = 4;
-
-fn hash_file(path: &Path) -> io::Result<(String, u64)> {
-    use std::io::Read;
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let got = f.read(&mut buf)?;
-        if got == 0 {
-            break;
-        }
-        h.update(&buf[..got]);
-        n += got as u64;
-    }
-    Ok((hex(h.finalize().as_slice()), n))
-}
 
 /// Is process `pid` alive (so its `.part` file may still be written)?
 fn alive(pid: u32) -> bool {
@@ -156,7 +139,7 @@ impl DiskCache {
         let mut bad = 0;
         for name in &names {
             let path = self.dir.join(name);
-            let ok = match hash_file(&path) {
+            let ok = match crate::digest::sha256_file(&path, |_| {}) {
                 Ok((sha, _)) => sha == *name,
                 Err(e) => {
                     debug!("disk cache: cannot read {}: {e}", path.display());

@@ -764,26 +764,18 @@ fn same_size_stored(txn: &mut Transaction<'_>, size: u64, shown: &str) -> Result
     .map_err(|e| db_err(format!("looking up the content of {shown}"), e))
 }
 
-/// sha256 of a file, read in large chunks; counted in `progress` if given.
+/// sha256 of a file; counted in `progress` if given.
 fn hash_file(path: &Path, mut progress: Option<&mut Progress>) -> Result<String, StoreError> {
-    let io_err = |err| StoreError::Io {
+    let (sha, _) = crate::digest::sha256_file(path, |n| {
+        if let Some(p) = progress.as_deref_mut() {
+            p.add(n);
+        }
+    })
+    .map_err(|err| StoreError::Io {
         path: path.to_path_buf(),
         err,
-    };
-    let mut file = File::open(path).map_err(io_err)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; WRITE_CHUNK];
-    loop {
-        let n = read_full(&mut file, &mut buf).map_err(io_err)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        if let Some(p) = progress.as_deref_mut() {
-            p.add(n as u64);
-        }
-    }
-    Ok(hex(hasher.finalize().as_slice()))
+    })?;
+    Ok(sha)
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.
