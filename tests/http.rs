@@ -402,7 +402,11 @@ fn directory_listings_and_stream_files() {
     for name in ["boot-kernel", "boot-initrd", "squashfs"] {
         assert!(html.contains(&format!("href=\"{DIR}/{name}\"")), "{html}");
     }
+    // Slashless, a directory is redirected first, as web servers do (issue 23).
     let r = srv.get("/MAAS/images-stream/ubuntu", &["Accept: application/json"]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/MAAS/images-stream/ubuntu/"));
+    let r = srv.get("/MAAS/images-stream/ubuntu/", &["Accept: application/json"]);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let names: Vec<&str> = v

@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod maas;
 mod mount;
+mod ops;
 mod resume;
 mod service;
 mod store;

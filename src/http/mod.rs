@@ -510,6 +510,12 @@ fn route(ctx: &Ctx, rq: &Head) -> Reply {
         return Reply::text(404);
     };
     match &node.kind {
+        // As nginx and Apache answer: a page's relative links resolve against its
+        // URL, and crawlers (rclone's http remote, wget -r) tell directories from
+        // files by the slash, so a slashless directory would be fetched as a file.
+        NodeKind::Dir(_) if !trailing => {
+            Reply::text(301).header("Location", with_slash(&rq.target))
+        }
         NodeKind::Dir(_) => {
             let wants_json = rq
                 .values("accept")
@@ -533,6 +539,14 @@ fn route(ctx: &Ctx, rq: &Head) -> Reply {
         NodeKind::File(_) if trailing => Reply::text(404),
         NodeKind::File(f) => file_reply(ctx, rq, node, f),
     }
+}
+
+/// The request target with a `/` after its path, its query kept as sent.
+fn with_slash(target: &str) -> String {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let (path, rest) = target.split_at(end);
+    let query = if rest.starts_with('?') { rest } else { "" };
+    format!("{path}/{query}")
 }
 
 /// Number of non-empty segments of the raw target (to tell whether the MAAS prefix
@@ -618,4 +632,17 @@ fn file_reply(ctx: &Ctx, rq: &Head, node: &Node, f: &FileInfo) -> Reply {
         .header("Content-Type", "application/octet-stream"),
     };
     validators(reply.header("Accept-Ranges", "bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_slash;
+
+    #[test]
+    fn a_directory_redirect_keeps_the_query_and_drops_a_fragment() {
+        assert_eq!(with_slash("/ubuntu"), "/ubuntu/");
+        assert_eq!(with_slash("/ubuntu?a=1&b"), "/ubuntu/?a=1&b");
+        assert_eq!(with_slash("/ubuntu#x"), "/ubuntu/");
+        assert_eq!(with_slash("/a%20b?q#f"), "/a%20b/?q#f".replace("#f", ""));
+    }
 }

@@ -36,7 +36,8 @@ pub fn parse(raw: &str) -> Result<Target, PathError> {
         return Err(PathError::Bad);
     };
     let mut parts: Vec<String> = Vec::new();
-    let mut trailing = false;
+    // `/` alone ends in a slash too.
+    let mut trailing = rest.is_empty();
     if !rest.is_empty() {
         let raw_parts: Vec<&str> = rest.split('/').collect();
         let last = raw_parts.len() - 1;
@@ -120,7 +121,7 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(parse("/"), tree(&[], false));
+        assert_eq!(parse("/"), tree(&[], true));
         assert_eq!(parse("/ubuntu/amd64/"), tree(&["ubuntu", "amd64"], true));
         assert_eq!(parse("/a%20b?x=1"), tree(&["a b"], false));
         assert_eq!(

@@ -1,0 +1,161 @@
+//! What operators hit (issue 23): directory URLs as web servers answer them, quiet
+//! commands, restarts over a stale mount, the HTTP connection cap.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::http::Server;
+use crate::common::*;
+
+/// A store with two sets under two architectures, and the bytes of each file by
+/// its tree path (without the leading `/`).
+fn tree_store() -> (Cluster, Vec<(String, Vec<u8>)>) {
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let mut files = Vec::new();
+    let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
+    for (i, (name, len)) in [
+        ("boot-kernel", 100_000),
+        ("boot-initrd", 0),
+        ("squashfs", 3 << 20),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = bytes(10 + i as u64, len);
+        m.file(s, name, &data);
+        files.push((format!("ubuntu/amd64/ga-20.04/focal/20240101/{name}"), data));
+    }
+    let s = m.set("ubuntu/jammy", "arm64/generic", "20240202.1");
+    let data = bytes(20, 5000);
+    m.file(s, "boot-kernel", &data);
+    files.push((
+        "ubuntu/arm64/generic/jammy/20240202.1/boot-kernel".to_string(),
+        data,
+    ));
+    drop(c);
+    files.sort();
+    (pg, files)
+}
+
+/// rclone: $PGBOOTFS_RCLONE, else from PATH.
+fn rclone() -> String {
+    std::env::var("PGBOOTFS_RCLONE").unwrap_or_else(|_| "rclone".into())
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every regular file under `root`, as (relative path, bytes), sorted.
+fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_slashless_directory_is_redirected_with_its_query() {
+    let (pg, _) = tree_store();
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    for (asked, to) in [
+        ("/ubuntu", "/ubuntu/"),
+        ("/ubuntu/amd64?x=1&y", "/ubuntu/amd64/?x=1&y"),
+        ("/MAAS/images-stream", "/MAAS/images-stream/"),
+        ("/MAAS/images-stream/ubuntu", "/MAAS/images-stream/ubuntu/"),
+    ] {
+        for method in ["GET", "HEAD"] {
+            let r = srv.req(method, asked, &[]);
+            assert_eq!(r.status, 301, "{method} {asked}");
+            assert_eq!(r.header("location"), Some(to), "{method} {asked}");
+        }
+        let r = srv.get(to, &[]);
+        assert_eq!(r.status, 200, "{to}");
+    }
+    // A file is not a directory: no redirect, and a slash after it is a 404.
+    let file = "/ubuntu/amd64/ga-20.04/focal/20240101/boot-kernel";
+    assert_eq!(srv.get(file, &[]).status, 200);
+    assert_eq!(srv.get(&format!("{file}/"), &[]).status, 404);
+    assert_eq!(srv.get("/ubuntu/nope", &[]).status, 404);
+}
+
+#[test]
+fn rclone_copies_and_checks_the_whole_tree_byte_exact() {
+    let (pg, files) = tree_store();
+    let srv = Server::start(&pg.conninfo("postgres"), &[]);
+    let url = srv.url("/");
+    let tmp = temp_dir("pgbt-rclone-");
+    let rclone_cmd = |args: &[&str]| {
+        let mut c = Command::new(rclone());
+        // No config file of the machine's: the remote is given on the command line.
+        c.env("RCLONE_CONFIG", tmp.path().join("rclone.conf"))
+            .args(["--http-url", &url])
+            .args(args);
+        c
+    };
+    let listed = run(
+        &mut rclone_cmd(&["lsf", "-R", "--files-only", ":http:"]),
+        "rclone lsf",
+    );
+    let mut listed: Vec<&str> = listed.lines().collect();
+    listed.sort();
+    let want: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(listed, want, "rclone lsf -R");
+
+    // The whole tree, and a subdirectory named without its slash (the case that
+    // copied an HTML page as a file before the redirect).
+    let all = tmp.path().join("all");
+    run(
+        &mut rclone_cmd(&["copy", ":http:", all.to_str().unwrap()]),
+        "rclone copy",
+    );
+    assert_eq!(files_under(&all), files, "rclone copy of /");
+    let sub = tmp.path().join("sub");
+    run(
+        &mut rclone_cmd(&["copy", ":http:ubuntu/amd64", sub.to_str().unwrap()]),
+        "rclone copy ubuntu/amd64",
+    );
+    let want_sub: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .filter_map(|(p, d)| Some((p.strip_prefix("ubuntu/amd64/")?.to_string(), d.clone())))
+        .collect();
+    assert_eq!(files_under(&sub), want_sub, "rclone copy of ubuntu/amd64");
+
+    // rclone check reads both sides in full (--download): the bytes, not only sizes.
+    run(
+        &mut rclone_cmd(&["check", "--download", ":http:", all.to_str().unwrap()]),
+        "rclone check",
+    );
+    // And it does see a difference: one flipped byte fails the check.
+    let (name, _) = files.iter().find(|(_, d)| !d.is_empty()).unwrap();
+    let victim = all.join(name);
+    let mut b = fs::read(&victim).unwrap();
+    b[0] ^= 1;
+    fs::write(&victim, b).unwrap();
+    let out = rclone_cmd(&["check", "--download", ":http:", all.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "rclone check missed a flipped byte");
+}
