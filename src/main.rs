@@ -41,6 +41,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "CONNINFO")]
     handle_db: Option<String>,
 
+    /// Log more on standard error: -v shows what ls, verify, import and remove do
+    /// (they print only results and problems otherwise), -vv debug lines. The
+    /// daemons (mount, serve) log at info without it. RUST_LOG, if set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -373,16 +379,39 @@ struct ConfString(*const std::ffi::c_char);
 // SAFETY: the pointer is to a static, never written, C string.
 unsafe impl Sync for ConfString {}
 
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+/// Starts the log on standard error at `default` (a RUST_LOG filter), which
+/// RUST_LOG in the environment overrides.
+fn start_log(default: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp_millis()
         .init();
+}
+
+impl Cli {
+    /// The log level without RUST_LOG. A command run by hand prints its results on
+    /// stdout and only what went wrong on stderr (`ls | head -1` shows one line,
+    /// not the log); the daemons' log is their account of what they serve.
+    fn log_level(&self) -> &'static str {
+        let daemon = matches!(self.command, Command::Mount(_) | Command::Serve(_));
+        match (daemon, self.verbose) {
+            (true, 0) | (false, 1) => "info",
+            (false, 0) => "warn",
+            _ => "debug",
+        }
+    }
+}
+
+fn main() -> ExitCode {
     log_panics();
-    raise_fd_limit();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let subcommands = subcommands();
     let subcommands: Vec<&str> = subcommands.iter().map(String::as_str).collect();
-    let cli = if mount_helper::invoked_as_helper(&args, &subcommands) {
+    let helper = mount_helper::invoked_as_helper(&args, &subcommands);
+    if helper {
+        // mount(8) runs the helper for a daemon: it logs as one.
+        start_log("info");
+    }
+    let cli = if helper {
         match mount_helper::parse(&args) {
             Ok(req) if req.fake => return ExitCode::SUCCESS,
             Ok(req) if req.foreground => {
@@ -406,8 +435,11 @@ fn main() -> ExitCode {
             Err(e) => return fail(&e),
         }
     } else {
-        Cli::parse()
+        let cli = Cli::parse();
+        start_log(cli.log_level());
+        cli
     };
+    raise_fd_limit();
     // Commands that need no database.
     match &cli.command {
         Command::Completions { shell } => {

@@ -159,3 +159,122 @@ fn rclone_copies_and_checks_the_whole_tree_byte_exact() {
         .unwrap();
     assert!(!out.status.success(), "rclone check missed a flipped byte");
 }
+
+/// Runs `pgbootfs --db DB ARGS` with no RUST_LOG of the caller's, so the
+/// command's own default log level shows.
+fn quiet_run(db: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(["--db", db])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn ls_into_head_exits_0_with_nothing_on_stderr() {
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    // More than a pipe holds (64 KiB), so ls is still writing when head leaves.
+    let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
+    for i in 0..700 {
+        m.file(
+            s,
+            &format!("file-with-a-long-enough-name-{i:04}"),
+            &bytes(i, 10),
+        );
+    }
+    drop(c);
+    let db = pg.conninfo("postgres");
+    let all = quiet_run(&db, &["ls"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    assert!(all.stdout.len() > 64 << 10, "{} bytes", all.stdout.len());
+    assert_eq!(text(&all.stderr), "", "ls wrote on stderr");
+
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#"set -o pipefail; RUST_LOG= "$0" --db "$1" ls | head -1"#,
+            bin(),
+            &db,
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stderr), "", "ls | head -1 wrote on stderr");
+
+    // -v shows the log again.
+    let v = quiet_run(&db, &["-v", "ls"]);
+    assert!(text(&v.stderr).contains("INFO"), "{}", text(&v.stderr));
+}
+
+#[test]
+fn import_verify_remove_print_results_and_no_log_without_v() {
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    let src = temp_dir("pgbt-src-");
+    let version = src.path().join("ubuntu/amd64/ga-22.04/jammy/20240101");
+    fs::create_dir_all(&version).unwrap();
+    fs::write(version.join("boot-kernel"), bytes(1, 300_000)).unwrap();
+    fs::write(version.join("squashfs"), bytes(2, 2 << 20)).unwrap();
+    let src_arg = src.path().to_str().unwrap();
+
+    let out = quiet_run(&db, &["import", src_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "import wrote on stderr");
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout}");
+    assert!(stdout.starts_with("imported: 1 version(s) new"), "{stdout}");
+
+    for args in [&["verify"][..], &["ls", "ubuntu"]] {
+        let out = quiet_run(&db, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), "", "{args:?} wrote on stderr");
+        assert!(!out.stdout.is_empty(), "{args:?} printed no result");
+    }
+    let out = quiet_run(&db, &["remove", "ubuntu/amd64/ga-22.04/jammy/20240101"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "remove wrote on stderr");
+    assert!(text(&out.stdout).contains("removed 1 version(s)"));
+
+    // With -v, import tells what it does.
+    let out = quiet_run(&db, &["-v", "import", src_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("INFO") && err.contains("squashfs"), "{err}");
+
+    // On a terminal (script(1) gives it one), import draws a progress bar there and
+    // still logs nothing.
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --db '{db}' import --replace '{src_arg}'",
+            bin()
+        ))
+        .arg("/dev/null")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let tty = text(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("import ["), "no progress bar: {tty:?}");
+    assert!(!tty.contains("INFO"), "{tty}");
+}
