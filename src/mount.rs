@@ -135,7 +135,7 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
-        fuser::MountOption::FSName("pgbootfs".into()),
+        fuser::MountOption::FSName(FSNAME.into()),
         fuser::MountOption::Subtype("pgbootfs".into()),
         fuser::MountOption::NoAtime,
         fuser::MountOption::NoDev,
@@ -222,8 +222,19 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     Ok(())
 }
 
+/// The file system type of our mounts in the mount table (`fuse.` and the subtype).
+const FSTYPE: &str = "fuse.pgbootfs";
+
+/// The mount source of our mounts (fuser's fsname).
+const FSNAME: &str = "pgbootfs";
+
+/// How long a pgbootfs already mounted at the mountpoint has to answer a statfs
+/// before it is taken as hung (a stopped process, say) and the mount refused.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Checks the mountpoint, cleaning up a stale mount left by a killed earlier run.
 fn prepare_mountpoint(path: &Path) -> Result<(), MountError> {
+    detach_stale_pgbootfs(path)?;
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(MountError::Mountpoint(format!(
@@ -255,6 +266,118 @@ fn prepare_mountpoint(path: &Path) -> Result<(), MountError> {
             path.display()
         ))),
     }
+}
+
+/// The absolute path of `path` as the mount table names it: its parent resolved,
+/// its last component not followed, since a stale mount there fails every look-up.
+fn mount_table_path(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(abs),
+        _ => abs,
+    }
+}
+
+/// What a statfs of an existing pgbootfs mount came to.
+enum Probe {
+    /// The daemon answered: the mount is in use.
+    Live,
+    /// The daemon is gone (ENOTCONN, or ECONNABORTED for a request that was
+    /// queued when it died).
+    Dead,
+    /// No answer within [`PROBE_TIMEOUT`].
+    Hung,
+}
+
+/// Asks the file system at `path` for its statfs, which FUSE never answers from a
+/// cache (a stat may be answered from the kernel's attribute cache for a second
+/// after the daemon died, which is how a restart at once used to fail).
+fn probe(path: &Path) -> Probe {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Probe::Dead;
+    };
+    let (tx, rx) = mpsc::channel();
+    // A thread of its own: a stopped daemon would hold the call forever, and then
+    // the thread is left behind as this process exits with an error.
+    let spawned = std::thread::Builder::new()
+        .name("mount-probe".into())
+        .spawn(move || {
+            // SAFETY: statfs is plain data, for which all zeroes is a valid value.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: statfs writes only into the struct passed; the path is a
+            // valid NUL-terminated string.
+            let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+            let _ = tx.send(if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            });
+        });
+    if spawned.is_err() {
+        return Probe::Hung;
+    }
+    match rx.recv_timeout(PROBE_TIMEOUT) {
+        Ok(Ok(())) => Probe::Live,
+        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            Probe::Dead
+        }
+        Ok(Err(e)) => {
+            debug!("statfs of {}: {e}", path.display());
+            Probe::Dead
+        }
+        Err(_) => Probe::Hung,
+    }
+}
+
+/// Finds pgbootfs mounts at `path` in the mount table: a dead one (its daemon
+/// killed) is detached, a live one refuses the mount. Stacked dead mounts (several
+/// crashes in a row) are detached one by one.
+fn detach_stale_pgbootfs(path: &Path) -> Result<(), MountError> {
+    let point = mount_table_path(path);
+    for _ in 0..16 {
+        let Some(entry) = crate::mountinfo::find(&point) else {
+            return Ok(());
+        };
+        // Ours: `fuse.pgbootfs`, or `fuse` from source `pgbootfs` (fuser's mount(2)
+        // as root records no subtype).
+        let ours = entry.fstype == FSTYPE || (entry.fstype == "fuse" && entry.source == FSNAME);
+        if !ours {
+            // Someone else's mount: mounting over it is the caller's choice.
+            return Ok(());
+        }
+        match probe(&point) {
+            Probe::Live => {
+                return Err(MountError::Mountpoint(format!(
+                    "{} is already mounted by a running pgbootfs; stop it first                      (or unmount: umount {0})",
+                    point.display()
+                )));
+            }
+            Probe::Hung => {
+                return Err(MountError::Mountpoint(format!(
+                    "{0} is mounted by a pgbootfs that does not answer within {1}s;                      stop that process, or detach it with `umount -l {0}`                      (`fusermount3 -u -z {0}` as a user), and try again",
+                    point.display(),
+                    PROBE_TIMEOUT.as_secs()
+                )));
+            }
+            Probe::Dead => {
+                warn!(
+                    "{} is a stale pgbootfs mount left by an earlier run; detaching it",
+                    point.display()
+                );
+                detach(&point);
+                if crate::mountinfo::find(&point).as_ref() == Some(&entry) {
+                    return Err(MountError::Mountpoint(format!(
+                        "{0} is a stale pgbootfs mount that could not be detached;                          run `umount -l {0}` (`fusermount3 -u -z {0}` as a user) and                          try again",
+                        point.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Detaches the mount at `path` lazily: umount2(MNT_DETACH) as root, else through

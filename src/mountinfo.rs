@@ -13,8 +13,11 @@ pub struct MountEntry {
     pub device: String,
     /// Where it is mounted.
     pub point: PathBuf,
-    /// The file system type, e.g. `fuse.pgbootfs`.
+    /// The file system type, e.g. `fuse.pgbootfs`, or `fuse` when the subtype was
+    /// not recorded (a mount(2) by root through fuser).
     pub fstype: String,
+    /// The mount source (`pgbootfs` for ours: fuser's fsname).
+    pub source: String,
 }
 
 /// Every mount of this process's namespace, in mount order.
@@ -37,6 +40,7 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
         device: fields.get(2)?.to_string(),
         point: PathBuf::from(std::ffi::OsString::from_vec(unescape(fields.get(4)?))),
         fstype: fields.get(dash + 1)?.to_string(),
+        source: String::from_utf8_lossy(&unescape(fields.get(dash + 2)?)).into_owned(),
     })
 }
 
@@ -75,9 +79,11 @@ mod tests {
         assert_eq!(m.point, PathBuf::from("/tmp/a b\tc\nd\\e"));
         assert_eq!(m.device, "0:52");
         assert_eq!(m.fstype, "fuse.pgbootfs");
+        assert_eq!(m.source, "pgbootfs");
         // Optional tags before the dash do not shift the type.
         let tagged = "1 2 8:1 / / rw shared:1 master:2 - ext4 /dev/sda1 rw";
         assert_eq!(parse_line(tagged).unwrap().fstype, "ext4");
+        assert_eq!(parse_line(tagged).unwrap().source, "/dev/sda1");
         // A backslash not followed by three octal digits stays.
         assert_eq!(unescape(r"a\9b\"), b"a\\9b\\");
     }

@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::common::http::Server;
 use crate::common::*;
@@ -277,4 +278,114 @@ fn import_verify_remove_print_results_and_no_log_without_v() {
     assert!(out.status.success(), "{tty}");
     assert!(tty.contains("import ["), "no progress bar: {tty:?}");
     assert!(!tty.contains("INFO"), "{tty}");
+}
+
+/// A store with one small file, for the mount tests.
+fn one_file_store() -> Cluster {
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    m.file(s, "a", &bytes(91, 1000));
+    drop(c);
+    pg
+}
+
+const ONE_FILE: &str = "ubuntu/amd64/generic/focal/1/a";
+
+/// `kill -9` of a mount, then a new mount at once (no wait for the kernel's
+/// attribute cache to lapse): the stale mount is found in the mount table,
+/// detached, and the new one serves.
+fn restart_at_once_after_kill_9(name: &str) {
+    let pg = one_file_store();
+    let db = pg.conninfo("postgres");
+    let tmp = temp_dir("pgbt-mnt-");
+    let dir = tmp.path().join(name);
+    fs::create_dir(&dir).unwrap();
+    // Every Mount is kept to the end: dropping a killed one would unmount
+    // whatever is mounted at the path by then, the new one included.
+    let mut mounts = vec![Mount::start_at(
+        temp_dir("pgbt-log-"),
+        dir.clone(),
+        &db,
+        &[],
+    )];
+    assert_eq!(fs::read(mounts[0].path(ONE_FILE)).unwrap(), bytes(91, 1000));
+    for round in 0..3 {
+        let st = mounts.last_mut().unwrap().stop_with(libc::SIGKILL);
+        assert!(!st.success());
+        assert!(
+            is_mounted(&dir),
+            "round {round}: the killed mount is listed"
+        );
+        // Mount::start_at's own wait is fooled by the stale mount (listed, and its
+        // root's attributes still cached): wait for the new one's readiness too.
+        let next = Mount::start_at(temp_dir("pgbt-log-"), dir.clone(), &db, &[]);
+        assert!(
+            wait_until(Duration::from_secs(20), || next
+                .log()
+                .contains("ready: mounted")),
+            "round {round}: not ready:\n{}",
+            next.log()
+        );
+        assert_eq!(
+            fs::read(next.path(ONE_FILE)).unwrap(),
+            bytes(91, 1000),
+            "round {round}"
+        );
+        assert!(
+            next.log().contains("stale pgbootfs mount"),
+            "{}",
+            next.log()
+        );
+        // One mount at the point: the stale one was detached, not covered.
+        let at_dir = pgbootfs::mountinfo::mounts()
+            .into_iter()
+            .filter(|m| m.point == dir)
+            .count();
+        assert_eq!(at_dir, 1, "round {round}: mounts at {}", dir.display());
+        mounts.push(next);
+    }
+}
+
+#[test]
+fn a_restart_at_once_after_kill_9_mounts_at_a_plain_path() {
+    if !fuse_or_skip("a_restart_at_once_after_kill_9_mounts_at_a_plain_path") {
+        return;
+    }
+    restart_at_once_after_kill_9("mnt");
+}
+
+#[test]
+fn a_restart_at_once_after_kill_9_mounts_at_an_odd_path() {
+    if !fuse_or_skip("a_restart_at_once_after_kill_9_mounts_at_an_odd_path") {
+        return;
+    }
+    // The mount table escapes these as \040, \011 and \134.
+    restart_at_once_after_kill_9("mnt a\tb\\c");
+}
+
+#[test]
+fn a_second_mount_over_a_live_one_is_refused_in_one_line() {
+    if !fuse_or_skip("a_second_mount_over_a_live_one_is_refused_in_one_line") {
+        return;
+    }
+    let pg = one_file_store();
+    let db = pg.conninfo("postgres");
+    let live = Mount::start(&db, &[]);
+    let out = Command::new(bin())
+        .args(["--db", &db, "mount"])
+        .arg(&live.dir)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("already mounted by a running pgbootfs"),
+        "{err}"
+    );
+    // The first mount is untouched.
+    assert_eq!(fs::read(live.path(ONE_FILE)).unwrap(), bytes(91, 1000));
 }
