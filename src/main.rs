@@ -275,6 +275,11 @@ struct HttpArgs {
     /// may hold 64 times this many connections open; more are refused with 503.
     #[arg(long, default_value_t = 8, value_name = "N")]
     http_per_client: usize,
+    /// HTTP connections held open at once over all clients; more are answered 503
+    /// and closed at once. Default: half the open-file limit (raised to its hard
+    /// limit at start), at least 64 and at most 16384.
+    #[arg(long, value_name = "N")]
+    http_max_connections: Option<usize>,
     /// Only these networks may use the HTTP side (e.g. the rack controllers and
     /// mirrors); others get 403. Default: everyone.
     #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
@@ -302,6 +307,9 @@ impl HttpArgs {
             pool_wait: Duration::from_secs(self.http_pool_wait.max(1)),
             header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
             per_client: self.http_per_client.max(1),
+            // 0 stands for the default, which is known only once the descriptor
+            // limit is raised.
+            max_connections: self.http_max_connections.map_or(0, |n| n.max(1)),
             allow_from: self.allow_from.clone(),
             trusted_proxies: self.trusted_proxy.clone(),
             metrics_only: false,

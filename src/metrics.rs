@@ -92,6 +92,12 @@ struct Metrics {
     http_duration: Histogram,
     http_first_byte: Histogram,
     fuse_ops: Family<Label, Counter>,
+    http_connections: Gauge,
+    http_connections_limit: Gauge,
+    http_client_connections_limit: Gauge,
+    http_clients: Gauge,
+    http_client_connections_max: Gauge,
+    http_refused: Family<Label, Counter>,
     /// When the catalog was last loaded.
     loaded_at: Mutex<Option<Instant>>,
     sampler: Mutex<Option<Box<dyn Fn() -> Sample + Send + Sync>>>,
@@ -131,6 +137,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         http_duration: latency(),
         http_first_byte: latency(),
         fuse_ops: Family::default(),
+        http_connections: Gauge::default(),
+        http_connections_limit: Gauge::default(),
+        http_client_connections_limit: Gauge::default(),
+        http_clients: Gauge::default(),
+        http_client_connections_max: Gauge::default(),
+        http_refused: Family::default(),
         loaded_at: Mutex::new(None),
         sampler: Mutex::new(None),
     };
@@ -268,6 +280,37 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "FUSE requests by kind",
         m.fuse_ops.clone(),
     );
+    r.register(
+        "http_connections",
+        "HTTP connections open now",
+        m.http_connections.clone(),
+    );
+    r.register(
+        "http_connections_limit",
+        "HTTP connections the server holds at most (--http-max-connections)",
+        m.http_connections_limit.clone(),
+    );
+    r.register(
+        "http_client_connections_limit",
+        "HTTP connections one client address may hold (64 x --http-per-client)",
+        m.http_client_connections_limit.clone(),
+    );
+    r.register(
+        "http_clients",
+        "Client addresses holding HTTP connections now (trusted proxies not counted)",
+        m.http_clients.clone(),
+    );
+    r.register(
+        "http_client_connections_max",
+        "HTTP connections held now by the client address that holds the most",
+        m.http_client_connections_max.clone(),
+    );
+    r.register(
+        "http_connections_refused",
+        "HTTP connections refused at once, by reason: server_full (503), client_full \
+         (503), not_allowed (403)",
+        m.http_refused.clone(),
+    );
     Metrics { registry: r, ..m }
 });
 
@@ -317,6 +360,30 @@ pub fn encode(openmetrics: bool) -> String {
         prometheus_text::encode(&mut out, &m.registry)
     };
     out
+}
+
+/// The HTTP connection caps in force.
+pub fn http_connection_limits(server: usize, per_client: usize) {
+    let m = m();
+    m.http_connections_limit
+        .set(i64::try_from(server).unwrap_or(i64::MAX));
+    m.http_client_connections_limit
+        .set(i64::try_from(per_client).unwrap_or(i64::MAX));
+}
+
+/// HTTP connections now: open in all, client addresses holding any, and the most
+/// one address holds.
+pub fn http_connections(open: usize, clients: usize, busiest: usize) {
+    let m = m();
+    let set = |g: &Gauge, v: usize| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    set(&m.http_connections, open);
+    set(&m.http_clients, clients);
+    set(&m.http_client_connections_max, busiest);
+}
+
+/// An HTTP connection refused at once (`server_full`, `client_full`, `not_allowed`).
+pub fn http_refused(reason: &'static str) {
+    m().http_refused.get_or_create(&[("reason", reason)]).inc();
 }
 
 /// A handle got a connection after `took`; `waited` if none was free at first.

@@ -389,3 +389,210 @@ fn a_second_mount_over_a_live_one_is_refused_in_one_line() {
     // The first mount is untouched.
     assert_eq!(fs::read(live.path(ONE_FILE)).unwrap(), bytes(91, 1000));
 }
+
+/// Raises this process's descriptor limit to its hard limit (the flood below
+/// holds 2,000 connections).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
+fn connect_from(from: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
+    sock.into()
+}
+
+/// The value of the series `key` (name and labels as written) in metrics text.
+fn metric(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn past_http_max_connections_new_connections_get_503_and_downloads_go_on() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::sync::{Arc, Barrier, mpsc};
+
+    raise_fd_limit();
+    let (pg, mut c) = store();
+    let big = bytes(3, 64 << 20);
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/ga-20.04", "20240101");
+    m.file(s, "squashfs", &big);
+    drop(c);
+    let path = "/ubuntu/amd64/ga-20.04/focal/20240101/squashfs";
+    // A header timeout longer than the test: admitted idle connections are held.
+    let srv = Server::start(
+        &pg.conninfo("postgres"),
+        &[
+            "--http-max-connections",
+            "500",
+            "--http-header-timeout",
+            "300",
+        ],
+    );
+    const CAP: usize = 500;
+    const DOWNLOADS: usize = 4;
+    const FLOOD: usize = 2000;
+    const ADDRESSES: usize = 100;
+
+    // Downloads that are under way when the flood comes: 1 MiB in, then they wait
+    // for the flood to be counted, then read the rest (64 MiB is more than the
+    // socket buffers hold, so each keeps its connection meanwhile).
+    let release = Arc::new(Barrier::new(DOWNLOADS + 1));
+    let (started_tx, started_rx) = mpsc::channel();
+    let downloads: Vec<_> = (0..DOWNLOADS)
+        .map(|_| {
+            let release = release.clone();
+            let started = started_tx.clone();
+            let addr = srv.addr;
+            std::thread::spawn(move || {
+                let mut s = connect_from("127.0.0.1", addr);
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut first = vec![0u8; 1 << 20];
+                s.read_exact(&mut first).unwrap();
+                started.send(()).unwrap();
+                release.wait();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).unwrap();
+                first.extend_from_slice(&rest);
+                first
+            })
+        })
+        .collect();
+    for _ in 0..DOWNLOADS {
+        started_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a download did not start");
+    }
+    let threads_before = srv.threads();
+
+    // The flood: idle connections from 100 addresses, 20 each.
+    let mut flood: Vec<std::net::TcpStream> = (0..FLOOD)
+        .map(|i| connect_from(&format!("127.0.2.{}", 1 + i % ADDRESSES), srv.addr))
+        .collect();
+    for s in &flood {
+        s.set_nonblocking(true).unwrap();
+    }
+    // Each is either answered 503 and closed, or held without a word.
+    let admitted = CAP - DOWNLOADS;
+    let mut refused = vec![false; FLOOD];
+    let mut got: Vec<Vec<u8>> = vec![Vec::new(); FLOOD];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    while refused.iter().filter(|r| **r).count() < FLOOD - admitted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} refused of {FLOOD} in 60 s, {} wanted",
+            refused.iter().filter(|r| **r).count(),
+            FLOOD - admitted
+        );
+        for (i, s) in flood.iter_mut().enumerate() {
+            if refused[i] {
+                continue;
+            }
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        let answer = text(&got[i]);
+                        assert!(
+                            answer.starts_with("HTTP/1.1 503 "),
+                            "connection {i} closed with {answer:?}"
+                        );
+                        assert!(answer.contains("Retry-After: "), "{answer}");
+                        refused[i] = true;
+                        break;
+                    }
+                    Ok(n) => got[i].extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("connection {i}: {e}"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The rest are held, and got no thread beyond their own.
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, s) in flood.iter_mut().enumerate() {
+        if !refused[i] {
+            let r = s.read(&mut buf);
+            assert!(
+                matches!(&r, Err(e) if e.kind() == ErrorKind::WouldBlock),
+                "held connection {i}: {r:?}"
+            );
+        }
+    }
+    let held = refused.iter().filter(|r| !**r).count();
+    assert_eq!(held, admitted);
+    let threads = srv.threads();
+    assert!(
+        threads <= threads_before + admitted as u64 + 16,
+        "{threads} server threads, {threads_before} before the flood"
+    );
+
+    // The downloads go on to the end, byte-exact.
+    release.wait();
+    for d in downloads {
+        let body = d.join().unwrap();
+        let head_end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(body.starts_with(b"HTTP/1.1 200 "));
+        assert_eq!(sha256_hex(&body[head_end..]), sha256_hex(&big));
+    }
+
+    // With their slots free, /metrics answers: the flood's figures, per address too.
+    let mut last = String::new();
+    let counted = wait_until(Duration::from_secs(10), || {
+        let r = srv.get("/metrics", &[]);
+        last = text(&r.body);
+        r.status == 200 && metric(&last, "pgbootfs_http_connections") == Some((admitted + 1) as f64)
+    });
+    assert!(counted, "{last}");
+    let refused_n = (FLOOD - admitted) as f64;
+    for (key, want) in [
+        ("pgbootfs_http_connections_limit", CAP as f64),
+        (
+            "pgbootfs_http_connections_refused_total{reason=\"server_full\"}",
+            refused_n,
+        ),
+        // 100 flood addresses and the scraper's.
+        ("pgbootfs_http_clients", (ADDRESSES + 1) as f64),
+        // 496 admitted in connect order over 100 addresses: 5 or 4 each.
+        ("pgbootfs_http_client_connections_max", 5.0),
+    ] {
+        assert_eq!(metric(&last, key), Some(want), "{key}:\n{last}");
+    }
+    assert!(
+        srv.log().contains("--http-max-connections"),
+        "one warning names the flag"
+    );
+
+    // Once the flood goes, the server takes connections again.
+    drop(flood);
+    let back = wait_until(Duration::from_secs(10), || {
+        let r = srv.get("/metrics", &[]);
+        r.status == 200 && metric(&text(&r.body), "pgbootfs_http_connections") == Some(1.0)
+    });
+    assert!(back, "the flood's connections were not released");
+    let r = srv.get(path, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&big));
+}

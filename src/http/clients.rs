@@ -26,12 +26,29 @@ pub struct Policy {
     pub per_client: usize,
     /// Requests in service at once over all clients (at least 1).
     pub workers: usize,
+    /// Connections open at once over all clients, trusted proxies included (at
+    /// least 1): each costs a thread and a descriptor.
+    pub max_connections: usize,
+    /// Whether the connection gauges in /metrics are this server's (not for the
+    /// metrics-only listener of `mount --metrics`, which would overwrite them).
+    pub report: bool,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The server holds `--http-max-connections` already.
+    Server,
+    /// The address holds its share already.
+    Client,
 }
 
 #[derive(Default)]
 struct State {
     /// Open connections per direct peer address (not counted for trusted proxies).
     connections: HashMap<IpAddr, usize>,
+    /// Open connections in all, trusted proxies' included.
+    open: usize,
     /// Requests in service per client.
     active: HashMap<IpAddr, usize>,
     /// Requests in service in all.
@@ -59,6 +76,13 @@ impl Clients {
     pub fn new(mut policy: Policy) -> Arc<Clients> {
         policy.per_client = policy.per_client.max(1);
         policy.workers = policy.workers.max(1);
+        policy.max_connections = policy.max_connections.max(1);
+        if policy.report {
+            crate::metrics::http_connection_limits(
+                policy.max_connections,
+                policy.per_client.saturating_mul(CONNECTIONS_PER_SLOT),
+            );
+        }
         Arc::new(Clients {
             policy,
             state: Mutex::new(State::default()),
@@ -94,27 +118,35 @@ impl Clients {
         canonical(proxy)
     }
 
-    /// Counts a new connection from `ip`; `None` when that address already holds
-    /// as many as it may.
-    pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+    /// Counts a new connection from `ip`, or says which cap it is over.
+    pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Full> {
         let ip = canonical(ip);
-        if self.is_proxy(ip) {
-            return Some(ConnectionSlot {
-                clients: self.clone(),
-                ip: None,
-            });
-        }
-        let cap = self.policy.per_client.saturating_mul(CONNECTIONS_PER_SLOT);
+        let proxy = self.is_proxy(ip);
+        let cap = self.connection_cap();
         let mut st = self.state.lock();
-        let n = st.connections.entry(ip).or_insert(0);
-        if *n >= cap {
-            return None;
+        if st.open >= self.policy.max_connections {
+            return Err(Full::Server);
         }
-        *n += 1;
-        Some(ConnectionSlot {
+        if !proxy {
+            let n = st.connections.entry(ip).or_insert(0);
+            if *n >= cap {
+                return Err(Full::Client);
+            }
+            *n += 1;
+        }
+        st.open += 1;
+        if self.policy.report {
+            st.report();
+        }
+        Ok(ConnectionSlot {
             clients: self.clone(),
-            ip: Some(ip),
+            ip: (!proxy).then_some(ip),
         })
+    }
+
+    /// Connections the whole server may hold open.
+    pub fn max_connections(&self) -> usize {
+        self.policy.max_connections
     }
 
     /// Connections one address may hold open.
@@ -167,14 +199,28 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let Some(ip) = self.ip else { return };
         let mut st = self.clients.state.lock();
-        if let Some(n) = st.connections.get_mut(&ip) {
+        st.open -= 1;
+        if let Some(ip) = self.ip
+            && let Some(n) = st.connections.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
                 st.connections.remove(&ip);
             }
         }
+        if self.clients.policy.report {
+            st.report();
+        }
+    }
+}
+
+impl State {
+    /// The connection gauges: open in all, addresses holding any, and the most one
+    /// address holds (a walk over the addresses, each at most its cap).
+    fn report(&self) {
+        let busiest = self.connections.values().copied().max().unwrap_or(0);
+        crate::metrics::http_connections(self.open, self.connections.len(), busiest);
     }
 }
 
@@ -218,6 +264,8 @@ mod tests {
             trusted_proxies: nets(&["192.168.1.1/32", "192.168.1.2/32"]),
             per_client: 2,
             workers: 4,
+            max_connections: 100,
+            report: false,
         });
         assert!(c.allowed(ip("10.1.2.3")));
         assert!(c.allowed(ip("::ffff:127.0.0.1")));
@@ -241,17 +289,18 @@ mod tests {
             per_client: 1,
             workers: 8,
             trusted_proxies: nets(&["10.0.0.1/32"]),
+            max_connections: 10_000,
             ..Policy::default()
         });
         let a = ip("127.0.0.1");
         let held: Vec<_> = (0..CONNECTIONS_PER_SLOT)
             .map(|_| c.connect(a).unwrap())
             .collect();
-        assert!(c.connect(a).is_none());
-        assert!(c.connect(ip("127.0.0.2")).is_some());
-        assert!((0..100).all(|_| c.connect(ip("10.0.0.1")).is_some()));
+        assert_eq!(c.connect(a).err(), Some(Full::Client));
+        assert!(c.connect(ip("127.0.0.2")).is_ok());
+        assert!((0..100).all(|_| c.connect(ip("10.0.0.1")).is_ok()));
         drop(held);
-        assert!(c.connect(a).is_some());
+        assert!(c.connect(a).is_ok());
         // A second request of the same client waits for the first.
         let first = c.begin(a);
         let c2 = c.clone();
@@ -263,5 +312,27 @@ mod tests {
         waiter.join().unwrap();
         drop(other);
         assert_eq!(c.state.lock().busy, 0);
+    }
+
+    #[test]
+    fn the_server_cap_counts_every_address_and_proxies() {
+        let c = Clients::new(Policy {
+            per_client: 8,
+            workers: 8,
+            trusted_proxies: nets(&["10.0.0.1/32"]),
+            max_connections: 10,
+            ..Policy::default()
+        });
+        let mut held: Vec<_> = (0..9)
+            .map(|i| c.connect(ip(&format!("127.0.0.{}", 1 + i))).unwrap())
+            .collect();
+        held.push(c.connect(ip("10.0.0.1")).unwrap());
+        assert_eq!(c.connect(ip("127.0.0.99")).err(), Some(Full::Server));
+        assert_eq!(c.connect(ip("10.0.0.1")).err(), Some(Full::Server));
+        held.pop();
+        assert!(c.connect(ip("127.0.0.99")).is_ok());
+        drop(held);
+        assert_eq!(c.state.lock().open, 0);
+        assert!(c.state.lock().connections.is_empty());
     }
 }

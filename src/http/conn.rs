@@ -120,6 +120,46 @@ pub fn answer_and_close(mut s: TcpStream, bytes: &[u8]) {
     linger_close(s);
 }
 
+/// Answers a connection that gets no thread (over `--http-max-connections`) and
+/// closes it at once, never blocking the accept thread: the answer is written
+/// without waiting (a fresh socket's send buffer has room for it), and what the
+/// client already sent is read off first, since closing over unread input would
+/// reset the connection under the answer.
+pub fn refuse_now(s: TcpStream, bytes: &[u8]) {
+    if s.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut s = s;
+    let _ = s.write(bytes);
+    let mut sink = [0u8; 16 << 10];
+    for _ in 0..4 {
+        match s.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+/// Connections `serve` and `mount --http` hold at most unless told: half the
+/// process's descriptor limit (raised to its hard limit at start), the other half
+/// left for database connections, cached files and the mount; at least 64, at most
+/// 16,384 (each connection is also a thread).
+pub fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let files = if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    (files / 2).clamp(64, 16_384)
+}
+
 /// Shuts the sending side and drains input until the client closes too (at most
 /// 2 s and 1 MiB), then closes.
 pub fn linger_close(mut s: TcpStream) {

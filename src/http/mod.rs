@@ -35,9 +35,10 @@ use crate::daemon::{CacheDir, Services, StartError, StopSignals};
 use crate::db::DbConfig;
 use crate::handle::{HandlePool, PoolOptions};
 
-use clients::{Clients, ConnectionSlot, Policy};
+use clients::{Clients, ConnectionSlot, Full, Policy};
 use conditional::RangeAsk;
 use conn::HeadRead;
+pub use conn::default_max_connections;
 use path::{PathError, Target};
 use request::{Head, Local, Method};
 use response::{Body, Reply, Sent};
@@ -58,6 +59,9 @@ pub struct HttpOptions {
     pub header_timeout: Duration,
     /// Requests one client may have in service at once; its further requests wait.
     pub per_client: usize,
+    /// Connections open at once over all clients; more are answered 503 and closed
+    /// by the accept thread. 0: [`default_max_connections`].
+    pub max_connections: usize,
     /// Networks that may connect (empty: everyone).
     pub allow_from: Vec<IpNet>,
     /// Proxies whose X-Forwarded-For names the client.
@@ -179,6 +183,11 @@ pub fn start(
         trusted_proxies: opts.trusted_proxies.clone(),
         per_client: opts.per_client,
         workers,
+        max_connections: match opts.max_connections {
+            0 => default_max_connections(),
+            n => n,
+        },
+        report: !opts.metrics_only,
     });
     let ctx = Arc::new(Ctx {
         catalog,
@@ -197,11 +206,33 @@ pub fn start(
             // a second, with the count.
             let mut unspawned = 0u64;
             let mut last_warned: Option<Instant> = None;
+            // The same for connections over --http-max-connections.
+            let mut turned_away = 0u64;
+            let mut last_full: Option<Instant> = None;
             conn::accept_loop(listener, move |stream, peer| {
                 let ctx = accept_ctx.clone();
                 // Admission is decided here, in accept order, so a connection cap
                 // counts connections in the order they came.
                 let admitted = admit(&ctx, peer);
+                if admitted
+                    .as_ref()
+                    .is_err_and(|r| r.full == Some(Full::Server))
+                {
+                    // No thread for it: a flood past the cap costs one write and
+                    // one close each, here.
+                    crate::metrics::http_refused("server_full");
+                    conn::refuse_now(stream, &full_reply().to_bytes());
+                    turned_away += 1;
+                    if last_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(
+                            "http: {} connections open (--http-max-connections): \
+                             refused {peer} with 503 ({turned_away} refused so)",
+                            ctx.clients.max_connections()
+                        );
+                        last_full = Some(Instant::now());
+                    }
+                    return;
+                }
                 let spawned = std::thread::Builder::new()
                     .name("http-conn".into())
                     .stack_size(CONNECTION_STACK)
@@ -225,8 +256,10 @@ pub fn start(
         eprintln!("pgbootfs: listening on http://{addr}");
     }
     info!(
-        "http: {workers} workers, {} per client, send timeout {}s, header timeout {}s{}{}",
+        "http: {workers} workers, {} per client, at most {} connections, send timeout {}s, \
+         header timeout {}s{}{}",
         opts.per_client.max(1),
+        ctx.clients.max_connections(),
         opts.send_timeout.as_secs(),
         opts.header_timeout.as_secs(),
         describe_nets(" allow from ", &opts.allow_from),
@@ -303,22 +336,54 @@ fn refuse(s: TcpStream, peer: SocketAddr, started: Instant, status: u16, why: &s
     conn::answer_and_close(s, &reply.to_bytes());
 }
 
-/// Whether a new connection may be served: its slot, or the status and reason of
-/// its refusal.
-type Admission = Result<ConnectionSlot, (u16, String)>;
+/// Why a new connection is refused.
+struct Refusal {
+    status: u16,
+    why: String,
+    /// The cap it is over, if that is why.
+    full: Option<Full>,
+}
+
+/// Whether a new connection may be served: its slot, or its refusal.
+type Admission = Result<ConnectionSlot, Refusal>;
 
 fn admit(ctx: &Ctx, peer: SocketAddr) -> Admission {
     let ip = clients::canonical(peer.ip());
     if !ctx.clients.is_proxy(ip) && !ctx.clients.allowed(ip) {
-        return Err((403, "not in --allow-from".to_string()));
+        crate::metrics::http_refused("not_allowed");
+        return Err(Refusal {
+            status: 403,
+            why: "not in --allow-from".to_string(),
+            full: None,
+        });
     }
-    ctx.clients.connect(ip).ok_or_else(|| {
-        let why = format!(
-            "{ip} already holds {} connections (--http-per-client)",
-            ctx.clients.connection_cap()
-        );
-        (503, why)
+    ctx.clients.connect(ip).map_err(|full| {
+        let why = match full {
+            Full::Server => format!(
+                "the server holds {} connections (--http-max-connections)",
+                ctx.clients.max_connections()
+            ),
+            Full::Client => {
+                crate::metrics::http_refused("client_full");
+                format!(
+                    "{ip} already holds {} connections (--http-per-client)",
+                    ctx.clients.connection_cap()
+                )
+            }
+        };
+        Refusal {
+            status: 503,
+            why,
+            full: Some(full),
+        }
     })
+}
+
+/// The answer to a connection over `--http-max-connections`.
+fn full_reply() -> Reply {
+    Reply::text(503)
+        .header("Connection", "close")
+        .header("Retry-After", response::RETRY_AFTER)
 }
 
 /// Serves one connection until it closes, fails or breaks a rule.
@@ -326,7 +391,7 @@ fn connection(ctx: &Ctx, mut s: TcpStream, peer: SocketAddr, admitted: Admission
     let started = Instant::now();
     let _slot = match admitted {
         Ok(slot) => slot,
-        Err((status, why)) => return refuse(s, peer, started, status, &why),
+        Err(r) => return refuse(s, peer, started, r.status, &r.why),
     };
     let proxy = ctx.clients.is_proxy(peer.ip());
     let _ = s.set_nodelay(true);
