@@ -26,6 +26,7 @@ pub mod mount;
 pub mod mount_helper;
 pub mod mountinfo;
 pub mod store;
+mod sync;
 
 /// The version and the git commit this binary was built from.
 pub const VERSION: &str = concat!(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 use super::CHUNK;
 
@@ -15,6 +15,7 @@ use super::CHUNK;
 pub(super) struct Buffers {
     pub(super) free: Mutex<Vec<Vec<u8>>>,
     wanted: Condvar,
+    #[cfg_attr(feature = "shuttle", allow(dead_code))]
     started: std::sync::Once,
 }
 
@@ -26,6 +27,9 @@ const KEEP: usize = 64;
 
 impl Buffers {
     pub(super) fn take(self: &Arc<Self>) -> Vec<u8> {
+        // Under shuttle's schedulers a thread outside the model would hang them:
+        // buffers are made on demand there.
+        #[cfg(not(feature = "shuttle"))]
         self.started.call_once(|| {
             let me = Arc::downgrade(self);
             let spawned = std::thread::Builder::new()
@@ -53,6 +57,7 @@ impl Buffers {
     }
 
     /// Keeps READY faulted-in buffers while the cache lives.
+    #[cfg_attr(feature = "shuttle", allow(dead_code))]
     fn keep_ready(me: &std::sync::Weak<Buffers>) {
         loop {
             let Some(b) = me.upgrade() else { return };

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use parking_lot::Condvar;
+use crate::sync::Condvar;
 
 /// A read this far ahead of a stream's front still waits for the stream rather
 /// than fetching on its own.

@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use crate::sync::{Condvar, Mutex, MutexGuard};
 
 use buffers::Buffers;
 use flight::Entry;
@@ -436,5 +436,7 @@ impl Drop for Content {
     }
 }
 
+#[cfg(all(test, feature = "shuttle"))]
+mod interleavings;
 #[cfg(test)]
 mod tests;
