@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mount;
 pub mod mount_helper;
 pub mod mountinfo;
+pub mod passwd;
 pub mod store;
 
 /// The version and the git commit this binary was built from.

@@ -588,7 +588,7 @@ impl DbConfig {
         let user = r
             .get("user")
             .map(str::to_string)
-            .or_else(os_user)
+            .or_else(crate::passwd::name)
             .unwrap_or_else(|| "postgres".to_string());
         base.user(&user);
         base.dbname(r.get("dbname").unwrap_or(&user));
@@ -663,7 +663,9 @@ impl DbConfig {
                 ));
             }
         };
-        let home = env("HOME").filter(|h| !h.is_empty()).or_else(os_home);
+        let home = env("HOME")
+            .filter(|h| !h.is_empty())
+            .or_else(crate::passwd::home);
         let tls = Tls::new(&r.params, home.as_deref()).map_err(|reason| {
             let key = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"]
                 .into_iter()
@@ -1066,33 +1068,6 @@ fn default_host() -> String {
         "/var/run/postgresql".to_string()
     } else {
         "localhost".to_string()
-    }
-}
-
-/// The home directory of the effective user from the password database: where
-/// libpq looks when HOME is unset (a systemd service without `User=`).
-fn os_home() -> Option<String> {
-    // SAFETY: as in os_user: the pointer is used at once and not kept.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_dir.is_null() {
-            return None;
-        }
-        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
-        Some(dir.to_string_lossy().into_owned())
-    }
-}
-
-fn os_user() -> Option<String> {
-    // SAFETY: getpwuid returns a pointer into static storage or null; we copy the
-    // name out at once and do not keep the pointer.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() {
-            return None;
-        }
-        let name = std::ffi::CStr::from_ptr((*pw).pw_name);
-        Some(name.to_string_lossy().into_owned())
     }
 }
 

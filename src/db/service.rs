@@ -27,7 +27,7 @@ pub fn apply(
         .or_else(|| {
             env("HOME")
                 .filter(|h| !h.is_empty())
-                .or_else(super::os_home)
+                .or_else(crate::passwd::home)
                 .map(|h| Path::new(&h).join(".pg_service.conf"))
         });
     let system_file = Path::new(
