@@ -11,6 +11,7 @@
 //! returns carries a password.
 
 pub mod conninfo;
+pub mod error;
 pub mod service;
 pub mod tls;
 
@@ -27,6 +28,7 @@ use postgres::{Client, Config, NoTls};
 use r2d2::{ManageConnection, Pool};
 
 pub use conninfo::Params;
+pub use error::{ConfError, DbError, connect_reason, describe_pg_error};
 pub use tls::SslMode;
 use tls::Tls;
 
@@ -211,129 +213,6 @@ pub struct DbConfig {
     handles: Option<Box<DbConfig>>,
 }
 
-/// An error in finding or reaching the database. Never carries a password.
-#[derive(Debug)]
-pub enum DbError {
-    /// A connection setting is wrong.
-    BadConninfo {
-        /// Which setting held it (`--db`, `PGPORT`, `service maas`, ...).
-        source: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The server could not be reached or refused us.
-    Connect {
-        /// host, port, database and user, without the password.
-        target: String,
-        /// Why, per host tried, in plain words.
-        reason: String,
-        /// The driver's error, when the driver (not the pool) failed.
-        source: Option<postgres::Error>,
-    },
-    /// A query failed on a connection that was otherwise fine.
-    Query {
-        /// What was being done.
-        what: String,
-        /// The driver's error (`code()` gives the SQLSTATE).
-        source: postgres::Error,
-    },
-    /// The database lacks the MAAS image tables.
-    NotAStore {
-        /// host, port and database.
-        target: String,
-        /// The tables missing.
-        missing: Vec<String>,
-    },
-    /// The database is MAAS 3.5 or later: images live on the region's disk.
-    ImagesOnDisk {
-        /// host, port and database.
-        target: String,
-    },
-}
-
-impl fmt::Display for DbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DbError::BadConninfo { source, reason } => {
-                write!(f, "invalid connection setting in {source}: {reason}")
-            }
-            DbError::Connect { target, reason, .. } => {
-                write!(f, "cannot connect to PostgreSQL at {target}: {reason}")
-            }
-            DbError::Query { what, source } => write!(f, "{what}: {}", describe_pg_error(source)),
-            DbError::NotAStore { target, missing } => write!(
-                f,
-                "database {target} is not a MAAS image store: missing table(s) {} \
-                 (create them with `pgbootfs import`, or point --db at the MAAS region database)",
-                missing.join(", ")
-            ),
-            DbError::ImagesOnDisk { target } => write!(
-                f,
-                "database {target} is a MAAS 3.5 or later region database: MAAS 3.5 keeps boot \
-                 images on the region's disk (/var/lib/maas/image-storage), not in the database, \
-                 so there is nothing to mount, serve or import here (pgbootfs supports MAAS 1.7-3.4)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for DbError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DbError::Connect {
-                source: Some(e), ..
-            }
-            | DbError::Query { source: e, .. } => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl DbError {
-    /// Wraps a driver error met while doing `what`.
-    pub fn query(what: impl Into<String>, err: postgres::Error) -> DbError {
-        DbError::Query {
-            what: what.into(),
-            source: err,
-        }
-    }
-
-    /// A connection from a pool could not be had (r2d2 keeps only a message).
-    pub fn pool(target: impl Into<String>, err: &r2d2::Error) -> DbError {
-        DbError::Connect {
-            target: target.into(),
-            reason: err.to_string(),
-            source: None,
-        }
-    }
-
-    /// Why, without the "cannot connect to ..." preamble: for logs that name the
-    /// target themselves.
-    pub fn reason(&self) -> String {
-        match self {
-            DbError::Connect { reason, .. } => reason.clone(),
-            e => e.to_string(),
-        }
-    }
-}
-
-/// Why a connection attempt failed, in the plainest words available.
-pub fn connect_reason(err: &postgres::Error) -> String {
-    // The driver's "error connecting to server: <io error>" is clearer unwrapped.
-    match (err.as_db_error(), std::error::Error::source(err)) {
-        (None, Some(src)) => src.to_string(),
-        _ => describe_pg_error(err),
-    }
-}
-
-/// The server's message for a database error, or the driver's for anything else.
-pub fn describe_pg_error(err: &postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => err.to_string(),
-    }
-}
-
 /// Which host roles have been logged, so each is logged once (and again when it
 /// changes, as after a failover).
 fn roles_seen() -> &'static Mutex<HashMap<String, Role>> {
@@ -417,9 +296,9 @@ impl DbConfig {
             (None, Some(url)) if !url.is_empty() => (url, "DATABASE_URL"),
             _ => (String::new(), "PG* environment"),
         };
-        let explicit = conninfo::parse(&text).map_err(|reason| DbError::BadConninfo {
+        let explicit = conninfo::parse(&text).map_err(|e| DbError::BadConninfo {
             source: source.into(),
-            reason,
+            reason: e.reason,
         })?;
         Self::build(explicit, source, &env)
     }
@@ -437,9 +316,9 @@ impl DbConfig {
         overlay: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<DbConfig, DbError> {
-        let extra = conninfo::parse(overlay).map_err(|reason| DbError::BadConninfo {
+        let extra = conninfo::parse(overlay).map_err(|e| DbError::BadConninfo {
             source: "--handle-db".into(),
-            reason,
+            reason: e.reason,
         })?;
         let mut explicit = self.explicit.clone();
         explicit.extend(extra);
@@ -472,9 +351,9 @@ impl DbConfig {
         };
         if let Some(name) = service {
             let before: Vec<String> = r.params.keys().cloned().collect();
-            service::apply(&mut r.params, &name, env).map_err(|reason| DbError::BadConninfo {
+            service::apply(&mut r.params, &name, env).map_err(|e| DbError::BadConninfo {
                 source: format!("service {name:?}"),
-                reason,
+                reason: e.reason,
             })?;
             for k in r.params.keys() {
                 if !before.contains(k) {
@@ -666,13 +545,9 @@ impl DbConfig {
         let home = env("HOME")
             .filter(|h| !h.is_empty())
             .or_else(crate::passwd::home);
-        let tls = Tls::new(&r.params, home.as_deref()).map_err(|reason| {
-            let key = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"]
-                .into_iter()
-                .find(|k| reason.contains(k))
-                .unwrap_or("sslmode");
-            r.bad(key, reason)
-        })?;
+        // An error that names no keyword (OpenSSL failing to start) is blamed on sslmode.
+        let tls = Tls::new(&r.params, home.as_deref())
+            .map_err(|e| r.bad(e.key.as_deref().unwrap_or("sslmode"), e.reason))?;
         let passfile = r
             .get("passfile")
             .map(PathBuf::from)
@@ -1457,5 +1332,23 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("--handle-db"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_tls_setting_names_the_place_it_came_from() {
+        let e = DbConfig::resolve_with(
+            Some("host=db sslmode=require"),
+            env_of(&[("PGSSLMINPROTOCOLVERSION", "TLSv9")]),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("PGSSLMINPROTOCOLVERSION"), "{e}");
+        assert!(e.contains("invalid ssl_min_protocol_version value"), "{e}");
+        let e = DbConfig::resolve_with(Some("host=db"), env_of(&[("PGSSLMODE", "sometimes")]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in PGSSLMODE: invalid sslmode value"), "{e}");
     }
 }
