@@ -95,65 +95,64 @@ fn parse_keyvalue(text: &str) -> Result<Params, ConfError> {
     let mut params = Params::new();
     let mut chars = text.chars().peekable();
     loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_space(&mut chars);
         if chars.peek().is_none() {
             return Ok(params);
         }
         let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                break;
-            }
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
             key.push(c);
-            chars.next();
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_space(&mut chars);
         if chars.next() != Some('=') {
             return Err(ConfError::at(
                 &key,
                 format!("missing \"=\" after \"{key}\""),
             ));
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut value = String::new();
-        let unterminated =
-            || ConfError::at(&key, format!("unterminated quoted value for \"{key}\""));
-        if chars.peek() == Some(&'\'') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    None => return Err(unterminated()),
-                    Some('\'') => break,
-                    Some('\\') => match chars.next() {
-                        Some(c) => value.push(c),
-                        None => return Err(unterminated()),
-                    },
-                    Some(c) => value.push(c),
-                }
-            }
+        skip_space(&mut chars);
+        let value = if chars.next_if_eq(&'\'').is_some() {
+            quoted(&mut chars).ok_or_else(|| {
+                ConfError::at(&key, format!("unterminated quoted value for \"{key}\""))
+            })?
         } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                chars.next();
-                if c == '\\' {
-                    if let Some(n) = chars.next() {
-                        value.push(n);
-                    }
-                } else {
-                    value.push(c);
-                }
-            }
-        }
+            bare(&mut chars)
+        };
         set(&mut params, &key, value)?;
     }
+}
+
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+fn skip_space(chars: &mut Chars) {
+    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+}
+
+/// The rest of a single-quoted value, after its opening quote; None if it is
+/// never closed.
+fn quoted(chars: &mut Chars) -> Option<String> {
+    let mut value = String::new();
+    loop {
+        match chars.next()? {
+            '\'' => return Some(value),
+            '\\' => value.push(chars.next()?),
+            c => value.push(c),
+        }
+    }
+}
+
+/// A value up to the next white space.
+fn bare(chars: &mut Chars) -> String {
+    let mut value = String::new();
+    while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+        if c == '\\' {
+            // A backslash at the very end stands for nothing.
+            value.extend(chars.next());
+        } else {
+            value.push(c);
+        }
+    }
+    value
 }
 
 /// `[user[:password]@][host[:port][,host[:port]...]][/dbname][?key=value&...]`,
@@ -185,35 +184,7 @@ fn parse_url(rest: &str) -> Result<Params, ConfError> {
         None => authority,
     };
     if !hostspec.is_empty() {
-        let mut hosts = Vec::new();
-        let mut ports = Vec::new();
-        for item in hostspec.split(',') {
-            let (host, port) = if let Some(v6) = item.strip_prefix('[') {
-                let (addr, after) = v6.split_once(']').ok_or_else(|| {
-                    ConfError::at("host", format!("unterminated IPv6 address in \"{item}\""))
-                })?;
-                let port = match after {
-                    "" => "",
-                    p => p.strip_prefix(':').ok_or_else(|| {
-                        ConfError::at("port", format!("unexpected \"{p}\" after an IPv6 address"))
-                    })?,
-                };
-                (addr.to_string(), port)
-            } else {
-                match item.split_once(':') {
-                    Some((h, p)) => (decode("host", h)?, p),
-                    None => (decode("host", item)?, ""),
-                }
-            };
-            hosts.push(host);
-            ports.push(decode("port", port)?);
-        }
-        if hosts.iter().any(|h| !h.is_empty()) {
-            set(&mut params, "host", hosts.join(","))?;
-        }
-        if ports.iter().any(|p| !p.is_empty()) {
-            set(&mut params, "port", ports.join(","))?;
-        }
+        url_hosts(&mut params, hostspec)?;
     }
     if let Some(db) = dbname.filter(|d| !d.is_empty()) {
         set(&mut params, "dbname", decode("dbname", db)?)?;
@@ -232,6 +203,43 @@ fn parse_url(rest: &str) -> Result<Params, ConfError> {
         }
     }
     Ok(params)
+}
+
+/// `host[:port][,host[:port]...]` of a URL, IPv6 addresses in brackets, into
+/// `host` and `port` lists as libpq keeps them (an empty entry for a host or port
+/// not given).
+fn url_hosts(params: &mut Params, hostspec: &str) -> Result<(), ConfError> {
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for item in hostspec.split(',') {
+        let (host, port) = if let Some(v6) = item.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or_else(|| {
+                ConfError::at("host", format!("unterminated IPv6 address in \"{item}\""))
+            })?;
+            let port = match after {
+                "" => "",
+                p => p.strip_prefix(':').ok_or_else(|| {
+                    ConfError::at("port", format!("unexpected \"{p}\" after an IPv6 address"))
+                })?,
+            };
+            (addr.to_string(), port)
+        } else {
+            match item.split_once(':') {
+                Some((h, p)) => (decode("host", h)?, p),
+                None => (decode("host", item)?, ""),
+            }
+        };
+        hosts.push(host);
+        ports.push(decode("port", port)?);
+    }
+    if hosts.iter().any(|h| !h.is_empty()) {
+        set(params, "host", hosts.join(","))?;
+    }
+    if ports.iter().any(|p| !p.is_empty()) {
+        set(params, "port", ports.join(","))?;
+    }
+
+    Ok(())
 }
 
 /// Percent-decodes the part of a URL that gives `key`.
