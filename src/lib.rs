@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mount;
 pub mod mount_helper;
 pub mod mountinfo;
+pub mod passwd;
 pub mod store;
 mod sync;
 
