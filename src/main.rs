@@ -355,7 +355,7 @@ fn stdout_closed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// the daemon's peak RSS grew about 100 MiB past its cache budget at 64 streams
 /// (463 MiB against 256 + 64 MiB; scripts/bench, rss row). Having glibc mmap each
 /// buffer instead bounded RSS but cost a cold `cat` 40%. jemalloc with these
-/// settings stays within the budget (BENCHMARKS.md). `muzzy_decay_ms:0` matters:
+/// settings stays within the budget (doc/benchmark-history.md). `muzzy_decay_ms:0` matters:
 /// pages only marked MADV_FREE still count in RSS until the kernel needs them.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

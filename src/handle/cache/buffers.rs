@@ -9,7 +9,7 @@ use super::CHUNK;
 
 /// Ready chunk buffers. A fresh 512 KiB buffer costs 128 page faults when first
 /// written, and on a cold read those faults, taken by the read-ahead thread, were
-/// a third of its time (perf, BENCHMARKS.md): a helper thread keeps a few buffers
+/// a third of its time (perf, doc/benchmark-history.md): a helper thread keeps a few buffers
 /// faulted in ahead of need, on an otherwise idle core, and evicted chunks'
 /// buffers are reused.
 pub(super) struct Buffers {

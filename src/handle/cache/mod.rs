@@ -18,7 +18,7 @@
 //!   Fresh memory is the cost being avoided: writing a chunk into memory the
 //!   process never touched costs 5 to 20 times a copy into a reused buffer here
 //!   (page faults, and the hypervisor backing the pages), and on a cold read it
-//!   was the difference between this cache and a plain read (BENCHMARKS.md).
+//!   was the difference between this cache and a plain read (doc/benchmark-history.md).
 //!
 //! One mutex guards it all. Every operation under it is a map update, and a chunk
 //! is 512 KiB, so even a few GB/s is a few thousand short lock holds a second;
