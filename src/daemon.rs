@@ -81,9 +81,25 @@ impl Services {
         let catalog = Arc::new(Catalog::open(db).map_err(StartError::Catalog)?);
         let mut pool = HandlePool::new(handle_db, pool);
         if let Some(c) = cache_dir {
-            let disk = DiskCache::open(&c.dir, c.max_bytes).map_err(StartError::CacheDir)?;
-            drop_uncatalogued(&disk, &catalog);
-            pool = pool.with_disk(disk);
+            match DiskCache::open(&c.dir, c.max_bytes) {
+                Ok(disk) => {
+                    drop_uncatalogued(&disk, &catalog);
+                    pool = pool.with_disk(disk);
+                }
+                // A cache that cannot be written (a read-only file system, a
+                // directory we may not write) costs only speed: every image is in
+                // the database. Anything else (not a directory, say) is a wrong
+                // flag, and stops the start.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                    ) =>
+                {
+                    warn!("{e}; running without the disk cache, reads go to the database");
+                }
+                Err(e) => return Err(StartError::CacheDir(e)),
+            }
         }
         sample_metrics(&catalog, &pool);
         Ok(Services { catalog, pool })

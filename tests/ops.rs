@@ -596,3 +596,74 @@ fn past_http_max_connections_new_connections_get_503_and_downloads_go_on() {
     assert_eq!(r.status, 200);
     assert_eq!(sha256_hex(&r.body), sha256_hex(&big));
 }
+
+/// A directory nobody may write, undone on drop: as root permissions do not stop
+/// writes, so root gets a read-only tmpfs mounted over it; others a mode of 0555.
+struct ReadOnlyDir {
+    dir: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnlyDir {
+    fn make(dir: &Path) -> ReadOnlyDir {
+        use std::os::unix::fs::PermissionsExt;
+        let mounted = is_root();
+        if mounted {
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "ro,size=1m", "pgbootfs-test-ro"])
+                .arg(dir)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount a read-only tmpfs at {}", dir.display());
+        } else {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        ReadOnlyDir {
+            dir: dir.to_path_buf(),
+            mounted,
+        }
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        } else {
+            let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
+#[test]
+fn a_read_only_cache_directory_is_one_warning_and_reads_come_from_the_database() {
+    if !fuse_or_skip("a_read_only_cache_directory_is_one_warning_and_reads_come_from_the_database")
+    {
+        return;
+    }
+    let pg = one_file_store();
+    let tmp = temp_dir("pgbt-cache-");
+    let cache = tmp.path().join("ro");
+    fs::create_dir(&cache).unwrap();
+    let ro = ReadOnlyDir::make(&cache);
+    let cache_arg = cache.to_str().unwrap();
+    let mnt = Mount::start(&pg.conninfo("postgres"), &["--cache-dir", cache_arg]);
+    for _ in 0..2 {
+        assert_eq!(fs::read(mnt.path(ONE_FILE)).unwrap(), bytes(91, 1000));
+    }
+    let log = mnt.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(cache_arg) && !l.contains(" DEBUG "))
+        .collect();
+    assert_eq!(said.len(), 1, "one line about the cache directory:\n{log}");
+    assert!(
+        said[0].contains("WARN") && said[0].contains("without the disk cache"),
+        "{}",
+        said[0]
+    );
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "nothing written");
+    drop(mnt);
+    drop(ro);
+}
