@@ -667,3 +667,92 @@ fn a_read_only_cache_directory_is_one_warning_and_reads_come_from_the_database()
     drop(mnt);
     drop(ro);
 }
+
+#[test]
+fn a_full_cache_disk_is_one_warning_reads_stay_right_and_caching_comes_back() {
+    if !fuse_or_skip("a_full_cache_disk_is_one_warning_reads_stay_right_and_caching_comes_back") {
+        return;
+    }
+    if !is_root() {
+        // Mounting the small tmpfs needs root; CI runs as root.
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(!ci, "CI=true: this test needs root");
+        eprintln!("\n*** SKIPPING: a small tmpfs needs root ***\n");
+        return;
+    }
+    let (pg, mut c) = store();
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let a = bytes(801, 3 << 20);
+    let b = bytes(802, 3 << 20);
+    m.file(s, "a", &a);
+    m.file(s, "b", &b);
+    drop(c);
+    let tmp = temp_dir("pgbt-cache-");
+    let cache = tmp.path().join("small");
+    fs::create_dir(&cache).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "pgbootfs-test-small"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a small tmpfs");
+    /// Unmounts the tmpfs on drop, also when the test fails.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(cache.clone());
+    // A memory cache smaller than an image: each read of b goes to the database
+    // again, which is when a fill is tried.
+    let mnt = Mount::start(
+        &pg.conninfo("postgres"),
+        &[
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--cache-memory",
+            "1",
+        ],
+    );
+    let dir = "ubuntu/amd64/generic/focal/1";
+    let cached = |data: &[u8]| cache.join(sha256_hex(data)).exists();
+    // a is cached while there is room.
+    assert_eq!(fs::read(mnt.path(&format!("{dir}/a"))).unwrap(), a);
+    assert!(
+        wait_until(Duration::from_secs(20), || cached(&a)),
+        "{}",
+        mnt.log()
+    );
+    // Someone else fills the disk: 4 MiB of 8, a's 3 taken, b's 3 do not fit.
+    let blocker = cache.join("someone-else");
+    fs::write(&blocker, vec![7u8; 4 << 20]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(fs::read(mnt.path(&format!("{dir}/b"))).unwrap(), b);
+    }
+    let warned = |log: &str| log.lines().filter(|l| l.contains("writing failed")).count();
+    assert!(
+        wait_until(Duration::from_secs(20), || warned(&mnt.log()) >= 1),
+        "{}",
+        mnt.log()
+    );
+    assert!(!cached(&b));
+    assert_eq!(fs::read(mnt.path(&format!("{dir}/a"))).unwrap(), a);
+    // Space comes back: within the retry pause and a fill, b is cached, and the
+    // outage was one warning.
+    fs::remove_file(&blocker).unwrap();
+    let back = wait_until(Duration::from_secs(60), || {
+        assert_eq!(fs::read(mnt.path(&format!("{dir}/b"))).unwrap(), b);
+        cached(&b)
+    });
+    assert!(back, "b never cached after space came back:\n{}", mnt.log());
+    assert_eq!(warned(&mnt.log()), 1, "{}", mnt.log());
+    assert!(mnt.log().contains("writing works again"), "{}", mnt.log());
+    // Nothing partial is left on the disk.
+    for e in fs::read_dir(&cache).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with(".part-"), "{name} left");
+    }
+    drop(mnt);
+}

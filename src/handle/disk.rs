@@ -15,8 +15,8 @@
 //!
 //! Whole files leave least recently used first when the total passes
 //! `--cache-size`, and when the catalog no longer names their sha256. A failed
-//! write (a full disk) stops caching for the process's life, with one warning;
-//! reads go on from the database.
+//! write (a full disk) pauses caching for [`RETRY_AFTER`], with one warning until a
+//! write works again; reads go on from the database meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -24,6 +24,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use parking_lot::Mutex;
@@ -36,9 +37,17 @@ pub struct DiskCache {
     dir: PathBuf,
     max: u64,
     index: Mutex<Index>,
-    disabled: AtomicBool,
+    /// After a failed write, no fill starts before this time.
+    paused_until: Mutex<Option<Instant>>,
+    /// A write failed and none has worked since (so the warning is given once).
+    failing: AtomicBool,
     next_part: AtomicU64,
 }
+
+/// How long caching pauses after a failed write (a full or failing disk) before a
+/// fill is tried again: space may come back (another user's files deleted, the
+/// volume grown) without a restart.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Index {
@@ -106,7 +115,8 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             max,
             index: Mutex::new(index),
-            disabled: AtomicBool::new(false),
+            paused_until: Mutex::new(None),
+            failing: AtomicBool::new(false),
             next_part: AtomicU64::new(0),
         });
         {
@@ -211,7 +221,7 @@ impl DiskCache {
     /// Starts writing `sha256` of `size` bytes into the cache, unless it is there,
     /// being written, too large, or caching stopped.
     pub fn begin(self: &Arc<Self>, sha256: &str, size: u64) -> Option<Fill> {
-        if self.disabled.load(Ordering::Relaxed) || size > self.max || !valid_sha256(sha256) {
+        if self.paused() || size > self.max || !valid_sha256(sha256) {
             return None;
         }
         {
@@ -244,11 +254,27 @@ impl DiskCache {
         })
     }
 
+    /// Whether a failed write paused caching and the pause has not run out.
+    fn paused(&self) -> bool {
+        let mut until = self.paused_until.lock();
+        match *until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     fn stop_caching(&self, e: &io::Error) {
-        if !self.disabled.swap(true, Ordering::Relaxed) {
+        *self.paused_until.lock() = Some(Instant::now() + RETRY_AFTER);
+        if !self.failing.swap(true, Ordering::Relaxed) {
             warn!(
-                "disk cache {}: writing failed ({e}); caching stops, reads go on from the database",
-                self.dir.display()
+                "disk cache {}: writing failed ({e}); caching pauses, tried again every {}s; \
+                 reads go on from the database",
+                self.dir.display(),
+                RETRY_AFTER.as_secs()
             );
         }
     }
@@ -361,6 +387,13 @@ impl Fill {
             },
         );
         self.cache.evict(&mut idx);
+        drop(idx);
+        if self.cache.failing.swap(false, Ordering::Relaxed) {
+            info!(
+                "disk cache {}: writing works again",
+                self.cache.dir.display()
+            );
+        }
         debug!("disk cache: {} stored", self.sha256);
         true
     }
