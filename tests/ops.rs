@@ -756,3 +756,229 @@ fn a_full_cache_disk_is_one_warning_reads_stay_right_and_caching_comes_back() {
     }
     drop(mnt);
 }
+
+/// Runs a command, panicking with its output if it fails.
+fn must(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A PostgreSQL server in a network namespace of its own, reached through a veth
+/// pair: `cut` drops every packet on the link (as a dead switch or a pulled cable
+/// does: no reset, no error, silence). Stopped and removed on drop.
+struct NetnsCluster {
+    ns: String,
+    host_if: String,
+    data: tempfile::TempDir,
+    addr: String,
+}
+
+impl NetnsCluster {
+    fn start() -> NetnsCluster {
+        let id = std::process::id() % 200 + 20;
+        let ns = format!("pgbt-cut-{id}");
+        let host_if = format!("pgbth{id}");
+        let ns_if = format!("pgbtn{id}");
+        let (host_ip, ns_ip) = (format!("10.213.{id}.1"), format!("10.213.{id}.2"));
+        let data = temp_dir("pgbt-netns-");
+        let mut me = NetnsCluster {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            data,
+            addr: ns_ip.clone(),
+        };
+        let ip = |args: &[&str]| must(Command::new("ip").args(args), &format!("ip {args:?}"));
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &ns, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let pgdata = me.data.path().join("d");
+        must(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(me.data.path()),
+            "chown",
+        );
+        must(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_bin().join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&pgdata),
+            "initdb",
+        );
+        let mut hba = fs::OpenOptions::new()
+            .append(true)
+            .open(pgdata.join("pg_hba.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut hba, b"host all all 10.213.0.0/16 trust\n").unwrap();
+        let opts = format!(
+            "-c listen_addresses={ns_ip} -p 5432 -k {}",
+            me.data.path().display()
+        );
+        must(
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "runuser", "-u", "postgres", "--"])
+                .arg(pg_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&pgdata)
+                .arg("-l")
+                .arg(me.data.path().join("log"))
+                .args(["-w", "-o", &opts, "start"]),
+            "pg_ctl start in the namespace",
+        );
+        me.addr = ns_ip;
+        me
+    }
+
+    fn conninfo(&self) -> String {
+        format!("host={} port=5432 user=postgres dbname=postgres", self.addr)
+    }
+
+    /// Every packet on the link is dropped from now on: the namespace's end goes
+    /// down, and the host's end, still up, drops what it is given without a word
+    /// (no reset, no error), as a dead switch does.
+    fn cut(&self) {
+        let ns_if = self.host_if.replace("pgbth", "pgbtn");
+        must(
+            Command::new("ip").args(["-n", &self.ns, "link", "set", &ns_if, "down"]),
+            "ip link set down in the namespace",
+        );
+    }
+}
+
+impl Drop for NetnsCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data.path().join("d"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Runs `f` on a thread; its result, or None if it took longer than `limit`
+/// (the thread is then left to end on its own).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+#[test]
+fn a_cut_network_fails_readers_within_the_bound_and_metadata_stays_fast() {
+    if !fuse_or_skip("a_cut_network_fails_readers_within_the_bound_and_metadata_stays_fast") {
+        return;
+    }
+    if !is_root() {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(!ci, "CI=true: this test needs root (a network namespace)");
+        eprintln!("\n*** SKIPPING: a network namespace needs root ***\n");
+        return;
+    }
+    let pg = NetnsCluster::start();
+    let db = pg.conninfo();
+    let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+    Maas::create_schema(&mut c);
+    let mut m = Maas { client: &mut c };
+    let s = m.set("ubuntu/focal", "amd64/generic", "1");
+    let big = bytes(830, 128 << 20);
+    m.file(s, "big", &big);
+    drop(c);
+    // A small memory cache: the reader cannot have the whole image in memory
+    // before the cut. A short reconnect wait: the bound is detection plus it.
+    let mnt = Mount::start(
+        &db,
+        &[
+            "--cache-memory",
+            "2",
+            "--reconnect-timeout",
+            "5",
+            "--refresh",
+            "1",
+        ],
+    );
+    let path = mnt.path("ubuntu/amd64/generic/focal/1/big");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let reader_path = path.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let res = (|| -> std::io::Result<Vec<u8>> {
+            let mut f = fs::File::open(&reader_path)?;
+            let mut got = vec![0u8; 1 << 20];
+            f.read_exact(&mut got)?;
+            let _ = started_tx.send(());
+            // Slowly at first, so most of the image is still to come at the cut.
+            std::thread::sleep(Duration::from_secs(2));
+            f.read_to_end(&mut got)?;
+            Ok(got)
+        })();
+        let _ = done_tx.send(res);
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the reader did not start");
+    pg.cut();
+    let cut_at = std::time::Instant::now();
+    // Metadata comes from the catalog in memory: it answers while the reader waits.
+    let dir = mnt.path("ubuntu/amd64/generic/focal/1");
+    for _ in 0..3 {
+        let d = dir.clone();
+        let listed = within(Duration::from_secs(5), move || {
+            fs::read_dir(&d).map(|r| r.count())
+        });
+        assert!(
+            matches!(listed, Some(Ok(1))),
+            "ls on the mount during the cut: {listed:?}"
+        );
+        let p = path.clone();
+        let st = within(Duration::from_secs(5), move || {
+            fs::metadata(&p).map(|m| m.len())
+        });
+        assert!(
+            matches!(st, Some(Ok(n)) if n == 128 << 20),
+            "stat on the mount during the cut: {st:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Detection (tcp_user_timeout 15 s), then --reconnect-timeout 5 s; 60 s is
+    // twice that, and a hang would never end.
+    let res = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the reader hung past 60 s:\n{}", mnt.log()));
+    match res {
+        Err(e) => eprintln!("reader failed after {:?}: {e}", cut_at.elapsed()),
+        Ok(got) => panic!(
+            "the read ended without error across a cut link ({} bytes)",
+            got.len()
+        ),
+    }
+}
