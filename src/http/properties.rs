@@ -59,7 +59,8 @@ fn ref_parse(raw: &str) -> Result<Target, PathError> {
     }
     let segs: Vec<&str> = path[1..].split('/').collect();
     let mut names = Vec::new();
-    let mut trailing = false;
+    // `/` alone is the root, which ends in its slash.
+    let mut trailing = path.len() == 1;
     if path.len() > 1 {
         for (i, seg) in segs.iter().enumerate() {
             if seg.is_empty() && i + 1 == segs.len() {
