@@ -41,6 +41,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "CONNINFO")]
     handle_db: Option<String>,
 
+    /// MAAS 3.5+ only: the region's image storage directory, where the image files
+    /// are (default: /var/lib/maas/image-storage, then the snap's
+    /// /var/snap/maas/common/maas/image-storage).
+    #[arg(long, global = true, value_name = "DIR")]
+    image_storage: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -432,6 +438,7 @@ fn main() -> ExitCode {
     let db_arg = cli
         .db
         .or_else(|| std::env::var(mount_helper::SOURCE_ENV).ok());
+    let image_storage = cli.image_storage;
     let result = DbConfig::resolve(db_arg.as_deref())
         .and_then(|db| match cli.handle_db.as_deref() {
             Some(overlay) => db.with_handle_overlay(overlay),
@@ -445,6 +452,7 @@ fn main() -> ExitCode {
                     refresh: Duration::from_secs(args.refresh.max(1)),
                     pool: args.pool.options(Duration::from_secs(args.pool_timeout)),
                     cache_dir: args.pool.cache_dir(),
+                    image_storage: image_storage.clone(),
                     threads: args.threads,
                     read_threads: args.read_threads,
                     allow_other: args.allow_other,
@@ -478,13 +486,22 @@ fn main() -> ExitCode {
                     })
                     .map_err(Box::<dyn std::error::Error>::from)
             }
-            Command::Ls(args) => {
-                store::list::run(&db, &args.path, args.json, &mut std::io::stdout())
-                    .map_err(Box::<dyn std::error::Error>::from)
-            }
-            Command::Verify(args) => store::verify::run(&db, &args.path, &mut std::io::stdout())
-                .map(|_| ())
-                .map_err(Box::<dyn std::error::Error>::from),
+            Command::Ls(args) => store::list::run(
+                &db,
+                &args.path,
+                args.json,
+                image_storage.as_deref(),
+                &mut std::io::stdout(),
+            )
+            .map_err(Box::<dyn std::error::Error>::from),
+            Command::Verify(args) => store::verify::run(
+                &db,
+                &args.path,
+                image_storage.as_deref(),
+                &mut std::io::stdout(),
+            )
+            .map(|_| ())
+            .map_err(Box::<dyn std::error::Error>::from),
             Command::Remove(args) => store::remove::run(&db, &args.path, &mut std::io::stdout())
                 .map(|_| ())
                 .map_err(Box::<dyn std::error::Error>::from),
@@ -496,6 +513,7 @@ fn main() -> ExitCode {
                         .pool
                         .options(Duration::from_secs(args.http_opts.http_pool_wait.max(1))),
                     cache_dir: args.pool.cache_dir(),
+                    image_storage: image_storage.clone(),
                 };
                 http::serve(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }

@@ -62,6 +62,14 @@ pub enum HandleErrorKind {
         /// Why the last attempt failed.
         cause: Box<HandleError>,
     },
+    /// MAAS 3.5+: the image storage file could not be opened or read, or is not
+    /// the size its row says (`file` names it).
+    Storage {
+        /// The file in the image storage.
+        file: std::path::PathBuf,
+        /// What the system said.
+        err: std::io::Error,
+    },
 }
 
 impl ErrorClass {
@@ -101,6 +109,12 @@ impl HandleError {
             HandleErrorKind::Stream(_) | HandleErrorKind::Lost { .. } => ErrorClass::Unavailable,
             HandleErrorKind::Truncated { .. } | HandleErrorKind::Changed => ErrorClass::Gone,
             HandleErrorKind::Failed | HandleErrorKind::Thread(_) => ErrorClass::Broken,
+            // Replaced or deleted by MAAS before it was opened: the catalog's next
+            // refresh shows what is there now.
+            HandleErrorKind::Storage { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
+                ErrorClass::Gone
+            }
+            HandleErrorKind::Storage { .. } => ErrorClass::Broken,
         }
     }
 
@@ -160,6 +174,9 @@ impl HandleError {
                 waited.as_secs(),
                 cause.reason()
             ),
+            HandleErrorKind::Storage { file, err } => {
+                format!("image storage file {}: {err}", file.display())
+            }
         }
     }
 }
@@ -176,6 +193,7 @@ impl std::error::Error for HandleError {
             HandleErrorKind::Db(e) => Some(e),
             HandleErrorKind::Stream(e) => Some(e),
             HandleErrorKind::Lost { cause, .. } => Some(cause.as_ref()),
+            HandleErrorKind::Storage { err, .. } => Some(err),
             _ => None,
         }
     }

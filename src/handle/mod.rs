@@ -26,6 +26,7 @@ mod idle;
 pub mod pool;
 mod readahead;
 mod resume;
+mod storage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,6 +91,9 @@ struct Shared {
     state: Mutex<State>,
     /// The chunk `prepare` made ready and where it came from, for the metrics.
     prepared: Mutex<Option<(u64, Source)>>,
+    /// MAAS 3.5+: the image storage file every read comes from, opened with the
+    /// handle (see [`storage`]); no database is used then.
+    storage: Option<storage::StorageFile>,
 }
 
 #[derive(Default)]
@@ -145,6 +149,10 @@ impl HandlePool {
             epoch: Instant::now(),
             state: Mutex::new(State::default()),
             prepared: Mutex::new(None),
+            storage: file
+                .stored
+                .as_deref()
+                .map(|p| storage::StorageFile::open(p, file.size)),
         });
         let weak: std::sync::Weak<dyn Idle> = Arc::downgrade(&shared) as _;
         self.watch(weak);
@@ -167,6 +175,9 @@ impl Handle {
     /// (setting up the handle if they must come from there): lets a caller fail
     /// before it has promised anything, as HTTP does before its headers.
     pub fn prepare(&self, offset: u64) -> Result<(), HandleError> {
+        if let Some(s) = &self.shared.storage {
+            return s.file().map(|_| ()).map_err(|k| self.shared.error(k));
+        }
         if offset >= self.shared.size {
             return Ok(());
         }
@@ -207,6 +218,17 @@ impl Handle {
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Ok(f(&[]));
         };
+        if let Some(s) = &sh.storage {
+            if sh.closed.load(Ordering::Relaxed) {
+                return Err(sh.error(HandleErrorKind::Failed));
+            }
+            let r = s.read(offset, end, f).map_err(|k| sh.error(k))?;
+            if served {
+                crate::metrics::served(Source::Disk, end - offset);
+            }
+            sh.touch();
+            return Ok(r);
+        }
         let (chunks, sources): (Vec<_>, Vec<_>) = (first..=last)
             .map(|i| sh.chunk(i))
             .collect::<Result<Vec<_>, _>>()?
@@ -235,7 +257,8 @@ impl Handle {
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Some(f(&[]));
         };
-        if sh.closed.load(Ordering::Relaxed) {
+        // A storage file is read on the caller's read threads, never here.
+        if sh.closed.load(Ordering::Relaxed) || sh.storage.is_some() {
             return None;
         }
         let chunks = (first..=last)
@@ -437,6 +460,7 @@ impl Shared {
             size: self.size,
             sha256: self.target.sha256.clone(),
             filetype: String::new(),
+            stored: None,
         };
         let pool = self.pool().clone();
         let path = self.path.clone();
@@ -624,10 +648,22 @@ impl Handle {
     /// hands it to the kernel for passthrough.
     pub fn cached_file(&self) -> Option<std::fs::File> {
         let sh = &self.shared;
+        // MAAS 3.5+: the storage file itself, the descriptor opened with the handle.
+        if let Some(s) = &sh.storage {
+            return s.file().ok()?.try_clone().ok();
+        }
         if !sh.pool().share_by_sha256 {
             return None;
         }
         sh.pool().disk.as_ref()?.lookup(&sh.target.sha256, sh.size)
+    }
+}
+
+impl Handle {
+    /// MAAS 3.5+: the image storage file this handle reads, opened with it (None
+    /// when its bytes come from the database): HTTP sends it with sendfile(2).
+    pub fn storage_file(&self) -> Option<Arc<std::fs::File>> {
+        self.shared.storage.as_ref()?.file().ok().cloned()
     }
 }
 

@@ -89,6 +89,8 @@ pub struct ServeOptions {
     pub pool: PoolOptions,
     /// The disk cache, if any.
     pub cache_dir: Option<CacheDir>,
+    /// MAAS 3.5+: the image storage directory (`--image-storage`; else MAAS's own).
+    pub image_storage: Option<std::path::PathBuf>,
 }
 
 /// Why `pgbootfs serve` could not start.
@@ -121,8 +123,13 @@ impl std::error::Error for ServeError {
 /// `pgbootfs serve`: HTTP only, until SIGINT, SIGTERM or SIGHUP.
 pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     let mut signals = StopSignals::catch().map_err(ServeError::Io)?;
-    let services =
-        Services::start(db, &opts.pool, opts.cache_dir.as_ref()).map_err(ServeError::Start)?;
+    let services = Services::start(
+        db,
+        &opts.pool,
+        opts.cache_dir.as_ref(),
+        opts.image_storage.as_deref(),
+    )
+    .map_err(ServeError::Start)?;
     services
         .refresh_every(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;
