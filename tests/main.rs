@@ -8,6 +8,7 @@ mod handle;
 mod hostile;
 mod http;
 mod maas;
+mod maas35;
 mod mount;
 mod resume;
 mod service;
