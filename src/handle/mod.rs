@@ -14,10 +14,21 @@
 //! when its reader paused for the pool's `handle_idle` (see [`idle`]). The next
 //! miss sets up again, with the same content check as the first time.
 //!
-//! Layout: [`pool`] makes and lends connections; [`cache`] holds chunks and decides
-//! who fetches what; [`disk`] keeps verified whole images on disk (`--cache-dir`); [`readahead`] streams a sequential reader's object into the
-//! cache; [`idle`] gives back paused handles' connections; [`error`] classifies
-//! what goes wrong. Nothing here knows about FUSE or HTTP.
+//! Layout: [`source`] is the seam for where bytes come from, with [`lo`] (a
+//! large object through the pool) and [`file`] (a verified local file) behind it
+//! and a fault-injecting fake for tests; [`pool`] makes and lends connections;
+//! [`cache`] holds chunks and decides who fetches what; [`disk`] keeps verified
+//! whole images on disk (`--cache-dir`); [`readahead`] streams a sequential
+//! reader's content into the cache; [`resume`] sets up again after a lost
+//! connection; [`idle`] gives back paused handles' connections; [`error`]
+//! classifies what goes wrong. Nothing here knows about FUSE or HTTP.
+//!
+//! Locks, always taken in this order: a handle's `state` (held across its own
+//! database round trips: one handle is one reader, and its reads are serial
+//! anyway), then the cache's state lock (never held across I/O), then the
+//! cache's buffer list. `prepared` and the idle registry's lock are taken alone.
+//! The idle sweeper only ever `try_lock`s a handle's state, so it never waits
+//! behind a read.
 
 pub mod cache;
 pub mod disk;
@@ -413,26 +424,25 @@ impl Shared {
                         return Err(self.fail(&mut st, e));
                     }
                 }
-                Step::Stream(id) => {
+                Step::Stream(claim) => {
                     self.start_fill(&mut st);
+                    // Dropped unused (the stream could not start), it ends the stream.
+                    let mut claim = Some(claim);
                     let started =
-                        self.resuming(&mut st, off, |sh, st| sh.start_stream(st, id, off));
+                        self.resuming(&mut st, off, |sh, st| sh.start_stream(st, &mut claim, off));
                     if let Err(e) = started {
-                        self.content.end_stream(id);
                         return Err(self.fail(&mut st, e));
                     }
                 }
-                Step::Fetch => {
+                Step::Fetch(claim) => {
                     self.start_fill(&mut st);
                     return match self.resuming(&mut st, off, |sh, st| sh.fetch(st, idx)) {
                         Ok(d) => {
-                            self.content.insert(idx, d.clone());
+                            claim.insert(d.clone());
                             Ok((d, Source::Database))
                         }
-                        Err(e) => {
-                            self.content.abandon(idx);
-                            Err(self.fail(&mut st, e))
-                        }
+                        // The claim, dropped, gives the fetch up to a waiter.
+                        Err(e) => Err(self.fail(&mut st, e)),
                     };
                 }
             }
@@ -532,15 +542,22 @@ impl Shared {
         Ok(())
     }
 
-    fn start_stream(&self, st: &mut State, id: u64, off: u64) -> Result<(), HandleError> {
+    /// Starts read-ahead at `off` on the handle's session, with the stream's
+    /// place in the cache taken out of `claim` once the session is there.
+    fn start_stream(
+        &self,
+        st: &mut State,
+        claim: &mut Option<cache::StreamClaim>,
+        off: u64,
+    ) -> Result<(), HandleError> {
         self.take_stream(st)?;
         self.connection(st)?;
-        let Some(conn) = st.conn.take() else {
+        let (Some(conn), Some(claim)) = (st.conn.take(), claim.take()) else {
             return Err(self.error(HandleErrorKind::Failed));
         };
         // The stream's own view only delivers: it reads nothing.
         let content = self.pool().cache.content(&self.key, self.size, true);
-        let s = Readahead::start(conn, content, id, self.target.clone(), off)
+        let s = Readahead::start(conn, content, claim, self.target.clone(), off)
             .map_err(|e| self.error(HandleErrorKind::Thread(e.to_string())))?;
         st.stream = Some(s);
         Ok(())

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use log::debug;
 
-use super::cache::{CHUNK, Content};
+use super::cache::{CHUNK, Content, StreamClaim};
 use super::error::HandleErrorKind;
 use super::resume::Target;
 use super::source::Session;
@@ -46,11 +46,11 @@ pub(crate) struct Readahead {
 
 impl Readahead {
     /// Streams the content of `target` from chunk-aligned `from` into `content`
-    /// as stream `id`, on the handle's session.
+    /// as the stream of `claim`, on the handle's session.
     pub(crate) fn start(
         conn: Box<dyn Session>,
         content: Content,
-        id: u64,
+        claim: StreamClaim,
         target: Arc<Target>,
         from: u64,
     ) -> std::io::Result<Readahead> {
@@ -58,7 +58,7 @@ impl Readahead {
         let worker = Worker {
             size: target.size,
             target,
-            id,
+            claim,
             stop: stop.clone(),
             content,
         };
@@ -99,7 +99,9 @@ impl Drop for Readahead {
 struct Worker {
     size: u64,
     target: Arc<Target>,
-    id: u64,
+    /// The stream's place in the cache: its front goes when the worker does,
+    /// however it ends (a panic too).
+    claim: StreamClaim,
     stop: Arc<AtomicBool>,
     content: Content,
 }
@@ -115,7 +117,9 @@ impl Worker {
         while pos < self.size {
             let Some(granted) =
                 self.content
-                    .room_for(self.id, window.min(self.size - pos), &|| self.stopped())
+                    .room_for(self.claim.id(), window.min(self.size - pos), &|| {
+                        self.stopped()
+                    })
             else {
                 break;
             };
@@ -142,10 +146,7 @@ impl Worker {
                     let at = *lost.get_or_insert_with(Instant::now);
                     match self.target.resume(err, done, at, &|| self.stopped()) {
                         Ok(c) => conn = c,
-                        Err(_) if self.stopped() => {
-                            self.content.end_stream(self.id);
-                            return Outcome::Lost;
-                        }
+                        Err(_) if self.stopped() => return Outcome::Lost,
                         Err(e) => {
                             failed = Some(e.kind);
                             pos = done;
@@ -159,7 +160,6 @@ impl Worker {
             pos = end;
             window = (window * 2).min(MAX_WINDOW);
         }
-        self.content.end_stream(self.id);
         debug!(
             "{}: read-ahead of {} ended at {pos}",
             self.target.path,
@@ -238,7 +238,7 @@ impl Worker {
         if self.stopped() {
             return false;
         }
-        self.content.deliver(self.id, start, Arc::new(data));
+        self.content.deliver(self.claim.id(), start, Arc::new(data));
         true
     }
 }
