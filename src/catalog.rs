@@ -187,6 +187,9 @@ pub struct Tree {
     nodes: HashMap<Ino, Node>,
     sets: Vec<SetInfo>,
     by_sha256: HashMap<String, Ino>,
+    /// MAAS 3.5+: files by their name in the image storage (`filename_on_disk`:
+    /// a short sha256 prefix from migration 0330 on), as 3.5+ racks ask for them.
+    by_disk_name: HashMap<String, Ino>,
     total_bytes: u64,
     file_count: u64,
 }
@@ -277,6 +280,13 @@ impl Tree {
     /// A complete file with this content (the first by path), for fetching by hash.
     pub fn by_sha256(&self, sha256: &str) -> Option<&Node> {
         self.by_sha256.get(sha256).and_then(|ino| self.get(*ino))
+    }
+
+    /// A complete file by its name in MAAS 3.5+'s image storage
+    /// (`boot-resources/<filename_on_disk>/`), or by its sha256.
+    pub fn by_resource_name(&self, name: &str) -> Option<&Node> {
+        self.by_sha256(name)
+            .or_else(|| self.by_disk_name.get(name).and_then(|ino| self.get(*ino)))
     }
 
     /// Every complete set, sorted by path.
@@ -531,6 +541,9 @@ impl Catalog {
             }
             let size = r.total_size.max(0) as u64;
             tree.by_sha256.entry(r.sha256.clone()).or_insert(ino);
+            if let Some(name) = &r.disk_name {
+                tree.by_disk_name.entry(name.clone()).or_insert(ino);
+            }
             tree.file_count += 1;
             tree.total_bytes += size;
             tree.nodes.insert(

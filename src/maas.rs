@@ -165,8 +165,8 @@ const COLUMNS_QUERY: &str = "SELECT c.relname::text, a.attname::text, format_typ
      AND a.attnum > 0 AND NOT a.attisdropped";
 
 impl Schema {
-    /// Reads the columns of the image tables. Fails with [`DbError::ImagesOnDisk`]
-    /// on MAAS 3.5+ and [`DbError::NotAStore`] when tables are missing.
+    /// Reads the columns of the image tables (MAAS 1.7 to 3.8). Fails with
+    /// [`DbError::NotAStore`] when tables are missing.
     pub fn detect(client: &mut impl GenericClient, target: &str) -> Result<Schema, DbError> {
         let rows = client
             .query(COLUMNS_QUERY, &[&TABLES.to_vec()])

@@ -532,6 +532,16 @@ fn maas36_serves_the_tree() {
     let index =
         String::from_utf8(curl(&srv.url("/streams/v1/maas:v2:download.json"), &[])).unwrap();
     assert!(index.contains(&sha256_hex(&kernel)), "{index}");
+    // A 3.5+ rack fetches `boot-resources/<filename_on_disk>/`: the short name
+    // answers with the same bytes as the full sha256.
+    let short = &sha256_hex(&kernel)[..7];
+    for name in [short.to_string(), sha256_hex(&kernel)] {
+        assert_eq!(
+            curl(&srv.url(&format!("/MAAS/boot-resources/{name}/")), &[]),
+            kernel,
+            "{name}"
+        );
+    }
 }
 
 /// The snapshot rule on disk: a file opened through the mount keeps giving the

@@ -499,8 +499,9 @@ fn route(ctx: &Ctx, rq: &Head) -> Reply {
         }
         Target::ByHash(sha) => {
             // Only complete files are in the tree: an unfinished hash is a 404.
-            let sha = sha.to_ascii_lowercase();
-            return match tree.by_sha256(&sha) {
+            // MAAS 3.5+ racks ask by `filename_on_disk` (a sha256 or its prefix).
+            let name = sha.to_ascii_lowercase();
+            return match tree.by_resource_name(&name) {
                 Some(
                     node @ Node {
                         kind: NodeKind::File(f),
