@@ -1,0 +1,859 @@
+//! `pgbootfs export --image-storage DIR`: writes every complete large file of a
+//! MAAS 1.7-3.4 database into DIR under the name MAAS 3.5+ looks for
+//! ([`crate::maas::storage_name`]), so that MAAS's own start-up export finds each
+//! file present and valid and only has to unlink the large objects.
+//!
+//! Read-only on the database: the rows are read in one `REPEATABLE READ READ ONLY`
+//! transaction and each object in one of its own, so it runs against a hot
+//! standby as well. Each file goes through `<name>.incomplete`, is hashed while it
+//! is written, fsynced, and renamed into place, as MAAS does.
+//!
+//! Resuming: a file is known valid without reading it again when it carries the
+//! extended attribute [`CHECKED_XATTR`], written by export after a hash check,
+//! whose sha256, size and modification time still match. The mark lives on the
+//! file itself because MAAS deletes every entry of the image storage it does not
+//! expect at each start: a state file there would not survive, and one elsewhere
+//! could go stale without anyone noticing. Without the mark (a file system without
+//! user xattrs, a copy made by other means) the file is hashed once per run.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use postgres::{Client, IsolationLevel};
+use sha2::{Digest, Sha256};
+
+use super::progress::Progress;
+use super::{StoreError, db_err, open_schema};
+use crate::db::{DbConfig, describe_pg_error};
+use crate::digest::{hex, sha256_file, valid_sha256};
+use crate::maas::{
+    FileRow, INCOMPLETE_SUFFIX, LO_BYTE_AT, STORAGE_FILE_MODE, lo_copy_sql, storage_name,
+};
+
+/// The extended attribute that records a hash check: `sha256 size mtime_ns`.
+pub const CHECKED_XATTR: &str = "user.pgbootfs.checked";
+
+/// One `lo_get` row of the COPY: the field notes' fastest row size.
+const ROW: u64 = 256 << 10;
+
+/// Bytes handed from the database reader to the hashing writer at once.
+const BLOCK: usize = 4 << 20;
+
+/// Blocks in flight between reader and writer: enough to keep both busy.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// What `pgbootfs export` is asked to do.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// The image storage directory (created when absent).
+    pub dir: PathBuf,
+    /// Files written at once, each on its own connection.
+    pub jobs: usize,
+    /// `USER[:GROUP]` to own the files (and a directory export creates).
+    pub owner: Option<String>,
+    /// List what would be written; write nothing.
+    pub dry_run: bool,
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone)]
+pub struct ExportSummary {
+    /// Files written (or, on a dry run, that would be).
+    pub written: usize,
+    /// Their bytes.
+    pub bytes_written: u64,
+    /// Files already present and valid.
+    pub valid: usize,
+    /// Of those, how many had to be hashed (no current mark).
+    pub hashed: usize,
+    /// Unfinished large files, not exported.
+    pub unfinished: usize,
+    /// Files that failed (reported one by one).
+    pub failed: usize,
+}
+
+/// One large file to export: its sha256 names it; `paths` are the tree paths
+/// that share it.
+#[derive(Debug, Clone)]
+struct Item {
+    sha256: String,
+    size: u64,
+    oid: u32,
+    paths: Vec<String>,
+}
+
+impl Item {
+    fn name(&self) -> &str {
+        storage_name(&self.sha256)
+    }
+
+    fn label(&self) -> String {
+        match self.paths.as_slice() {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+            [] => String::new(),
+        }
+    }
+}
+
+/// What was found at an item's final name before writing.
+enum Found {
+    /// Valid; `hashed` when it had to be read to know.
+    Valid { hashed: bool },
+    /// Absent (or unusable: `why`); to be written.
+    Write { why: Option<String> },
+}
+
+/// Runs `pgbootfs export`; one line per problem and the summary go to `out`.
+pub fn run(
+    db: &DbConfig,
+    opts: &ExportOptions,
+    out: &mut impl Write,
+) -> Result<ExportSummary, StoreError> {
+    let owner = opts.owner.as_deref().map(resolve_owner).transpose()?;
+    let target = db.describe();
+    let mut client = db.connect("pgbootfs-export")?;
+    let rows = {
+        let mut txn = snapshot(&mut client)?;
+        let schema = open_schema(&mut txn, &target)?;
+        let rows = schema.load_files(&mut txn)?;
+        txn.commit().map_err(|e| db_err("ending the snapshot", e))?;
+        rows
+    };
+    drop(client);
+    let mut summary = ExportSummary::default();
+    let mut lines = Vec::new();
+    let (items, unfinished) = items(&rows);
+    for (path, written, total) in &unfinished {
+        lines.push(format!(
+            "skipped {path}: unfinished ({written} of {total} bytes); MAAS downloads it again"
+        ));
+    }
+    summary.unfinished = unfinished.len();
+    let mut good = Vec::new();
+    for item in items {
+        if valid_sha256(&item.sha256) && item.sha256 == item.sha256.to_ascii_lowercase() {
+            good.push(item);
+        } else {
+            summary.failed += 1;
+            lines.push(format!(
+                "FAILED {}: the row's sha256 {:?} is not 64 lower-case hex digits, so MAAS \
+                 could not check the file either; fix or remove the row",
+                item.label(),
+                item.sha256
+            ));
+        }
+    }
+    let created = prepare_dir(&opts.dir, opts.dry_run, owner)?;
+
+    // Phase 1: what is already there (no database needed).
+    let found = check_all(&opts.dir, &good, opts.jobs, opts.dry_run && !created);
+    let mut todo = Vec::new();
+    for (item, found) in good.into_iter().zip(found) {
+        match found {
+            Found::Valid { hashed } => {
+                summary.valid += 1;
+                summary.hashed += usize::from(hashed);
+            }
+            Found::Write { why } => {
+                if let Some(why) = why {
+                    lines.push(format!(
+                        "replacing {}: {why} ({})",
+                        opts.dir.join(item.name()).display(),
+                        item.label()
+                    ));
+                }
+                todo.push(item);
+            }
+        }
+    }
+
+    // Phase 2: room for what is left.
+    let need: u64 = todo.iter().map(|i| i.size).sum();
+    let reclaimed: u64 = todo
+        .iter()
+        .filter_map(|i| fs::symlink_metadata(incomplete_path(&opts.dir, i)).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    let avail = free_space(&opts.dir)?.saturating_add(reclaimed);
+    if need > avail {
+        for l in &lines {
+            writeln!(out, "{l}").map_err(StoreError::Output)?;
+        }
+        return Err(StoreError::NoSpace {
+            dir: opts.dir.clone(),
+            need,
+            avail,
+        });
+    }
+
+    if opts.dry_run {
+        for item in &todo {
+            lines.push(format!(
+                "would write {} ({} bytes): {}",
+                opts.dir.join(item.name()).display(),
+                item.size,
+                item.paths.join(", ")
+            ));
+        }
+        summary.written = todo.len();
+        summary.bytes_written = need;
+        for l in &lines {
+            writeln!(out, "{l}").map_err(StoreError::Output)?;
+        }
+        writeln!(
+            out,
+            "export (dry run, nothing written): would write {} file(s) ({} bytes) to {}; \
+             {} already valid ({} hashed); {} unfinished skipped; {} failed",
+            summary.written,
+            summary.bytes_written,
+            opts.dir.display(),
+            summary.valid,
+            summary.hashed,
+            summary.unfinished,
+            summary.failed
+        )
+        .map_err(StoreError::Output)?;
+        return finish(summary);
+    }
+
+    // Phase 3: write, `jobs` files at once.
+    let progress = Mutex::new(Progress::new("export", need));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Result<(), String>)>> = Mutex::new(Vec::new());
+    let jobs = opts.jobs.clamp(1, todo.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                let mut client: Option<Client> = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = todo.get(i) else { break };
+                    let res = match client.take().filter(|c| !c.is_closed()) {
+                        Some(c) => Ok(c),
+                        None => db.connect("pgbootfs-export").map_err(|e| e.to_string()),
+                    }
+                    .and_then(|mut c| {
+                        let r = export_one(&mut c, &opts.dir, item, owner, &progress);
+                        client = Some(c);
+                        r
+                    });
+                    if let Err(e) = &res {
+                        lock(&progress).println(&format!("FAILED {e}"));
+                    }
+                    lock(&results).push((i, res));
+                }
+            });
+        }
+    });
+    lock(&progress).finish();
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    for (i, res) in results {
+        match res {
+            Ok(()) => {
+                summary.written += 1;
+                summary.bytes_written += todo[i].size;
+            }
+            Err(e) => {
+                summary.failed += 1;
+                lines.push(format!("FAILED {e}"));
+            }
+        }
+    }
+    for l in &lines {
+        writeln!(out, "{l}").map_err(StoreError::Output)?;
+    }
+    writeln!(
+        out,
+        "export: {} file(s) written ({} bytes) to {}; {} already valid ({} hashed); \
+         {} unfinished skipped; {} failed",
+        summary.written,
+        summary.bytes_written,
+        opts.dir.display(),
+        summary.valid,
+        summary.hashed,
+        summary.unfinished,
+        summary.failed
+    )
+    .map_err(StoreError::Output)?;
+    log::info!(
+        "export: {} written, {} valid, {} failed",
+        summary.written,
+        summary.valid,
+        summary.failed
+    );
+    finish(summary)
+}
+
+fn finish(summary: ExportSummary) -> Result<ExportSummary, StoreError> {
+    if summary.failed > 0 {
+        return Err(StoreError::ExportFailed {
+            failed: summary.failed,
+            of: summary.failed + summary.written + summary.valid,
+        });
+    }
+    Ok(summary)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A transaction that reads one stable snapshot and can write nothing (so a hot
+/// standby serves it).
+fn snapshot(client: &mut Client) -> Result<postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| db_err("starting a read-only snapshot", e))
+}
+
+/// The distinct large files of complete rows, by sha256, and the unfinished rows
+/// as (path, written, total).
+fn items(rows: &[FileRow]) -> (Vec<Item>, Vec<(String, i64, i64)>) {
+    let mut by_sha: BTreeMap<&str, Item> = BTreeMap::new();
+    let mut unfinished = Vec::new();
+    for r in rows {
+        let path = match r.parts() {
+            Some(p) => p.join("/"),
+            None => format!("{}/{}/{}/{}", r.name, r.architecture, r.version, r.filename),
+        };
+        if !r.complete() {
+            unfinished.push((path, r.size, r.total_size));
+            continue;
+        }
+        by_sha
+            .entry(r.sha256.as_str())
+            .or_insert_with(|| Item {
+                sha256: r.sha256.clone(),
+                size: r.total_size.max(0) as u64,
+                oid: r.oid,
+                paths: Vec::new(),
+            })
+            .paths
+            .push(path);
+    }
+    (by_sha.into_values().collect(), unfinished)
+}
+
+fn final_path(dir: &Path, item: &Item) -> PathBuf {
+    dir.join(item.name())
+}
+
+fn incomplete_path(dir: &Path, item: &Item) -> PathBuf {
+    dir.join(format!("{}{INCOMPLETE_SUFFIX}", item.name()))
+}
+
+fn io_err(path: &Path, what: &str, err: std::io::Error) -> StoreError {
+    StoreError::Export {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+        err,
+    }
+}
+
+/// Makes DIR when absent (not on a dry run); true when it exists afterwards.
+fn prepare_dir(dir: &Path, dry_run: bool, owner: Option<(u32, u32)>) -> Result<bool, StoreError> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(io_err(
+            dir,
+            "using as the image storage",
+            std::io::Error::other("not a directory"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dry_run {
+                return Ok(false);
+            }
+            fs::create_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                    .map_err(|e| io_err(dir, "changing the owner of", e))?;
+            }
+            log::info!("created {}", dir.display());
+            Ok(true)
+        }
+        Err(e) => Err(io_err(dir, "reading", e)),
+    }
+}
+
+/// Checks every item's final name, `jobs` at once; `mark` records hash checks.
+fn check_all(dir: &Path, items: &[Item], jobs: usize, mark: bool) -> Vec<Found> {
+    let next = AtomicUsize::new(0);
+    let found: Mutex<Vec<Option<Found>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let f = check_existing(dir, item, mark);
+                    lock(&found)[i] = Some(f);
+                }
+            });
+        }
+    });
+    found
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|f| f.unwrap_or(Found::Write { why: None }))
+        .collect()
+}
+
+/// Whether the final name already holds the item's bytes: by the mark when it is
+/// current, else by hashing (and then marking, when `mark`).
+fn check_existing(dir: &Path, item: &Item, mark: bool) -> Found {
+    let path = final_path(dir, item);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::Write { why: None },
+        Err(e) => {
+            return Found::Write {
+                why: Some(format!("cannot read it: {e}")),
+            };
+        }
+    };
+    if !meta.is_file() {
+        return Found::Write {
+            why: Some("not a regular file".into()),
+        };
+    }
+    if meta.len() != item.size {
+        return Found::Write {
+            why: Some(format!("{} bytes, expected {}", meta.len(), item.size)),
+        };
+    }
+    let stamp = checked_stamp(&item.sha256, &meta);
+    if read_xattr(&path).as_deref() == Some(stamp.as_str()) {
+        return Found::Valid { hashed: false };
+    }
+    match sha256_file(&path, |_| {}) {
+        Ok((sha, _)) if sha == item.sha256 => {
+            if mark && let Err(e) = write_xattr_path(&path, &stamp) {
+                log::debug!("{}: cannot record the check: {e}", path.display());
+            }
+            Found::Valid { hashed: true }
+        }
+        Ok((sha, _)) => Found::Write {
+            why: Some(format!("sha256 {sha}, expected {}", item.sha256)),
+        },
+        Err(e) => Found::Write {
+            why: Some(format!("cannot read it: {e}")),
+        },
+    }
+}
+
+/// The mark's value for a file with `meta` holding `sha256`.
+fn checked_stamp(sha256: &str, meta: &fs::Metadata) -> String {
+    format!(
+        "{sha256} {} {}.{:09}",
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+fn read_xattr(path: &Path) -> Option<String> {
+    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = CString::new(CHECKED_XATTR).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated; the buffer's length is passed.
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    String::from_utf8(buf[..n as usize].to_vec()).ok()
+}
+
+fn write_xattr_path(path: &Path, value: &str) -> std::io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let name = CString::new(CHECKED_XATTR)?;
+    // SAFETY: both strings are NUL-terminated; the value's length is passed.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn write_xattr_fd(file: &File, value: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let name = CString::new(CHECKED_XATTR)?;
+    // SAFETY: the descriptor is open; the name is NUL-terminated; the value's
+    // length is passed.
+    let rc = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes free to an unprivileged writer on DIR's file system (or, when DIR does
+/// not exist yet, on its nearest existing ancestor's).
+fn free_space(dir: &Path) -> Result<u64, StoreError> {
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => {
+                at = Path::new(".");
+                break;
+            }
+        }
+    }
+    let p = CString::new(at.as_os_str().as_bytes())
+        .map_err(|e| io_err(dir, "checking the free space of", e.into()))?;
+    // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes only the struct passed; the path is NUL-terminated.
+    if unsafe { libc::statvfs(p.as_ptr(), &mut st) } != 0 {
+        return Err(io_err(
+            at,
+            "checking the free space of",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// `USER[:GROUP]` (names or numbers) as (uid, gid); GROUP defaults to USER's
+/// primary group.
+fn resolve_owner(spec: &str) -> Result<(u32, u32), StoreError> {
+    let bad = |reason: String| StoreError::BadOwner {
+        owner: spec.to_string(),
+        reason,
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, primary) = if let Ok(uid) = user.parse::<u32>() {
+        (uid, lookup_uid(uid).map(|(_, g)| g))
+    } else {
+        let c = CString::new(user).map_err(|_| bad("a NUL in the user name".into()))?;
+        // SAFETY: getpwnam reads the NUL-terminated name; its result is copied out
+        // at once, before any other call could reuse the static buffer (this runs
+        // before export starts its threads).
+        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+        if pw.is_null() {
+            return Err(bad(format!("no user {user:?} on this host")));
+        }
+        // SAFETY: pw is not null: getpwnam's entry, read before any other call.
+        let (u, g) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        (u, Some(g))
+    };
+    let gid = match group {
+        None | Some("") => primary.ok_or_else(|| {
+            bad(format!(
+                "user {uid} has no entry on this host to take a group from; give USER:GROUP"
+            ))
+        })?,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let c = CString::new(g).map_err(|_| bad("a NUL in the group name".into()))?;
+                // SAFETY: as for getpwnam above.
+                let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+                if gr.is_null() {
+                    return Err(bad(format!("no group {g:?} on this host")));
+                }
+                // SAFETY: gr is not null: getgrnam's entry, read at once.
+                unsafe { (*gr).gr_gid }
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn lookup_uid(uid: u32) -> Option<(u32, u32)> {
+    // SAFETY: as in resolve_owner: copied out at once, before threads start.
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: pw is not null: getpwuid's entry, read at once.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// Writes one item through `<name>.incomplete`; the error is one line naming
+/// the file.
+fn export_one(
+    client: &mut Client,
+    dir: &Path,
+    item: &Item,
+    owner: Option<(u32, u32)>,
+    progress: &Mutex<Progress>,
+) -> Result<(), String> {
+    let partial = incomplete_path(dir, item);
+    let target = final_path(dir, item);
+    lock(progress).start_file(&item.label(), item.size);
+    let res = write_partial(client, &partial, item, owner, progress);
+    match res {
+        Ok(file) => {
+            fs::rename(&partial, &target).map_err(|e| {
+                let _ = fs::remove_file(&partial);
+                format!(
+                    "{}: renaming {} into place: {e}",
+                    item.label(),
+                    partial.display()
+                )
+            })?;
+            drop(file);
+            // The rename itself is durable only once the directory is synced.
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                log::warn!("syncing {}: {e}", dir.display());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// Streams the object into `partial`, checks it, marks and syncs it; returns the
+/// open file.
+fn write_partial(
+    client: &mut Client,
+    partial: &Path,
+    item: &Item,
+    owner: Option<(u32, u32)>,
+    progress: &Mutex<Progress>,
+) -> Result<File, String> {
+    let at = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", partial.display());
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(STORAGE_FILE_MODE)
+        .open(partial)
+        .map_err(|e| at("creating", e))?;
+    // The mode MAAS's files have, whatever our umask.
+    file.set_permissions(fs::Permissions::from_mode(STORAGE_FILE_MODE))
+        .map_err(|e| at("setting the mode of", e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(|e| at("changing the owner of", e))?;
+    }
+    let db = |what: &str, e: postgres::Error| {
+        format!(
+            "{}: {what} large object {}: {}",
+            item.label(),
+            item.oid,
+            describe_pg_error(&e)
+        )
+    };
+    let mut txn = snapshot(client).map_err(|e| format!("{}: {e}", item.label()))?;
+    let past: i32 = txn
+        .query_one(LO_BYTE_AT, &[&item.oid, &(item.size as i64)])
+        .map_err(|e| db("reading", e))?
+        .get(0);
+    if past > 0 {
+        return Err(format!(
+            "{}: large object {} holds more than the row's {} bytes",
+            item.label(),
+            item.oid,
+            item.size
+        ));
+    }
+    let (tx, rx) = sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+    let written = std::thread::scope(|s| {
+        let writer = s.spawn(|| hash_and_write(&file, rx, progress));
+        let read = stream_object(&mut txn, item, tx).map_err(|e| match e {
+            StreamError::Db(e) => db("reading", e),
+            StreamError::Io(e) => {
+                format!("{}: reading large object {}: {e}", item.label(), item.oid)
+            }
+        });
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+        // A failed write ends the stream early: report the write.
+        match (read, wrote) {
+            (_, Err(e)) => Err(at("writing", e)),
+            (Err(e), _) => Err(e),
+            (Ok(n), Ok(w)) => Ok((n, w)),
+        }
+    });
+    let (n, (sha, _)) = written?;
+    txn.commit().map_err(|e| db("ending the snapshot of", e))?;
+    if n != item.size {
+        return Err(format!(
+            "{}: large object {} ends after {n} bytes, the row says {}",
+            item.label(),
+            item.oid,
+            item.size
+        ));
+    }
+    if sha != item.sha256 {
+        return Err(format!(
+            "{}: sha256 mismatch for {}: the bytes of large object {} hash to {sha}, the row \
+             says {}; the partial file was removed",
+            item.label(),
+            partial.display(),
+            item.oid,
+            item.sha256
+        ));
+    }
+    file.sync_all().map_err(|e| at("syncing", e))?;
+    let meta = file.metadata().map_err(|e| at("reading", e))?;
+    if let Err(e) = write_xattr_fd(&file, &checked_stamp(&sha, &meta)) {
+        // Only the next run's speed depends on it: it hashes the file instead.
+        log::debug!("{}: cannot record the check: {e}", partial.display());
+    } else {
+        file.sync_all().map_err(|e| at("syncing", e))?;
+    }
+    Ok(file)
+}
+
+enum StreamError {
+    Db(postgres::Error),
+    Io(std::io::Error),
+}
+
+/// Sends the object's bytes in blocks; returns how many there were.
+fn stream_object(
+    txn: &mut postgres::Transaction<'_>,
+    item: &Item,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> Result<u64, StreamError> {
+    let sql = lo_copy_sql(item.oid, item.size, ROW);
+    let mut r = txn.copy_out(sql.as_str()).map_err(StreamError::Db)?;
+    let io = StreamError::Io;
+    // COPY binary: signature (11), flags (4), extension length (4) and extension;
+    // then per row a field count (-1 ends), a length and the bytes. Parsed here
+    // rather than shared with handle::readahead, whose parser cuts rows into
+    // cache chunks as it reads.
+    let mut head = [0u8; 19];
+    std::io::Read::read_exact(&mut r, &mut head).map_err(io)?;
+    let ext = u32::from_be_bytes([head[15], head[16], head[17], head[18]]) as usize;
+    consume(&mut r, ext, &mut |_| {}).map_err(io)?;
+    let mut total = 0u64;
+    let mut block = Vec::with_capacity(BLOCK);
+    loop {
+        let mut count = [0u8; 2];
+        std::io::Read::read_exact(&mut r, &mut count).map_err(io)?;
+        if i16::from_be_bytes(count) < 0 {
+            break;
+        }
+        let mut len = [0u8; 4];
+        std::io::Read::read_exact(&mut r, &mut len).map_err(io)?;
+        let len = i32::from_be_bytes(len).max(0) as usize;
+        let mut closed = false;
+        consume(&mut r, len, &mut |bytes| {
+            let mut bytes = bytes;
+            while !bytes.is_empty() && !closed {
+                let take = bytes.len().min(BLOCK - block.len());
+                block.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if block.len() == BLOCK {
+                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
+                    closed = tx.send(full).is_err();
+                }
+            }
+        })
+        .map_err(io)?;
+        if closed {
+            // The writer failed; it reports why.
+            return Ok(total);
+        }
+        total += len as u64;
+    }
+    if !block.is_empty() {
+        let _ = tx.send(block);
+    }
+    Ok(total)
+}
+
+/// Hands `n` bytes of `r` to `f` straight from the reader's buffer.
+fn consume(r: &mut impl BufRead, mut n: usize, f: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
+    while n > 0 {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let take = buf.len().min(n);
+        f(&buf[..take]);
+        r.consume(take);
+        n -= take;
+    }
+    Ok(())
+}
+
+/// Hashes and writes every block received; the sha256 and byte count.
+fn hash_and_write(
+    file: &File,
+    rx: Receiver<Vec<u8>>,
+    progress: &Mutex<Progress>,
+) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut out = file;
+    let mut n = 0u64;
+    for block in rx {
+        hasher.update(&block);
+        out.write_all(&block)?;
+        n += block.len() as u64;
+        lock(progress).add(block.len() as u64);
+    }
+    Ok((hex(hasher.finalize().as_slice()), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_by_number_and_name() {
+        assert_eq!(resolve_owner("0:0").unwrap(), (0, 0));
+        assert_eq!(resolve_owner("root").unwrap(), (0, 0));
+        assert_eq!(resolve_owner("12345:54321").unwrap(), (12345, 54321));
+        assert!(resolve_owner("no-such-user-pgbootfs").is_err());
+        assert!(resolve_owner("root:no-such-group-pgbootfs").is_err());
+    }
+
+    #[test]
+    fn the_copy_reads_whole_rows_in_order() {
+        let sql = lo_copy_sql(42, 600 << 10, ROW);
+        assert!(sql.contains("generate_series(0, 614399, 262144)"), "{sql}");
+        assert!(sql.contains("ORDER BY o"), "{sql}");
+        // An empty object: the series is empty, the COPY has no rows.
+        assert!(lo_copy_sql(42, 0, ROW).contains("generate_series(0, -1, 262144)"));
+    }
+}
