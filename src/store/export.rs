@@ -152,10 +152,10 @@ pub fn run(
             ));
         }
     }
-    let created = prepare_dir(&opts.dir, opts.dry_run, owner)?;
+    prepare_dir(&opts.dir, opts.dry_run, owner)?;
 
     // Phase 1: what is already there (no database needed).
-    let found = check_all(&opts.dir, &good, opts.jobs, opts.dry_run && !created);
+    let found = check_all(&opts.dir, &good, opts.jobs, !opts.dry_run);
     let mut todo = Vec::new();
     for (item, found) in good.into_iter().zip(found) {
         match found {
@@ -364,10 +364,10 @@ fn io_err(path: &Path, what: &str, err: std::io::Error) -> StoreError {
     }
 }
 
-/// Makes DIR when absent (not on a dry run); true when it exists afterwards.
-fn prepare_dir(dir: &Path, dry_run: bool, owner: Option<(u32, u32)>) -> Result<bool, StoreError> {
+/// Makes DIR when absent (not on a dry run).
+fn prepare_dir(dir: &Path, dry_run: bool, owner: Option<(u32, u32)>) -> Result<(), StoreError> {
     match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(true),
+        Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(io_err(
             dir,
             "using as the image storage",
@@ -375,7 +375,7 @@ fn prepare_dir(dir: &Path, dry_run: bool, owner: Option<(u32, u32)>) -> Result<b
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dry_run {
-                return Ok(false);
+                return Ok(());
             }
             fs::create_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
             if let Some((uid, gid)) = owner {
@@ -383,7 +383,7 @@ fn prepare_dir(dir: &Path, dry_run: bool, owner: Option<(u32, u32)>) -> Result<b
                     .map_err(|e| io_err(dir, "changing the owner of", e))?;
             }
             log::info!("created {}", dir.display());
-            Ok(true)
+            Ok(())
         }
         Err(e) => Err(io_err(dir, "reading", e)),
     }
