@@ -25,7 +25,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, sync_channel};
 
 use postgres::{Client, IsolationLevel};
 use sha2::{Digest, Sha256};
@@ -44,11 +43,8 @@ pub const CHECKED_XATTR: &str = "user.pgbootfs.checked";
 /// One `lo_get` row of the COPY: the field notes' fastest row size.
 const ROW: u64 = 256 << 10;
 
-/// Bytes handed from the database reader to the hashing writer at once.
-const BLOCK: usize = 4 << 20;
-
-/// Blocks in flight between reader and writer: enough to keep both busy.
-const BLOCKS_IN_FLIGHT: usize = 4;
+/// Bytes written between two starts of writeback (and progress updates).
+const WRITEBACK: u64 = 8 << 20;
 
 /// What `pgbootfs export` is asked to do.
 #[derive(Debug, Clone)]
@@ -693,26 +689,25 @@ fn write_partial(
             item.size
         ));
     }
-    let (tx, rx) = sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
-    let written = std::thread::scope(|s| {
-        let writer = s.spawn(|| hash_and_write(&file, rx, progress));
-        let read = stream_object(&mut txn, item, tx).map_err(|e| match e {
-            StreamError::Db(e) => db("reading", e),
-            StreamError::Io(e) => {
-                format!("{}: reading large object {}: {e}", item.label(), item.oid)
-            }
-        });
-        let wrote = writer
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
-        // A failed write ends the stream early: report the write.
-        match (read, wrote) {
-            (_, Err(e)) => Err(at("writing", e)),
-            (Err(e), _) => Err(e),
-            (Ok(n), Ok(w)) => Ok((n, w)),
-        }
-    });
-    let (n, (sha, _)) = written?;
+    let mut sink = Sink {
+        out: &file,
+        hasher: Sha256::new(),
+        written: 0,
+        flushed: 0,
+        counted: 0,
+        progress,
+        failed: None,
+    };
+    let read = stream_object(&mut txn, item, &mut |bytes| sink.take(bytes));
+    sink.count();
+    if let Some(e) = sink.failed.take() {
+        return Err(at("writing", e));
+    }
+    let n = read.map_err(|e| match e {
+        StreamError::Db(e) => db("reading", e),
+        StreamError::Io(e) => format!("{}: reading large object {}: {e}", item.label(), item.oid),
+    })?;
+    let sha = hex(sink.hasher.finalize().as_slice());
     txn.commit().map_err(|e| db("ending the snapshot of", e))?;
     if n != item.size {
         return Err(format!(
@@ -748,11 +743,12 @@ enum StreamError {
     Io(std::io::Error),
 }
 
-/// Sends the object's bytes in blocks; returns how many there were.
+/// Hands the object's bytes to `sink` as they arrive, until it returns false;
+/// returns how many there were.
 fn stream_object(
     txn: &mut postgres::Transaction<'_>,
     item: &Item,
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    sink: &mut impl FnMut(&[u8]) -> bool,
 ) -> Result<u64, StreamError> {
     let sql = lo_copy_sql(item.oid, item.size, ROW);
     let mut r = txn.copy_out(sql.as_str()).map_err(StreamError::Db)?;
@@ -764,9 +760,8 @@ fn stream_object(
     let mut head = [0u8; 19];
     std::io::Read::read_exact(&mut r, &mut head).map_err(io)?;
     let ext = u32::from_be_bytes([head[15], head[16], head[17], head[18]]) as usize;
-    consume(&mut r, ext, &mut |_| {}).map_err(io)?;
+    consume(&mut r, ext, &mut |_| true).map_err(io)?;
     let mut total = 0u64;
-    let mut block = Vec::with_capacity(BLOCK);
     loop {
         let mut count = [0u8; 2];
         std::io::Read::read_exact(&mut r, &mut count).map_err(io)?;
@@ -776,63 +771,95 @@ fn stream_object(
         let mut len = [0u8; 4];
         std::io::Read::read_exact(&mut r, &mut len).map_err(io)?;
         let len = i32::from_be_bytes(len).max(0) as usize;
-        let mut closed = false;
-        consume(&mut r, len, &mut |bytes| {
-            let mut bytes = bytes;
-            while !bytes.is_empty() && !closed {
-                let take = bytes.len().min(BLOCK - block.len());
-                block.extend_from_slice(&bytes[..take]);
-                bytes = &bytes[take..];
-                if block.len() == BLOCK {
-                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
-                    closed = tx.send(full).is_err();
-                }
-            }
-        })
-        .map_err(io)?;
-        if closed {
-            // The writer failed; it reports why.
+        if !consume(&mut r, len, sink).map_err(io)? {
             return Ok(total);
         }
         total += len as u64;
     }
-    if !block.is_empty() {
-        let _ = tx.send(block);
-    }
     Ok(total)
 }
 
-/// Hands `n` bytes of `r` to `f` straight from the reader's buffer.
-fn consume(r: &mut impl BufRead, mut n: usize, f: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
+/// Hands `n` bytes of `r` to `f` straight from the reader's buffer; false when
+/// `f` asked to stop.
+fn consume(
+    r: &mut impl BufRead,
+    mut n: usize,
+    f: &mut impl FnMut(&[u8]) -> bool,
+) -> std::io::Result<bool> {
     while n > 0 {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         let take = buf.len().min(n);
-        f(&buf[..take]);
+        if !f(&buf[..take]) {
+            return Ok(false);
+        }
         r.consume(take);
         n -= take;
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Hashes and writes every block received; the sha256 and byte count.
-fn hash_and_write(
-    file: &File,
-    rx: Receiver<Vec<u8>>,
-    progress: &Mutex<Progress>,
-) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut out = file;
-    let mut n = 0u64;
-    for block in rx {
-        hasher.update(&block);
-        out.write_all(&block)?;
-        n += block.len() as u64;
-        lock(progress).add(block.len() as u64);
+/// Where the bytes go: hashed and written as they come, straight from the
+/// connection's buffer, on the reading thread. Measured here against psql
+/// writing the same COPY into a file (1 GiB in 8 files, 2 shared cores): a second
+/// thread hashing and writing 4 MiB blocks ran at about 0.5x psql, most of its
+/// time in the kernel copying cold 4 MiB buffers into the page cache; 256 KiB
+/// blocks on a second thread about 0.85x; one thread hashing and writing each
+/// slice (up to one 256 KiB row) while it is still in the CPU's cache ran at or
+/// above psql's speed with the least CPU of the three.
+struct Sink<'a> {
+    out: &'a File,
+    hasher: Sha256,
+    written: u64,
+    /// Up to where writeback has been started.
+    flushed: u64,
+    /// Up to where progress has been told.
+    counted: u64,
+    progress: &'a Mutex<Progress>,
+    failed: Option<std::io::Error>,
+}
+
+impl Sink<'_> {
+    fn take(&mut self, bytes: &[u8]) -> bool {
+        self.hasher.update(bytes);
+        let mut out = self.out;
+        if let Err(e) = out.write_all(bytes) {
+            self.failed = Some(e);
+            return false;
+        }
+        self.written += bytes.len() as u64;
+        if self.written - self.flushed >= WRITEBACK {
+            self.start_writeback();
+            self.count();
+        }
+        true
     }
-    Ok((hex(hasher.finalize().as_slice()), n))
+
+    /// Starts writing back what was written since the last call: the fsync
+    /// before the rename then waits for the last few MiB only, not the whole
+    /// file (here an fsync of 1 GiB at the end took 2-6 s against about 1 s of
+    /// writeback that overlaps the download).
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open; the range is what was just written.
+        unsafe {
+            libc::sync_file_range(
+                self.out.as_raw_fd(),
+                self.flushed as libc::off64_t,
+                (self.written - self.flushed) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.flushed = self.written;
+    }
+
+    /// Tells the progress bar what was written since the last call.
+    fn count(&mut self) {
+        lock(self.progress).add(self.written - self.counted);
+        self.counted = self.written;
+    }
 }
 
 #[cfg(test)]
