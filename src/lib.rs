@@ -25,7 +25,9 @@ pub mod metrics;
 pub mod mount;
 pub mod mount_helper;
 pub mod mountinfo;
+pub mod passwd;
 pub mod store;
+mod sync;
 
 /// The version and the git commit this binary was built from.
 pub const VERSION: &str = concat!(

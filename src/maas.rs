@@ -21,6 +21,8 @@ use serde_json::{Map, Value};
 
 use crate::db::DbError;
 
+pub mod sql;
+
 /// The four tables that hold MAAS's boot images, up to MAAS 3.4.
 pub const TABLES: [&str; 4] = [
     "maasserver_bootresource",

@@ -26,7 +26,7 @@ use pgbootfs::store;
 
 As a mount(8) helper (called as mount.fuse.pgbootfs, or `pgbootfs SOURCE DIR -o
 OPTIONS`), SOURCE is a libpq service name or a conninfo; see `pgbootfs mount --help`
-and the README for the options."
+and doc/CONFIGURATION.md for the options."
 )]
 struct Cli {
     /// PostgreSQL connection: a key=value conninfo or a postgres:// URL (unix-socket
@@ -382,7 +382,7 @@ fn stdout_closed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// the daemon's peak RSS grew about 100 MiB past its cache budget at 64 streams
 /// (463 MiB against 256 + 64 MiB; scripts/bench, rss row). Having glibc mmap each
 /// buffer instead bounded RSS but cost a cold `cat` 40%. jemalloc with these
-/// settings stays within the budget (BENCHMARKS.md). `muzzy_decay_ms:0` matters:
+/// settings stays within the budget (doc/benchmark-history.md). `muzzy_decay_ms:0` matters:
 /// pages only marked MADV_FREE still count in RSS until the kernel needs them.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -584,4 +584,59 @@ fn subcommands() -> Vec<String> {
         .collect();
     names.push("help".into());
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Whether `--name` occurs in `text` as a whole flag (not as the start of a longer
+    /// one: `--cache` must not be found inside `--cache-dir`).
+    fn mentions_flag(text: &str, name: &str) -> bool {
+        let flag = format!("--{name}");
+        text.match_indices(&flag).any(|(at, _)| {
+            let next = text[at + flag.len()..].chars().next();
+            !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+    }
+
+    /// Every subcommand has a section and every long flag is written in
+    /// doc/CONFIGURATION.md, so a new flag cannot ship undocumented.
+    #[test]
+    fn every_flag_is_in_the_configuration_reference() {
+        let doc = include_str!("../doc/CONFIGURATION.md");
+        let headings: Vec<&str> = doc.lines().filter(|l| l.starts_with("## ")).collect();
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for arg in cli.get_arguments() {
+            if let Some(long) = arg.get_long().filter(|l| !mentions_flag(doc, l)) {
+                missing.push(format!("--{long} (every command)"));
+            }
+        }
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            if !headings.iter().any(|h| h.contains(name)) {
+                missing.push(format!("a \"## ...{name}...\" section"));
+            }
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long().filter(|l| !mentions_flag(doc, l)) {
+                    missing.push(format!("--{long} ({name})"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not documented in doc/CONFIGURATION.md: {}",
+            missing.join(", ")
+        );
+    }
+
+    #[test]
+    fn a_flag_is_found_whole_only() {
+        assert!(mentions_flag("`--cache-dir DIR`", "cache-dir"));
+        assert!(!mentions_flag("`--cache-dir DIR`", "cache"));
+        assert!(mentions_flag("ends with --db", "db"));
+        assert!(!mentions_flag("dbname or --dbx", "db"));
+    }
 }

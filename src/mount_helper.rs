@@ -435,17 +435,7 @@ pub fn daemonize(req: &Request) -> Result<(), HelperError> {
 
 /// The effective user's home directory from the password database.
 fn home_dir() -> Option<OsString> {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: getpwuid returns a pointer into static storage or null; the directory
-    // is copied out at once and the pointer not kept.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_dir.is_null() {
-            return None;
-        }
-        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
-        Some(std::ffi::OsStr::from_bytes(dir.to_bytes()).to_os_string())
-    }
+    crate::passwd::current()?.home
 }
 
 /// The daemon's error line, without its `pgbootfs: error: ` prefix (main adds it).

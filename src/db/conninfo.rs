@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::error::ConfError;
+
 /// Settings by libpq keyword (`host`, `sslmode`, ...), each given at most once.
 pub type Params = BTreeMap<String, String>;
 
@@ -55,7 +57,7 @@ pub const KEYWORDS: &[&str] = &[
 ];
 
 /// Checks a keyword, mapping the postgres crate's spellings to libpq's.
-pub fn keyword(key: &str) -> Result<&'static str, String> {
+pub fn keyword(key: &str) -> Result<&'static str, ConfError> {
     let key = match key {
         // The Rust driver's name for libpq's keepalives_count.
         "keepalives_retries" => "keepalives_count",
@@ -65,11 +67,11 @@ pub fn keyword(key: &str) -> Result<&'static str, String> {
         .iter()
         .find(|k| **k == key)
         .copied()
-        .ok_or_else(|| format!("invalid connection option \"{key}\""))
+        .ok_or_else(|| ConfError::at(key, format!("invalid connection option \"{key}\"")))
 }
 
 /// Parses a conninfo or a URL (`postgres://` or `postgresql://`).
-pub fn parse(text: &str) -> Result<Params, String> {
+pub fn parse(text: &str) -> Result<Params, ConfError> {
     let t = text.trim_start();
     if let Some(rest) = t
         .strip_prefix("postgresql://")
@@ -81,7 +83,7 @@ pub fn parse(text: &str) -> Result<Params, String> {
     }
 }
 
-fn set(params: &mut Params, key: &str, value: String) -> Result<(), String> {
+fn set(params: &mut Params, key: &str, value: String) -> Result<(), ConfError> {
     let key = keyword(key)?;
     // As libpq: a later setting of the same key wins.
     params.insert(key.to_string(), value);
@@ -89,69 +91,73 @@ fn set(params: &mut Params, key: &str, value: String) -> Result<(), String> {
 }
 
 /// `key = value ...`; values may be single-quoted, `\` escapes the next character.
-fn parse_keyvalue(text: &str) -> Result<Params, String> {
+fn parse_keyvalue(text: &str) -> Result<Params, ConfError> {
     let mut params = Params::new();
     let mut chars = text.chars().peekable();
     loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_space(&mut chars);
         if chars.peek().is_none() {
             return Ok(params);
         }
         let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                break;
-            }
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
             key.push(c);
-            chars.next();
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_space(&mut chars);
         if chars.next() != Some('=') {
-            return Err(format!("missing \"=\" after \"{key}\""));
+            return Err(ConfError::at(
+                &key,
+                format!("missing \"=\" after \"{key}\""),
+            ));
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'\'') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    None => return Err(format!("unterminated quoted value for \"{key}\"")),
-                    Some('\'') => break,
-                    Some('\\') => match chars.next() {
-                        Some(c) => value.push(c),
-                        None => return Err(format!("unterminated quoted value for \"{key}\"")),
-                    },
-                    Some(c) => value.push(c),
-                }
-            }
+        skip_space(&mut chars);
+        let value = if chars.next_if_eq(&'\'').is_some() {
+            quoted(&mut chars).ok_or_else(|| {
+                ConfError::at(&key, format!("unterminated quoted value for \"{key}\""))
+            })?
         } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                chars.next();
-                if c == '\\' {
-                    if let Some(n) = chars.next() {
-                        value.push(n);
-                    }
-                } else {
-                    value.push(c);
-                }
-            }
-        }
+            bare(&mut chars)
+        };
         set(&mut params, &key, value)?;
     }
 }
 
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+fn skip_space(chars: &mut Chars) {
+    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+}
+
+/// The rest of a single-quoted value, after its opening quote; None if it is
+/// never closed.
+fn quoted(chars: &mut Chars) -> Option<String> {
+    let mut value = String::new();
+    loop {
+        match chars.next()? {
+            '\'' => return Some(value),
+            '\\' => value.push(chars.next()?),
+            c => value.push(c),
+        }
+    }
+}
+
+/// A value up to the next white space.
+fn bare(chars: &mut Chars) -> String {
+    let mut value = String::new();
+    while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+        if c == '\\' {
+            // A backslash at the very end stands for nothing.
+            value.extend(chars.next());
+        } else {
+            value.push(c);
+        }
+    }
+    value
+}
+
 /// `[user[:password]@][host[:port][,host[:port]...]][/dbname][?key=value&...]`,
 /// percent-encoded, IPv6 addresses in brackets.
-fn parse_url(rest: &str) -> Result<Params, String> {
+fn parse_url(rest: &str) -> Result<Params, ConfError> {
     let mut params = Params::new();
     let (main, query) = match rest.split_once('?') {
         Some((m, q)) => (m, Some(q)),
@@ -168,54 +174,27 @@ fn parse_url(rest: &str) -> Result<Params, String> {
                 None => (userinfo, None),
             };
             if !user.is_empty() {
-                set(&mut params, "user", decode(user)?)?;
+                set(&mut params, "user", decode("user", user)?)?;
             }
             if let Some(p) = password {
-                set(&mut params, "password", decode(p)?)?;
+                set(&mut params, "password", decode("password", p)?)?;
             }
             hosts
         }
         None => authority,
     };
     if !hostspec.is_empty() {
-        let mut hosts = Vec::new();
-        let mut ports = Vec::new();
-        for item in hostspec.split(',') {
-            let (host, port) = if let Some(v6) = item.strip_prefix('[') {
-                let (addr, after) = v6
-                    .split_once(']')
-                    .ok_or_else(|| format!("unterminated IPv6 address in \"{item}\""))?;
-                let port = match after {
-                    "" => "",
-                    p => p
-                        .strip_prefix(':')
-                        .ok_or_else(|| format!("unexpected \"{p}\" after an IPv6 address"))?,
-                };
-                (addr.to_string(), port)
-            } else {
-                match item.split_once(':') {
-                    Some((h, p)) => (decode(h)?, p),
-                    None => (decode(item)?, ""),
-                }
-            };
-            hosts.push(host);
-            ports.push(decode(port)?);
-        }
-        if hosts.iter().any(|h| !h.is_empty()) {
-            set(&mut params, "host", hosts.join(","))?;
-        }
-        if ports.iter().any(|p| !p.is_empty()) {
-            set(&mut params, "port", ports.join(","))?;
-        }
+        url_hosts(&mut params, hostspec)?;
     }
     if let Some(db) = dbname.filter(|d| !d.is_empty()) {
-        set(&mut params, "dbname", decode(db)?)?;
+        set(&mut params, "dbname", decode("dbname", db)?)?;
     }
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("missing \"=\" in URL parameter \"{pair}\""))?;
-        let (k, v) = (decode(k)?, decode(v)?);
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            ConfError::general(format!("missing \"=\" in URL parameter \"{pair}\""))
+        })?;
+        let k = decode(k, k)?;
+        let v = decode(&k, v)?;
         // libpq maps the JDBC spelling ssl=true to sslmode=require.
         if k == "ssl" && v == "true" {
             set(&mut params, "sslmode", "require".into())?;
@@ -226,12 +205,50 @@ fn parse_url(rest: &str) -> Result<Params, String> {
     Ok(params)
 }
 
-fn decode(s: &str) -> Result<String, String> {
+/// `host[:port][,host[:port]...]` of a URL, IPv6 addresses in brackets, into
+/// `host` and `port` lists as libpq keeps them (an empty entry for a host or port
+/// not given).
+fn url_hosts(params: &mut Params, hostspec: &str) -> Result<(), ConfError> {
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for item in hostspec.split(',') {
+        let (host, port) = if let Some(v6) = item.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or_else(|| {
+                ConfError::at("host", format!("unterminated IPv6 address in \"{item}\""))
+            })?;
+            let port = match after {
+                "" => "",
+                p => p.strip_prefix(':').ok_or_else(|| {
+                    ConfError::at("port", format!("unexpected \"{p}\" after an IPv6 address"))
+                })?,
+            };
+            (addr.to_string(), port)
+        } else {
+            match item.split_once(':') {
+                Some((h, p)) => (decode("host", h)?, p),
+                None => (decode("host", item)?, ""),
+            }
+        };
+        hosts.push(host);
+        ports.push(decode("port", port)?);
+    }
+    if hosts.iter().any(|h| !h.is_empty()) {
+        set(params, "host", hosts.join(","))?;
+    }
+    if ports.iter().any(|p| !p.is_empty()) {
+        set(params, "port", ports.join(","))?;
+    }
+
+    Ok(())
+}
+
+/// Percent-decodes the part of a URL that gives `key`.
+fn decode(key: &str, s: &str) -> Result<String, ConfError> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
         // The part may be a password: do not echo it.
-        .map_err(|_| "a part of the URL is not UTF-8 once percent-decoded".to_string())
+        .map_err(|_| ConfError::at(key, "a part of the URL is not UTF-8 once percent-decoded"))
 }
 
 /// The conninfo form of `params`, with the password (and sslpassword) left out:
@@ -287,7 +304,9 @@ mod tests {
             p(r"password='a \'b\' c' sslmode=verify-full"),
             kv(&[("password", "a 'b' c"), ("sslmode", "verify-full")])
         );
-        assert!(parse("host=a bogus=1").unwrap_err().contains("bogus"));
+        let e = parse("host=a bogus=1").unwrap_err();
+        assert!(e.reason.contains("bogus"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("bogus"));
         assert!(parse("host").is_err());
         assert!(parse("password='open").is_err());
         assert_eq!(p("keepalives_retries=3"), kv(&[("keepalives_count", "3")]));

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use super::conninfo::{Params, keyword};
+use super::error::ConfError;
 
 /// Where Debian's and Ubuntu's libpq look for the system service file.
 pub const SYSTEM_DIR: &str = "/etc/postgresql-common";
@@ -20,14 +21,14 @@ pub fn apply(
     params: &mut Params,
     name: &str,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<(), String> {
+) -> Result<(), ConfError> {
     let user_file = env("PGSERVICEFILE")
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
             env("HOME")
                 .filter(|h| !h.is_empty())
-                .or_else(super::os_home)
+                .or_else(crate::passwd::home)
                 .map(|h| Path::new(&h).join(".pg_service.conf"))
         });
     let system_file = Path::new(
@@ -40,7 +41,10 @@ pub fn apply(
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read service file {}: {e}", file.display())),
+            Err(e) => {
+                let why = format!("cannot read service file {}: {e}", file.display());
+                return Err(ConfError::at("service", why));
+            }
         };
         if let Some(section) = section(&text, name, file)? {
             for (k, v) in section {
@@ -50,18 +54,21 @@ pub fn apply(
             return Ok(());
         }
     }
-    Err(format!(
-        "definition of service \"{name}\" not found (looked in {}{})",
-        user_file
-            .map(|f| format!("{} and ", f.display()))
-            .unwrap_or_default(),
-        system_file.display()
+    Err(ConfError::at(
+        "service",
+        format!(
+            "definition of service \"{name}\" not found (looked in {}{})",
+            user_file
+                .map(|f| format!("{} and ", f.display()))
+                .unwrap_or_default(),
+            system_file.display()
+        ),
     ))
 }
 
 /// The settings of section `name` in a service file's text, if it has one.
 /// Every line is checked up to the section's end, as libpq does.
-fn section(text: &str, name: &str, file: &Path) -> Result<Option<Params>, String> {
+fn section(text: &str, name: &str, file: &Path) -> Result<Option<Params>, ConfError> {
     let mut found: Option<Params> = None;
     let mut inside = false;
     for (n, raw) in text.lines().enumerate() {
@@ -69,12 +76,13 @@ fn section(text: &str, name: &str, file: &Path) -> Result<Option<Params>, String
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |why: &str| {
-            format!(
+        let bad = |key: Option<&str>, why: &str| ConfError {
+            key: key.map(str::to_string),
+            reason: format!(
                 "syntax error in service file {}, line {}: {why}",
                 file.display(),
                 n + 1
-            )
+            ),
         };
         if let Some(head) = line.strip_prefix('[') {
             if found.is_some() {
@@ -82,7 +90,7 @@ fn section(text: &str, name: &str, file: &Path) -> Result<Option<Params>, String
             }
             let head = head
                 .strip_suffix(']')
-                .ok_or_else(|| bad("a section name needs a closing \"]\""))?;
+                .ok_or_else(|| bad(None, "a section name needs a closing \"]\""))?;
             inside = head.trim() == name;
             if inside {
                 found = Some(Params::new());
@@ -94,12 +102,15 @@ fn section(text: &str, name: &str, file: &Path) -> Result<Option<Params>, String
         }
         let (k, v) = line
             .split_once('=')
-            .ok_or_else(|| bad("expected key=value"))?;
+            .ok_or_else(|| bad(None, "expected key=value"))?;
         let k = k.trim();
         if k == "service" {
-            return Err(bad("nested service specifications are not supported"));
+            return Err(bad(
+                Some("service"),
+                "nested service specifications are not supported",
+            ));
         }
-        let k = keyword(k).map_err(|e| bad(&e))?;
+        let k = keyword(k).map_err(|e| bad(e.key.as_deref(), &e.reason))?;
         if let Some(section) = found.as_mut() {
             // The first setting of a key in the section counts.
             section
@@ -126,9 +137,13 @@ mod tests {
         assert_eq!(s.len(), 4);
         assert_eq!(section(text, "none", f).unwrap(), None);
         let e = section("[maas]\nbogus=1\n", "maas", f).unwrap_err();
-        assert!(e.contains("svc.conf, line 2") && e.contains("bogus"), "{e}");
+        assert!(
+            e.reason.contains("svc.conf, line 2") && e.reason.contains("bogus"),
+            "{e}"
+        );
+        assert_eq!(e.key.as_deref(), Some("bogus"));
         let e = section("[maas]\nservice=x\n", "maas", f).unwrap_err();
-        assert!(e.contains("nested"), "{e}");
+        assert!(e.reason.contains("nested"), "{e}");
         assert!(section("[maas]\nhost\n", "maas", f).is_err());
     }
 }

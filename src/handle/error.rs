@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use postgres::error::SqlState;
+
 use crate::db::describe_pg_error;
 
 /// What a caller can do about an error: the one thing front ends decide on.
@@ -40,6 +42,14 @@ pub enum HandleErrorKind {
     Db(postgres::Error),
     /// Reading the COPY stream failed mid-way.
     Stream(std::io::Error),
+    /// The server refused with `code`, as a source reported it without a driver
+    /// error to keep (the fake source in tests; a source that is not libpq's).
+    Server {
+        /// The SQLSTATE.
+        code: SqlState,
+        /// The server's message.
+        message: String,
+    },
     /// The large object is shorter than the catalog says.
     Truncated {
         /// Bytes the catalog promises.
@@ -76,58 +86,88 @@ impl ErrorClass {
     }
 }
 
+/// What an error means for a reader: how front ends treat it, and whether a new
+/// connection and snapshot may cure it. [`verdict`] is the one table from a
+/// SQLSTATE to this; every other kind is decided in [`HandleError::verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// How a front end should treat the error.
+    pub class: ErrorClass,
+    /// Whether setting up again (a new connection, a new snapshot of the same
+    /// content) may cure it.
+    pub resumable: bool,
+}
+
+impl Verdict {
+    const fn new(class: ErrorClass, resumable: bool) -> Verdict {
+        Verdict { class, resumable }
+    }
+}
+
+/// The one table from what the server said to what a reader can do. `code` is the
+/// SQLSTATE if the server answered with one; `link_failed` says the connection
+/// itself failed (closed, reset) when it did not.
+///
+/// | SQLSTATE | meaning here | class | set up again? |
+/// |---|---|---|---|
+/// | class 08 | the connection failed | unavailable | yes |
+/// | 57P01, 57P02, 57P03 | shut down, crashed, starting up | unavailable | yes |
+/// | 57P05 | the server ended an idle session | unavailable | yes |
+/// | 40001 | on a standby, a conflict with recovery | unavailable | yes |
+/// | other class 57 (57014 cancelled, 57P04 database dropped) | an operator stopped it | unavailable | no |
+/// | 42704 | the large object does not exist | gone | no |
+/// | anything else (42501 no permission, ...) | a fault a retry cannot cure | broken | no |
+/// | none, connection failed | lost on the socket | unavailable | yes |
+pub fn verdict(code: Option<&SqlState>, link_failed: bool) -> Verdict {
+    use ErrorClass::*;
+    let Some(c) = code else {
+        return Verdict::new(if link_failed { Unavailable } else { Broken }, link_failed);
+    };
+    let resumable = [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::IDLE_SESSION_TIMEOUT,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+    ];
+    match c.code() {
+        s if s.starts_with("08") => Verdict::new(Unavailable, true),
+        _ if resumable.contains(c) => Verdict::new(Unavailable, true),
+        s if s.starts_with("57") => Verdict::new(Unavailable, false),
+        _ if *c == SqlState::UNDEFINED_OBJECT => Verdict::new(Gone, false),
+        _ => Verdict::new(Broken, false),
+    }
+}
+
 impl HandleError {
-    /// How a front end should treat this error.
-    pub fn class(&self) -> ErrorClass {
-        use postgres::error::SqlState;
+    /// What this error means for a reader (see [`verdict`] for database errors).
+    pub fn verdict(&self) -> Verdict {
+        use ErrorClass::*;
         match &self.kind {
-            HandleErrorKind::PoolExhausted(_) => ErrorClass::Busy,
-            HandleErrorKind::Connect(_) => ErrorClass::Unavailable,
-            HandleErrorKind::Db(e) => match e.code() {
-                // 42704: the large object does not exist; 42501: no permission.
-                Some(c) if *c == SqlState::UNDEFINED_OBJECT => ErrorClass::Gone,
-                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => ErrorClass::Broken,
-                // Class 57 (operator intervention: shutdown, recovery conflict) and
-                // 08 (connection exceptions): the server went away under us.
-                Some(c) if c.code().starts_with("57") || c.code().starts_with("08") => {
-                    ErrorClass::Unavailable
-                }
-                // A read-only snapshot cannot fail to serialize: on a standby this
-                // is a conflict with recovery, and a new snapshot will do.
-                Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => ErrorClass::Unavailable,
-                None if e.is_closed() || io_failure(e) => ErrorClass::Unavailable,
-                _ => ErrorClass::Broken,
-            },
-            HandleErrorKind::Stream(_) | HandleErrorKind::Lost { .. } => ErrorClass::Unavailable,
-            HandleErrorKind::Truncated { .. } | HandleErrorKind::Changed => ErrorClass::Gone,
-            HandleErrorKind::Failed | HandleErrorKind::Thread(_) => ErrorClass::Broken,
+            HandleErrorKind::PoolExhausted(_) => Verdict::new(Busy, false),
+            HandleErrorKind::Connect(_) | HandleErrorKind::Stream(_) => {
+                Verdict::new(Unavailable, true)
+            }
+            HandleErrorKind::Db(e) => verdict(e.code(), e.is_closed() || io_failure(e)),
+            HandleErrorKind::Server { code, .. } => verdict(Some(code), false),
+            // Already the end of a resume: not to be resumed again.
+            HandleErrorKind::Lost { .. } => Verdict::new(Unavailable, false),
+            HandleErrorKind::Truncated { .. } | HandleErrorKind::Changed => {
+                Verdict::new(Gone, false)
+            }
+            HandleErrorKind::Failed | HandleErrorKind::Thread(_) => Verdict::new(Broken, false),
         }
     }
 
+    /// How a front end should treat this error.
+    pub fn class(&self) -> ErrorClass {
+        self.verdict().class
+    }
+
     /// Did the handle lose its connection (or fail to get one) in a way that a new
-    /// connection and snapshot may cure? True for a closed or broken connection, an
-    /// unreachable server, SQLSTATE class 08, 57P01-57P03 (shutdown, crash, starting
-    /// up) and 40001 (on a standby: a conflict with recovery); false for a busy
-    /// pool, content that changed or is gone, and a handle that already gave up.
+    /// connection and snapshot may cure? See [`verdict`].
     pub fn resumable(&self) -> bool {
-        use postgres::error::SqlState;
-        match &self.kind {
-            HandleErrorKind::Connect(_) | HandleErrorKind::Stream(_) => true,
-            HandleErrorKind::Db(e) => match e.code() {
-                Some(c) => {
-                    c.code().starts_with("08")
-                        || [
-                            SqlState::ADMIN_SHUTDOWN,
-                            SqlState::CRASH_SHUTDOWN,
-                            SqlState::CANNOT_CONNECT_NOW,
-                            SqlState::T_R_SERIALIZATION_FAILURE,
-                        ]
-                        .contains(c)
-                }
-                None => e.is_closed() || io_failure(e),
-            },
-            _ => false,
-        }
+        self.verdict().resumable
     }
 
     /// The message without the path (for reports that already name it).
@@ -146,6 +186,9 @@ impl HandleError {
                     .and_then(|inner| inner.downcast_ref::<postgres::Error>())
                     .map_or_else(|| e.to_string(), describe_pg_error);
                 format!("database error while streaming: {why}")
+            }
+            HandleErrorKind::Server { code, message } => {
+                format!("database error: {message} (SQLSTATE {})", code.code())
             }
             HandleErrorKind::Truncated { expected, actual } => {
                 format!("large object holds {actual} bytes but the catalog says {expected}")

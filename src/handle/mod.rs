@@ -14,18 +14,36 @@
 //! when its reader paused for the pool's `handle_idle` (see [`idle`]). The next
 //! miss sets up again, with the same content check as the first time.
 //!
-//! Layout: [`pool`] makes and lends connections; [`cache`] holds chunks and decides
-//! who fetches what; [`disk`] keeps verified whole images on disk (`--cache-dir`); [`readahead`] streams a sequential reader's object into the
-//! cache; [`idle`] gives back paused handles' connections; [`error`] classifies
-//! what goes wrong. Nothing here knows about FUSE or HTTP.
+//! Layout: [`source`] is the seam for where bytes come from, with [`lo`] (a
+//! large object through the pool) and [`file`] (a verified local file) behind it
+//! and a fault-injecting fake for tests; [`pool`] makes and lends connections;
+//! [`cache`] holds chunks and decides who fetches what; [`disk`] keeps verified
+//! whole images on disk (`--cache-dir`); [`readahead`] streams a sequential
+//! reader's content into the cache; [`resume`] sets up again after a lost
+//! connection; [`idle`] gives back paused handles' connections; [`error`]
+//! classifies what goes wrong. Nothing here knows about FUSE or HTTP.
+//!
+//! Locks, always taken in this order: a handle's `state` (held across its own
+//! database round trips: one handle is one reader, and its reads are serial
+//! anyway), then the cache's state lock (never held across I/O), then the
+//! cache's buffer list. `prepared` and the idle registry's lock are taken alone.
+//! The idle sweeper only ever `try_lock`s a handle's state, so it never waits
+//! behind a read.
 
 pub mod cache;
 pub mod disk;
 pub mod error;
+#[cfg(test)]
+mod fake;
+mod file;
 mod idle;
+mod lo;
 pub mod pool;
 mod readahead;
 mod resume;
+mod source;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,11 +56,13 @@ use crate::catalog::FileInfo;
 use crate::metrics::Source;
 use cache::{CHUNK, Content, Step};
 pub use error::{ErrorClass, HandleError, HandleErrorKind};
+use file::FileSource;
 use idle::Idle;
-use pool::{Conn, end_txn};
+use lo::LoSource;
 pub use pool::{HandlePool, PoolOptions, PoolStats};
 use readahead::{Outcome, Readahead};
 use resume::Target;
+use source::{ByteSource, Session};
 
 /// Size and alignment of the chunks readers are served from; the mount caps
 /// kernel read requests at this size.
@@ -94,15 +114,16 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// The connection, inside the handle's transaction, while no stream holds it.
-    conn: Option<Conn>,
+    /// The session (for a large object: the connection, inside the handle's
+    /// transaction) while no stream holds it.
+    conn: Option<Box<dyn Session>>,
     /// Read-ahead on the handle's connection, feeding the shared cache.
     stream: Option<Readahead>,
     /// How many times the handle set up a transaction (the first, then after
     /// each release).
     setups: u32,
-    /// The disk cache's file of this content, once found there.
-    disk: Option<Arc<std::fs::File>>,
+    /// A session on the disk cache's file of this content, once found there.
+    disk: Option<Box<dyn Session>>,
     /// Whether this handle already tried to start filling the disk cache.
     fill_tried: bool,
     /// When a set-up last found every connection busy: the kernel follows a failed
@@ -126,10 +147,30 @@ impl HandlePool {
         } else {
             format!("{}@{}", file.sha256, file.oid)
         };
+        let source = Arc::new(LoSource {
+            pool: self.clone(),
+            oid: file.oid,
+            size: file.size,
+            sha256: file.sha256.clone(),
+            path: path.to_string(),
+        });
+        self.open_source(source, key, file, path, background)
+    }
+
+    /// A handle on the content `file` names, whose bytes come from `source`,
+    /// shared in the chunk cache under `key`.
+    fn open_source(
+        &self,
+        source: Arc<dyn ByteSource>,
+        key: String,
+        file: &FileInfo,
+        path: &str,
+        background: bool,
+    ) -> Handle {
         let shared = Arc::new(Shared {
             target: Arc::new(Target {
                 pool: self.clone(),
-                oid: file.oid,
+                source,
                 size: file.size,
                 sha256: file.sha256.clone(),
                 path: path.to_string(),
@@ -360,26 +401,25 @@ impl Shared {
                         return Err(self.fail(&mut st, e));
                     }
                 }
-                Step::Stream(id) => {
+                Step::Stream(claim) => {
                     self.start_fill(&mut st);
+                    // Dropped unused (the stream could not start), it ends the stream.
+                    let mut claim = Some(claim);
                     let started =
-                        self.resuming(&mut st, off, |sh, st| sh.start_stream(st, id, off));
+                        self.resuming(&mut st, off, |sh, st| sh.start_stream(st, &mut claim, off));
                     if let Err(e) = started {
-                        self.content.end_stream(id);
                         return Err(self.fail(&mut st, e));
                     }
                 }
-                Step::Fetch => {
+                Step::Fetch(claim) => {
                     self.start_fill(&mut st);
                     return match self.resuming(&mut st, off, |sh, st| sh.fetch(st, idx)) {
                         Ok(d) => {
-                            self.content.insert(idx, d.clone());
+                            claim.insert(d.clone());
                             Ok((d, Source::Database))
                         }
-                        Err(e) => {
-                            self.content.abandon(idx);
-                            Err(self.fail(&mut st, e))
-                        }
+                        // The claim, dropped, gives the fetch up to a waiter.
+                        Err(e) => Err(self.fail(&mut st, e)),
                     };
                 }
             }
@@ -388,26 +428,26 @@ impl Shared {
 
     /// Chunk `idx` from the disk cache, if the content is there.
     fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
-        use std::os::unix::fs::FileExt;
         if st.disk.is_none() && self.pool().share_by_sha256 {
-            st.disk = self
+            let file = self
                 .pool()
                 .disk
                 .as_ref()?
-                .lookup(&self.target.sha256, self.size)
-                .map(Arc::new);
+                .lookup(&self.target.sha256, self.size)?;
+            let source = FileSource::new(file, self.size, self.target.sha256.clone());
+            st.disk = source.open(Duration::ZERO).ok();
         }
-        let file = st.disk.as_ref()?;
+        let disk = st.disk.as_mut()?;
         let start = idx * CHUNK;
-        let len = CHUNK.min(self.size - start) as usize;
+        let len = CHUNK.min(self.size - start);
         let mut buf = self.content.buffer();
-        buf.resize(len, 0);
-        match file.read_exact_at(&mut buf, start) {
+        match disk.read(start, len, &mut buf) {
             Ok(()) => Some(Arc::new(buf)),
             Err(e) => {
                 warn!(
-                    "{}: reading the disk cache failed ({e}); using the database",
-                    self.path
+                    "{}: reading the disk cache failed ({}); using the database",
+                    self.path,
+                    self.error(e).reason()
                 );
                 st.disk = None;
                 None
@@ -432,17 +472,23 @@ impl Shared {
         else {
             return;
         };
-        let info = FileInfo {
-            oid: self.target.oid,
-            size: self.size,
-            sha256: self.target.sha256.clone(),
-            filetype: String::new(),
-        };
-        let pool = self.pool().clone();
-        let path = self.path.clone();
+        // The filler reads the same source under the same cache key, so it
+        // shares this reader's stream and chunks.
+        let h = self.pool().open_source(
+            self.target.source.clone(),
+            self.key.clone(),
+            &FileInfo {
+                oid: 0,
+                size: self.size,
+                sha256: self.target.sha256.clone(),
+                filetype: String::new(),
+            },
+            &self.path,
+            true,
+        );
         let spawned = std::thread::Builder::new()
             .name("cache-fill".into())
-            .spawn(move || fill_disk(&pool, &info, &path, fill));
+            .spawn(move || fill_disk(h, fill));
         if let Err(e) = spawned {
             warn!("{}: cannot start filling the disk cache: {e}", self.path);
         }
@@ -463,7 +509,7 @@ impl Shared {
             return Ok(());
         };
         match s.stop(&self.content) {
-            Outcome::Stopped(conn) => st.conn = Some(*conn),
+            Outcome::Stopped(session) => st.conn = Some(session),
             // Stopped while reconnecting: the next set-up starts afresh.
             Outcome::Finished | Outcome::Lost => {}
             // The caller logs it and ends the transaction (see `fail`).
@@ -472,41 +518,38 @@ impl Shared {
         Ok(())
     }
 
-    fn start_stream(&self, st: &mut State, id: u64, off: u64) -> Result<(), HandleError> {
+    /// Starts read-ahead at `off` on the handle's session, with the stream's
+    /// place in the cache taken out of `claim` once the session is there.
+    fn start_stream(
+        &self,
+        st: &mut State,
+        claim: &mut Option<cache::StreamClaim>,
+        off: u64,
+    ) -> Result<(), HandleError> {
         self.take_stream(st)?;
         self.connection(st)?;
-        let Some(conn) = st.conn.take() else {
+        let (Some(conn), Some(claim)) = (st.conn.take(), claim.take()) else {
             return Err(self.error(HandleErrorKind::Failed));
         };
         // The stream's own view only delivers: it reads nothing.
         let content = self.pool().cache.content(&self.key, self.size, true);
-        let s = Readahead::start(conn, content, id, self.target.clone(), off)
+        let s = Readahead::start(conn, content, claim, self.target.clone(), off)
             .map_err(|e| self.error(HandleErrorKind::Thread(e.to_string())))?;
         st.stream = Some(s);
         Ok(())
     }
 
-    /// One round trip for one chunk. Gives the connection back after the last
-    /// chunk of the object when nothing else uses it.
+    /// One request for one chunk. Gives the session back after the last chunk of
+    /// the content when nothing else uses it.
     fn fetch(&self, st: &mut State, idx: u64) -> Result<Arc<Vec<u8>>, HandleError> {
         self.take_stream(st)?;
         let start = idx * CHUNK;
         let len = CHUNK.min(self.size - start);
-        let conn = self.connection(st)?;
-        let read = conn.read.clone();
-        let row = conn
-            .client
-            .query_one(&read, &[&self.target.oid, &(start as i64), &(len as i32)])
-            .map_err(|e| self.error(HandleErrorKind::Db(e)))?;
-        let bytes: &[u8] = row.get(0);
-        if bytes.len() as u64 != len {
-            return Err(self.error(HandleErrorKind::Truncated {
-                expected: start + len,
-                actual: start + bytes.len() as u64,
-            }));
-        }
+        let session = self.connection(st)?;
         let mut buf = self.content.buffer();
-        buf.extend_from_slice(bytes);
+        session
+            .read(start, len, &mut buf)
+            .map_err(|k| self.error(k))?;
         let data = Arc::new(buf);
         if start + len >= self.size {
             self.release(st);
@@ -516,7 +559,7 @@ impl Shared {
 
     /// The handle's connection, set up (pool, transaction, content check) if it
     /// has none. Idempotent.
-    fn connection<'a>(&self, st: &'a mut State) -> Result<&'a mut Conn, HandleError> {
+    fn connection<'a>(&self, st: &'a mut State) -> Result<&'a mut dyn Session, HandleError> {
         if st.conn.is_none() {
             if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
                 return Err(self.error(HandleErrorKind::PoolExhausted(self.pool().timeout())));
@@ -529,20 +572,21 @@ impl Shared {
             st.setups += 1;
             st.conn = Some(conn);
         }
-        st.conn
-            .as_mut()
-            .ok_or_else(|| self.error(HandleErrorKind::Failed))
+        match st.conn.as_deref_mut() {
+            Some(s) => Ok(s),
+            None => Err(self.error(HandleErrorKind::Failed)),
+        }
     }
 
-    fn begin(&self, setups: u32) -> Result<Conn, HandleError> {
-        let conn = self.target.begin(self.pool().timeout())?;
+    fn begin(&self, setups: u32) -> Result<Box<dyn Session>, HandleError> {
+        let session = self.target.begin(self.pool().timeout())?;
         debug!(
-            "{}: large object {} set up (time {})",
+            "{}: {} set up (time {})",
             self.path,
-            self.target.oid,
+            self.target.source.describe(),
             setups + 1
         );
-        Ok(conn)
+        Ok(session)
     }
 
     /// Runs `op` (which reads at byte `at`); when it fails because the connection
@@ -590,17 +634,18 @@ impl Shared {
     fn release(&self, st: &mut State) {
         // A stream that failed has nothing to give back; its error was reported.
         let _ = self.take_stream(st);
-        if let Some(mut conn) = st.conn.take() {
-            end_txn(&mut conn);
+        if let Some(session) = st.conn.take() {
+            session.end();
         }
     }
 }
 
-/// Reads `info` from 0 to the end through a handle of its own into `fill`.
-fn fill_disk(pool: &HandlePool, info: &FileInfo, path: &str, mut fill: disk::Fill) {
-    let h = pool.open_as(info, path, true);
+/// Reads the whole content through `h`, a background handle of its own, into `fill`.
+fn fill_disk(h: Handle, mut fill: disk::Fill) {
+    let path = h.path().to_string();
+    let size = h.size();
     let mut off = 0u64;
-    while off < info.size {
+    while off < size {
         let res = h.read_span(off, CHUNK as usize, false, |b| {
             fill.write(off, b).then_some(b.len() as u64)
         });

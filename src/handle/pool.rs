@@ -15,6 +15,7 @@ use super::disk::DiskCache;
 use super::error::{HandleError, HandleErrorKind};
 use super::idle::{Idle, Registry};
 use crate::db::{DbConfig, DbError, Manager};
+use crate::maas::sql;
 
 /// How handles get and keep their connections.
 #[derive(Debug, Clone)]
@@ -109,20 +110,11 @@ fn prepare(mut client: Client) -> Result<HandleConn, postgres::Error> {
     // A reader may pause; the idle sweeper, not the server, ends such a transaction.
     client.batch_execute("SET idle_in_transaction_session_timeout = 0")?;
     let read = client.prepare("SELECT lo_get($1::oid, $2::int8, $3::int4)")?;
-    let has_rows: bool = client
-        .query_one(
-            "SELECT to_regclass('maasserver_largefile') IS NOT NULL",
-            &[],
-        )?
-        .get(0);
+    let has_rows: bool = client.query_one(sql::HAS_LARGEFILES, &[])?.get(0);
     let open = if has_rows {
         // NULL when no row names the object (a store being written, or none
         // at all), false when rows name it but none with this sha256 and size.
-        client.prepare(
-            "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
-             (SELECT bool_or(sha256 = $2 AND total_size = $3) \
-              FROM maasserver_largefile WHERE content = $1::oid)",
-        )?
+        client.prepare(sql::OPEN_AND_CHECK_OBJECT)?
     } else {
         client.prepare(
             "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \

@@ -1,9 +1,8 @@
-//! Read-ahead: a thread that owns its handle's connection while the reader is
-//! sequential and streams the large object into the shared chunk cache with
-//! `COPY (SELECT lo_get ...) TO STDOUT (FORMAT binary)`, in windows that grow from
-//! 4 to 32 MiB. One statement per window avoids a round trip per chunk (the field
-//! notes measured such a COPY near 1000 MB/s against about 650 for 1 MiB lo_get
-//! calls), and a bounded window bounds what a seek wastes. How far it runs ahead of
+//! Read-ahead: a thread that owns its handle's session while the reader is
+//! sequential and streams the content into the shared chunk cache in windows
+//! that grow from 4 to 32 MiB, each one request to the source
+//! ([`Session::window`]: one `COPY` statement for a large object, which avoids a
+//! round trip per chunk), and a bounded window bounds what a seek wastes. How far it runs ahead of
 //! its readers is the cache's decision: each window is no larger than the room
 //! the cache gives it when it starts ([`Content::room_for`]), so a paused reader
 //! leaves the backend idle between statements, not blocked in one.
@@ -21,22 +20,19 @@ use std::time::Instant;
 
 use log::debug;
 
-use super::cache::{CHUNK, Content};
+use super::cache::{CHUNK, Content, StreamClaim};
 use super::error::HandleErrorKind;
-use super::pool::{Conn, end_txn};
 use super::resume::Target;
-
-/// One `lo_get` row of the COPY: the field notes' best row size.
-const ROW: u64 = 256 << 10;
+use super::source::Session;
 
 const FIRST_WINDOW: u64 = 4 << 20;
 const MAX_WINDOW: u64 = 32 << 20;
 
-/// How a stream ended: with the connection still in its transaction (stopped
-/// early), with the connection given back (it delivered the last byte), stopped
-/// while it was reconnecting (no connection), or failed.
+/// How a stream ended: with the session still open (stopped early), with the
+/// session ended (it delivered the last byte), stopped while it was reconnecting
+/// (no session), or failed.
 pub(crate) enum Outcome {
-    Stopped(Box<Conn>),
+    Stopped(Box<dyn Session>),
     Finished,
     Lost,
     Failed(HandleErrorKind),
@@ -49,21 +45,20 @@ pub(crate) struct Readahead {
 }
 
 impl Readahead {
-    /// Streams the large object of `target` from chunk-aligned `from` into
-    /// `content` as stream `id`, on `conn`, which is inside the handle's transaction.
+    /// Streams the content of `target` from chunk-aligned `from` into `content`
+    /// as the stream of `claim`, on the handle's session.
     pub(crate) fn start(
-        conn: Conn,
+        conn: Box<dyn Session>,
         content: Content,
-        id: u64,
+        claim: StreamClaim,
         target: Arc<Target>,
         from: u64,
     ) -> std::io::Result<Readahead> {
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
-            oid: target.oid,
             size: target.size,
             target,
-            id,
+            claim,
             stop: stop.clone(),
             content,
         };
@@ -102,16 +97,17 @@ impl Drop for Readahead {
 }
 
 struct Worker {
-    oid: u32,
     size: u64,
     target: Arc<Target>,
-    id: u64,
+    /// The stream's place in the cache: its front goes when the worker does,
+    /// however it ends (a panic too).
+    claim: StreamClaim,
     stop: Arc<AtomicBool>,
     content: Content,
 }
 
 impl Worker {
-    fn run(self, mut conn: Conn, from: u64) -> Outcome {
+    fn run(self, mut conn: Box<dyn Session>, from: u64) -> Outcome {
         let from = from - from % CHUNK;
         let mut pos = from;
         let mut window = FIRST_WINDOW;
@@ -121,7 +117,9 @@ impl Worker {
         while pos < self.size {
             let Some(granted) =
                 self.content
-                    .room_for(self.id, window.min(self.size - pos), &|| self.stopped())
+                    .room_for(self.claim.id(), window.min(self.size - pos), &|| {
+                        self.stopped()
+                    })
             else {
                 break;
             };
@@ -134,7 +132,7 @@ impl Worker {
                     .min(self.size)
             };
             let mut done = pos;
-            match self.copy_window(&mut conn, pos, end, &mut done) {
+            match self.copy_window(conn.as_mut(), pos, end, &mut done) {
                 Ok(true) => lost = None,
                 Ok(false) => break,
                 Err(kind) => {
@@ -148,10 +146,7 @@ impl Worker {
                     let at = *lost.get_or_insert_with(Instant::now);
                     match self.target.resume(err, done, at, &|| self.stopped()) {
                         Ok(c) => conn = c,
-                        Err(_) if self.stopped() => {
-                            self.content.end_stream(self.id);
-                            return Outcome::Lost;
-                        }
+                        Err(_) if self.stopped() => return Outcome::Lost,
                         Err(e) => {
                             failed = Some(e.kind);
                             pos = done;
@@ -165,17 +160,20 @@ impl Worker {
             pos = end;
             window = (window * 2).min(MAX_WINDOW);
         }
-        self.content.end_stream(self.id);
-        debug!("read-ahead of large object {} ended at {pos}", self.oid);
+        debug!(
+            "{}: read-ahead of {} ended at {pos}",
+            self.target.path,
+            self.target.source.describe()
+        );
         if let Some(kind) = failed {
             return Outcome::Failed(kind);
         }
         if pos >= self.size {
             // Every byte is delivered: the snapshot is no longer needed.
-            end_txn(&mut conn);
+            conn.end();
             return Outcome::Finished;
         }
-        Outcome::Stopped(Box::new(conn))
+        Outcome::Stopped(conn)
     }
 
     fn stopped(&self) -> bool {
@@ -186,56 +184,35 @@ impl Worker {
     /// the end of what was delivered, for a resume after a failure.
     fn copy_window(
         &self,
-        conn: &mut Conn,
+        session: &mut dyn Session,
         pos: u64,
         end: u64,
         done: &mut u64,
     ) -> Result<bool, HandleErrorKind> {
-        let sql = format!(
-            "COPY (SELECT lo_get({oid}, o, {ROW}) FROM generate_series({pos}, {last}, {ROW}) o) \
-             TO STDOUT (FORMAT binary)",
-            oid = self.oid,
-            last = end - 1,
-        );
-        let mut r = conn
-            .client
-            .copy_out(sql.as_str())
-            .map_err(HandleErrorKind::Db)?;
+        let mut r = session.window(pos, end)?;
         let io = HandleErrorKind::Stream;
-        // Hand-parsed rather than through a COPY-binary crate: rows are appended
-        // straight from the reader's buffer into chunk buffers, with no copy per row.
-        // Header: signature (11), flags (4), extension length (4) and extension.
-        let mut head = [0u8; 19];
-        read_exact(&mut r, &mut head).map_err(io)?;
-        let ext = u32::from_be_bytes([head[15], head[16], head[17], head[18]]) as usize;
-        skip(&mut r, ext).map_err(io)?;
         let mut at = pos;
         let mut cur: Option<(u64, Vec<u8>)> = None;
-        loop {
-            let mut tuple = [0u8; 2];
-            read_exact(&mut r, &mut tuple).map_err(io)?;
-            if i16::from_be_bytes(tuple) < 0 {
-                break; // trailer
+        while at < end {
+            // Bytes go straight from the source's buffer into chunk buffers.
+            let buf = r.fill_buf().map_err(io)?;
+            if buf.is_empty() {
+                break;
             }
-            let mut len = [0u8; 4];
-            read_exact(&mut r, &mut len).map_err(io)?;
-            let mut left = i32::from_be_bytes(len).max(0) as u64;
-            while left > 0 {
-                let (start, data) = cur.get_or_insert_with(|| (at, self.content.buffer()));
-                let boundary = (*start / CHUNK + 1) * CHUNK;
-                let n = left.min(boundary - (*start + data.len() as u64));
-                append(&mut r, data, n as usize).map_err(io)?;
-                at += n;
-                left -= n;
-                if *start + data.len() as u64 == boundary {
-                    if !self.send(cur.take()) {
-                        return Ok(false);
-                    }
-                    *done = boundary;
+            let (start, data) = cur.get_or_insert_with(|| (at, self.content.buffer()));
+            let boundary = ((*start / CHUNK + 1) * CHUNK).min(end);
+            let n = (buf.len() as u64).min(boundary - at) as usize;
+            data.extend_from_slice(&buf[..n]);
+            r.consume(n);
+            at += n as u64;
+            if at == boundary {
+                if !self.send(cur.take()) {
+                    return Ok(false);
                 }
-            }
-            if self.stopped() {
-                return Ok(false);
+                *done = boundary;
+                if self.stopped() {
+                    return Ok(false);
+                }
             }
         }
         if at != end {
@@ -244,11 +221,9 @@ impl Worker {
                 actual: at,
             });
         }
-        let sent = self.send(cur.take());
-        if sent {
-            *done = end;
-        }
-        Ok(sent)
+        // A window the source cut short of `end` was caught above; one that ends
+        // exactly there has delivered every chunk.
+        Ok(true)
     }
 
     /// Delivers a chunk; false when told to stop. It never waits for room: the
@@ -263,39 +238,7 @@ impl Worker {
         if self.stopped() {
             return false;
         }
-        self.content.deliver(self.id, start, Arc::new(data));
+        self.content.deliver(self.claim.id(), start, Arc::new(data));
         true
     }
-}
-
-fn read_exact(r: &mut impl BufRead, out: &mut [u8]) -> std::io::Result<()> {
-    std::io::Read::read_exact(r, out)
-}
-
-fn skip(r: &mut impl BufRead, mut n: usize) -> std::io::Result<()> {
-    while n > 0 {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let take = buf.len().min(n);
-        r.consume(take);
-        n -= take;
-    }
-    Ok(())
-}
-
-/// Appends `n` bytes from `r` to `out`, copying straight from the reader's buffer.
-fn append(r: &mut impl BufRead, out: &mut Vec<u8>, mut n: usize) -> std::io::Result<()> {
-    while n > 0 {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let take = buf.len().min(n);
-        out.extend_from_slice(&buf[..take]);
-        r.consume(take);
-        n -= take;
-    }
-    Ok(())
 }

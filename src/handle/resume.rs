@@ -14,12 +14,14 @@
 //! went fails at once (EIO, never other bytes); a server that stays away fails
 //! once `--reconnect-timeout` has passed since the outage began.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use super::error::{ErrorClass, HandleError, HandleErrorKind};
-use super::pool::{Conn, HandlePool, end_txn};
+use super::pool::HandlePool;
+use super::source::{ByteSource, Session};
 
 /// First pause between reconnection attempts; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
@@ -32,10 +34,11 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// closed, the stream no longer wanted) is seen soon.
 const ATTEMPT_WAIT: Duration = Duration::from_secs(1);
 
-/// What a handle reads: the object, the content it must be, and where from.
+/// What a handle reads: the content, where its bytes come from, and the pool
+/// whose limits and outage record apply.
 pub(crate) struct Target {
     pub(crate) pool: HandlePool,
-    pub(crate) oid: u32,
+    pub(crate) source: Arc<dyn ByteSource>,
     pub(crate) size: u64,
     pub(crate) sha256: String,
     /// The image path, for messages.
@@ -50,59 +53,12 @@ impl Target {
         }
     }
 
-    /// One set-up: a connection from the pool (waiting at most `wait` for one), a
-    /// new snapshot, and the content check.
-    pub(crate) fn begin(&self, wait: Duration) -> Result<Conn, HandleError> {
-        // Idle pooled connections die together when the server restarts: each dead
-        // one is discarded and the next tried, until a live or new one answers.
-        let mut attempt = 0;
-        loop {
-            let mut conn = self.pool.get_within(&self.path, wait)?;
-            conn.in_txn = true;
-            let res = conn
-                .client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .and_then(|_| {
-                    let open = conn.open.clone();
-                    conn.client
-                        .query_one(&open, &[&self.oid, &self.sha256, &(self.size as i64)])
-                });
-            let row = match res {
-                Ok(row) => row,
-                Err(e) if conn.client.is_closed() && attempt <= self.pool.max_size() => {
-                    debug!("{}: pooled connection was dead ({e}); retrying", self.path);
-                    crate::metrics::reconnect();
-                    attempt += 1;
-                    continue;
-                }
-                Err(e) => {
-                    end_txn(&mut conn);
-                    return Err(self.error(HandleErrorKind::Db(e)));
-                }
-            };
-            let actual = row.get::<_, i64>(0).max(0) as u64;
-            let named: Option<bool> = row.get(1);
-            let kind = match named {
-                Some(false) => Some(HandleErrorKind::Changed),
-                _ if actual < self.size => Some(HandleErrorKind::Truncated {
-                    expected: self.size,
-                    actual,
-                }),
-                _ => None,
-            };
-            if let Some(kind) = kind {
-                end_txn(&mut conn);
-                return Err(self.error(kind));
-            }
-            if actual > self.size {
-                warn!(
-                    "{}: large object {} holds {actual} bytes, catalog says {}; serving {}",
-                    self.path, self.oid, self.size, self.size
-                );
-            }
-            self.pool.outage_over();
-            return Ok(conn);
-        }
+    /// One set-up: a session on the content (waiting at most `wait` for a pooled
+    /// connection where the source needs one), with the content check.
+    pub(crate) fn begin(&self, wait: Duration) -> Result<Box<dyn Session>, HandleError> {
+        let session = self.source.open(wait).map_err(|k| self.error(k))?;
+        self.pool.outage_over();
+        Ok(session)
     }
 
     /// After `err` lost the connection of a reader at byte `at`: sets up again, with
@@ -116,7 +72,7 @@ impl Target {
         at: u64,
         lost: Instant,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Conn, HandleError> {
+    ) -> Result<Box<dyn Session>, HandleError> {
         let timeout = self.pool.reconnect_timeout();
         let since = self.pool.outage_seen().min(lost);
         let deadline = since + timeout;

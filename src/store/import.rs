@@ -20,7 +20,7 @@ use super::remove::{delete_set_rows, drop_unused_largefiles};
 use super::source::{self, SourceFile, SourceKind, SourceSet};
 use super::{StoreError, db_err, ensure_schema, hex, lock_store};
 use crate::db::DbConfig;
-use crate::maas::{self, RTYPE_GENERATED, RTYPE_SYNCED, RTYPE_UPLOADED, Schema};
+use crate::maas::{self, RTYPE_GENERATED, RTYPE_SYNCED, RTYPE_UPLOADED, Schema, sql};
 
 /// Bytes per `lowrite` call: libpq's 8 KiB writes are what makes `\lo_import` slow.
 pub const WRITE_CHUNK: usize = 1 << 20;
@@ -163,28 +163,14 @@ impl Statements {
                 .prepare(sql)
                 .map_err(|e| db_err(format!("preparing `{sql}`"), e))
         };
-        let size_col = if schema.largefile_size { ", size" } else { "" };
-        let size_val = if schema.largefile_size { ", $2" } else { "" };
         Ok(Statements {
             lo_create: p("SELECT lo_create(0)")?,
             lo_open: p("SELECT lo_open($1::oid, $2::int4)")?,
             lowrite: p("SELECT lowrite($1::int4, $2::bytea)")?,
             lo_unlink: p("SELECT lo_unlink($1::oid)")?,
-            find_largefile: p(&format!(
-                "SELECT lf.id::int8, lf.total_size::int8, {}::int8 FROM maasserver_largefile lf \
-                 WHERE lf.sha256 = $1",
-                schema.largefile_written("lf")
-            ))?,
-            insert_largefile: p(&format!(
-                "INSERT INTO maasserver_largefile (created, updated, sha256, total_size, content{size_col}) \
-                 VALUES (now(), now(), $1, $2, $3::oid{size_val}) RETURNING id::int8"
-            ))?,
-            insert_file: p(&format!(
-                "INSERT INTO maasserver_bootresourcefile \
-                 (created, updated, filename, filetype, extra, largefile_id, resource_set_id) \
-                 VALUES (now(), now(), $1, $2, $3::text::{}, $4::int8, $5::int8)",
-                schema.file_extra_type()
-            ))?,
+            find_largefile: p(&sql::find_largefile(schema))?,
+            insert_largefile: p(&sql::insert_largefile(schema))?,
+            insert_file: p(&sql::insert_file(schema))?,
         })
     }
 }
@@ -221,12 +207,8 @@ impl Run<'_> {
                     resource.update(&mut txn, schema, f.id, &path)?;
                 }
                 if set.rtype == RTYPE_SYNCED && label != set.label {
-                    txn.execute(
-                        "UPDATE maasserver_bootresourceset SET label = $1, updated = now() \
-                         WHERE id = $2::int8",
-                        &[&set.label, &set_id],
-                    )
-                    .map_err(|e| db_err(format!("updating the label of {path}"), e))?;
+                    txn.execute(sql::UPDATE_SET_LABEL, &[&set.label, &set_id])
+                        .map_err(|e| db_err(format!("updating the label of {path}"), e))?;
                 }
                 txn.commit()
                     .map_err(|e| db_err(format!("committing {path}"), e))?;
@@ -256,13 +238,9 @@ impl Run<'_> {
             None => resource.insert(&mut txn, schema, set)?,
         };
         let set_id: i64 = txn
-        .query_one(
-            "INSERT INTO maasserver_bootresourceset (created, updated, version, label, resource_id) \
-             VALUES (now(), now(), $1, $2, $3::int8) RETURNING id::int8",
-            &[&set.version, &set.label, &resource_id],
-        )
-        .map_err(|e| db_err(format!("inserting the set row of {path}"), e))?
-        .get(0);
+            .query_one(sql::INSERT_SET, &[&set.version, &set.label, &resource_id])
+            .map_err(|e| db_err(format!("inserting the set row of {path}"), e))?
+            .get(0);
         for (f, lf) in &files {
             let extra = maas::python_json(&serde_json::Value::Object(f.extra.clone()));
             txn.execute(
@@ -412,20 +390,9 @@ impl ResourceRow {
         let (name, architecture) = (set.name(), set.architecture());
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             vec![&self.rtype, &name, &architecture, &self.extra];
-        let mut names = String::new();
-        let mut values = String::new();
-        for (col, val) in self.optional(schema) {
-            params.push(val);
-            names.push_str(&format!(", {col}"));
-            values.push_str(&format!(", ${}", params.len()));
-        }
-        let sql = format!(
-            "INSERT INTO maasserver_bootresource \
-             (created, updated, rtype, name, architecture, extra{names}) \
-             VALUES (now(), now(), $1::int4, $2, $3, $4::text::{}{values}) RETURNING id::int8",
-            schema.resource_extra_type()
-        );
-        txn.query_one(&sql, &params)
+        let (cols, vals): (Vec<_>, Vec<_>) = self.optional(schema).into_iter().unzip();
+        params.extend(vals);
+        txn.query_one(&sql::insert_resource(schema, &cols), &params)
             .map(|r| r.get(0))
             .map_err(|e| db_err(format!("inserting the resource row of {}", set.path()), e))
     }
@@ -439,17 +406,9 @@ impl ResourceRow {
     ) -> Result<(), StoreError> {
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             vec![&id, &self.rtype, &self.extra];
-        let mut sets = String::new();
-        for (col, val) in self.optional(schema) {
-            params.push(val);
-            sets.push_str(&format!(", {col} = ${}", params.len()));
-        }
-        let sql = format!(
-            "UPDATE maasserver_bootresource SET updated = now(), rtype = $2::int4, \
-             extra = $3::text::{}{sets} WHERE id = $1::int8",
-            schema.resource_extra_type()
-        );
-        txn.execute(&sql, &params)
+        let (cols, vals): (Vec<_>, Vec<_>) = self.optional(schema).into_iter().unzip();
+        params.extend(vals);
+        txn.execute(&sql::update_resource(schema, &cols), &params)
             .map(|_| ())
             .map_err(|e| db_err(format!("updating the resource row of {path}"), e))
     }
@@ -460,7 +419,7 @@ impl ResourceRow {
 /// the database has no such setting (a stand-alone store).
 fn commissioning_base(client: &mut Client) -> Result<String, StoreError> {
     let has_config: bool = client
-        .query_one("SELECT to_regclass('maasserver_config') IS NOT NULL", &[])
+        .query_one(sql::HAS_CONFIG, &[])
         .map_err(|e| db_err("looking for maasserver_config", e))?
         .get(0);
     let (mut os, mut series) = DEFAULT_BASE_IMAGE
@@ -469,11 +428,7 @@ fn commissioning_base(client: &mut Client) -> Result<String, StoreError> {
         .unwrap_or_default();
     if has_config {
         let rows = client
-            .query(
-                "SELECT name::text, value::text FROM maasserver_config \
-                 WHERE name IN ('commissioning_osystem', 'commissioning_distro_series')",
-                &[],
-            )
+            .query(sql::COMMISSIONING_RELEASE, &[])
             .map_err(|e| db_err("reading the commissioning release", e))?;
         for r in &rows {
             let (name, value): (String, Option<String>) = (r.get(0), r.get(1));
@@ -501,19 +456,9 @@ fn find_set(
     schema: &Schema,
     set: &SourceSet,
 ) -> Result<Option<FoundResource>, StoreError> {
-    let base = if schema.base_image {
-        "r.base_image::text"
-    } else {
-        "NULL::text"
-    };
     let row = txn
         .query_opt(
-            &format!(
-                "SELECT r.id::int8, r.rtype::int4, {base}, s.id::int8, s.label::text \
-                 FROM maasserver_bootresource r \
-                 LEFT JOIN maasserver_bootresourceset s ON s.resource_id = r.id AND s.version = $3 \
-                 WHERE r.name = $1 AND r.architecture = $2"
-            ),
+            &sql::find_resource_and_set(schema),
             &[&set.name(), &set.architecture(), &set.version],
         )
         .map_err(|e| db_err(format!("looking up {}", set.path()), e))?;
@@ -532,18 +477,8 @@ fn stored_files(
     schema: &Schema,
     set_id: i64,
 ) -> Result<StoredFiles, StoreError> {
-    let written = schema.largefile_written("lf");
     let rows = txn
-        .query(
-            &format!(
-                "SELECT f.filename::text, lf.sha256::text, lf.total_size::int8, \
-                 {written} >= lf.total_size \
-                 FROM maasserver_bootresourcefile f \
-                 JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
-                 WHERE f.resource_set_id = $1::int8"
-            ),
-            &[&set_id],
-        )
+        .query(&sql::files_of_set(schema), &[&set_id])
         .map_err(|e| db_err("reading the stored files of a version", e))?;
     Ok(rows
         .iter()
@@ -756,12 +691,9 @@ fn stream_file(
 
 /// Whether a largefile of exactly `size` bytes is stored (a duplicate is possible).
 fn same_size_stored(txn: &mut Transaction<'_>, size: u64, shown: &str) -> Result<bool, StoreError> {
-    txn.query_one(
-        "SELECT EXISTS (SELECT 1 FROM maasserver_largefile WHERE total_size = $1::int8)",
-        &[&(size as i64)],
-    )
-    .map(|r| r.get(0))
-    .map_err(|e| db_err(format!("looking up the content of {shown}"), e))
+    txn.query_one(sql::LARGEFILE_OF_SIZE_EXISTS, &[&(size as i64)])
+        .map(|r| r.get(0))
+        .map_err(|e| db_err(format!("looking up the content of {shown}"), e))
 }
 
 /// sha256 of a file; counted in `progress` if given.

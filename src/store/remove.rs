@@ -11,6 +11,7 @@ use postgres::Transaction;
 
 use super::{StoreError, StorePath, db_err, lock_store, open_schema, split_name};
 use crate::db::DbConfig;
+use crate::maas::sql;
 
 /// What a removal deleted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -56,12 +57,7 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
         .map_err(|e| db_err("starting a transaction", e))?;
     lock_store(&mut txn)?;
     let rows = txn
-        .query(
-            "SELECT s.id::int8, r.id::int8, r.name::text, r.architecture::text, s.version::text \
-             FROM maasserver_bootresourceset s \
-             JOIN maasserver_bootresource r ON r.id = s.resource_id",
-            &[],
-        )
+        .query(sql::ALL_SETS, &[])
         .map_err(|e| db_err("reading the versions", e))?;
     let mut set_ids = Vec::new();
     let mut resource_ids = BTreeSet::new();
@@ -90,14 +86,9 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
     summary.files = largefiles.len();
     summary.largefiles = drop_unused_largefiles(&mut txn, &largefiles)?;
     let resource_ids: Vec<i64> = resource_ids.into_iter().collect();
-    summary.resources = txn
-        .execute(
-            "DELETE FROM maasserver_bootresource r WHERE r.id = ANY($1::int8[]) \
-             AND NOT EXISTS (SELECT 1 FROM maasserver_bootresourceset s WHERE s.resource_id = r.id)",
-            &[&resource_ids],
-        )
-        .map_err(|e| db_err("deleting resources left without versions", e))?
-        as usize;
+    summary.resources =
+        txn.execute(sql::DELETE_EMPTY_RESOURCES, &[&resource_ids])
+            .map_err(|e| db_err("deleting resources left without versions", e))? as usize;
     txn.commit()
         .map_err(|e| db_err("committing the removal", e))?;
     names.sort();
@@ -120,20 +111,13 @@ pub(crate) fn delete_set_rows(
     set_ids: &[i64],
 ) -> Result<Vec<i64>, StoreError> {
     let largefiles: Vec<i64> = txn
-        .query(
-            "DELETE FROM maasserver_bootresourcefile WHERE resource_set_id = ANY($1::int8[]) \
-             RETURNING largefile_id::int8",
-            &[&set_ids],
-        )
+        .query(sql::DELETE_FILES_OF_SETS, &[&set_ids])
         .map_err(|e| db_err("deleting file rows", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    txn.execute(
-        "DELETE FROM maasserver_bootresourceset WHERE id = ANY($1::int8[])",
-        &[&set_ids],
-    )
-    .map_err(|e| db_err("deleting set rows", e))?;
+    txn.execute(sql::DELETE_SETS, &[&set_ids])
+        .map_err(|e| db_err("deleting set rows", e))?;
     Ok(largefiles)
 }
 
@@ -145,23 +129,14 @@ pub(crate) fn drop_unused_largefiles(
     ids: &[i64],
 ) -> Result<usize, StoreError> {
     let oids: Vec<u32> = txn
-        .query(
-            "DELETE FROM maasserver_largefile lf WHERE lf.id = ANY($1::int8[]) \
-             AND NOT EXISTS (SELECT 1 FROM maasserver_bootresourcefile f WHERE f.largefile_id = lf.id) \
-             RETURNING lf.content",
-            &[&ids],
-        )
+        .query(sql::DELETE_UNUSED_LARGEFILES, &[&ids])
         .map_err(|e| db_err("deleting unused largefile rows", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
     for oid in &oids {
-        txn.execute(
-            "SELECT lo_unlink(m.oid) FROM pg_largeobject_metadata m WHERE m.oid = $1 \
-             AND NOT EXISTS (SELECT 1 FROM maasserver_largefile lf WHERE lf.content = $1)",
-            &[oid],
-        )
-        .map_err(|e| db_err(format!("unlinking large object {oid}"), e))?;
+        txn.execute(sql::UNLINK_UNNAMED_OBJECT, &[oid])
+            .map_err(|e| db_err(format!("unlinking large object {oid}"), e))?;
     }
     Ok(oids.len())
 }
