@@ -587,22 +587,6 @@ pub const INCOMPLETE_SUFFIX: &str = ".incomplete";
 /// and the start-up export, `open("wb")` under umask 022).
 pub const STORAGE_FILE_MODE: u32 = 0o644;
 
-/// The COPY that streams `size` bytes of large object `oid` in one statement, as
-/// `lo_get` rows of `row` bytes in order (no round trip per chunk: the field notes
-/// measured this near 1 GB/s). Rows come as COPY binary tuples of one bytea.
-pub fn lo_copy_sql(oid: u32, size: u64, row: u64) -> String {
-    format!(
-        "COPY (SELECT lo_get({oid}, o, {row}) FROM generate_series(0, {last}, {row}) o ORDER BY o) \
-         TO STDOUT (FORMAT binary)",
-        last = size as i64 - 1,
-    )
-}
-
-/// How many bytes large object $1 holds at offset $2 (0 or 1): a byte past the
-/// row's `total_size` means the object is longer than the row says. Fails when
-/// the object does not exist.
-pub const LO_BYTE_AT: &str = "SELECT length(lo_get($1::oid, $2::int8, 1))::int4";
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,8 @@ use super::progress::Progress;
 use super::{StoreError, db_err, open_schema};
 use crate::db::{DbConfig, describe_pg_error};
 use crate::digest::{hex, sha256_file, valid_sha256};
-use crate::maas::{
-    FileRow, INCOMPLETE_SUFFIX, LO_BYTE_AT, STORAGE_FILE_MODE, lo_copy_sql, storage_name,
-};
+use crate::maas::sql::{OBJECT_BYTE_AT, copy_object};
+use crate::maas::{FileRow, INCOMPLETE_SUFFIX, STORAGE_FILE_MODE, storage_name};
 
 /// The extended attribute that records a hash check: `sha256 size mtime_ns`.
 pub const CHECKED_XATTR: &str = "user.pgbootfs.checked";
@@ -678,7 +677,7 @@ fn write_partial(
     };
     let mut txn = snapshot(client).map_err(|e| format!("{}: {e}", item.label()))?;
     let past: i32 = txn
-        .query_one(LO_BYTE_AT, &[&item.oid, &(item.size as i64)])
+        .query_one(OBJECT_BYTE_AT, &[&item.oid, &(item.size as i64)])
         .map_err(|e| db("reading", e))?
         .get(0);
     if past > 0 {
@@ -750,7 +749,7 @@ fn stream_object(
     item: &Item,
     sink: &mut impl FnMut(&[u8]) -> bool,
 ) -> Result<u64, StreamError> {
-    let sql = lo_copy_sql(item.oid, item.size, ROW);
+    let sql = copy_object(item.oid, item.size, ROW);
     let mut r = txn.copy_out(sql.as_str()).map_err(StreamError::Db)?;
     let io = StreamError::Io;
     // COPY binary: signature (11), flags (4), extension length (4) and extension;
@@ -877,10 +876,10 @@ mod tests {
 
     #[test]
     fn the_copy_reads_whole_rows_in_order() {
-        let sql = lo_copy_sql(42, 600 << 10, ROW);
+        let sql = copy_object(42, 600 << 10, ROW);
         assert!(sql.contains("generate_series(0, 614399, 262144)"), "{sql}");
         assert!(sql.contains("ORDER BY o"), "{sql}");
         // An empty object: the series is empty, the COPY has no rows.
-        assert!(lo_copy_sql(42, 0, ROW).contains("generate_series(0, -1, 262144)"));
+        assert!(copy_object(42, 0, ROW).contains("generate_series(0, -1, 262144)"));
     }
 }
