@@ -552,7 +552,7 @@ fn write_python_str(s: &str, out: &mut String) {
 ///   alone, so the name is the sha256 on every 3.5+ release.
 /// - Files MAAS downloads later get a short name instead
 ///   (`BootResourceFileManager.calculate_filename_on_disk`,
-///   `src/maasserver/models/bootresourcefile.py`, branches 3.6, 3.7): the
+///   `src/maasserver/models/bootresourcefile.py`, branch 3.7): the
 ///   `filename_on_disk` of an existing row with the same sha256, else the first 7
 ///   hex digits, longer until no existing name starts with it. Never a database
 ///   file's name: readers take `filename_on_disk` as stored.
@@ -566,9 +566,9 @@ fn write_python_str(s: &str, out: &mut String) {
 ///   (`export_images_from_db`, `src/maasserver/bootresources.py`, branch 3.5) skips
 ///   such a file ("skipping, file already present"), records its
 ///   `bootresourcefilesync` row, and only deletes the largefile and `lo_unlink`s its
-///   object. It first checks that the free space covers the distinct sizes still in
-///   the database (3.7), and ignores largefiles whose `size != total_size`
-///   (unfinished: MAAS downloads them again).
+///   object. Its later revisions first check that the free space covers the
+///   distinct sizes still in the database; all ignore largefiles whose
+///   `size != total_size` (unfinished: MAAS downloads them again).
 /// - A 0-byte file: `store()` -> `allocate()` seeks to -1 and fails
 ///   (`LocalStoreAllocationFail`) inside the export's one transaction, so the whole
 ///   start-up export fails; an empty file already at the final name is `valid`
