@@ -544,9 +544,9 @@ fn write_python_str(s: &str, out: &mut String) {
 ///
 /// - The name of a file that came from the database is its sha256 (64 lower-case
 ///   hex digits). Migration 0308 (branch 3.5, `src/maasserver/migrations/maasserver/`)
-///   copies `largefile.sha256` and `largefile.total_size` into `bootresourcefile.sha256` and `.size`; migration
-///   0330 (`0330_bootresourcefile_filename_on_disk.py`, branch 3.6, backported to
-///   3.5) adds `filename_on_disk` and sets it to `sha256` for every existing row
+///   copies `largefile.sha256` and `largefile.total_size` into
+///   `bootresourcefile.sha256` and `.size`; migration 0330
+///   (`0330_bootresourcefile_filename_on_disk.py`, branch 3.6, backported to 3.5) adds `filename_on_disk` and sets it to `sha256` for every existing row
 ///   ("we don't want to change the filename of the images that are already on the
 ///   disk"). Before 0330, 3.5's `LocalBootResourceFile` was built from the sha256
 ///   alone, so the name is the sha256 on every 3.5+ release.
