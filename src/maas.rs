@@ -627,6 +627,54 @@ fn write_python_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// MAAS 3.5+ keeps image bytes in files on each region's disk, the "image
+/// storage": `get_maas_data_path("image-storage")`, i.e. `/var/lib/maas/image-storage`
+/// (deb) or `$SNAP_COMMON/maas/image-storage` (snap). `pgbootfs export` writes the
+/// bytes of a 1.7-3.4 database there ahead of the upgrade, named exactly as MAAS
+/// will look for them. The rules, as read in MAAS's source (canonical/maas):
+///
+/// - The name of a file that came from the database is its sha256 (64 lower-case
+///   hex digits). Migration 0308 (branch 3.5, `src/maasserver/migrations/maasserver/`)
+///   copies `largefile.sha256` and `largefile.total_size` into
+///   `bootresourcefile.sha256` and `.size`; migration 0330
+///   (`0330_bootresourcefile_filename_on_disk.py`, branch 3.6, backported to 3.5) adds `filename_on_disk` and sets it to `sha256` for every existing row
+///   ("we don't want to change the filename of the images that are already on the
+///   disk"). Before 0330, 3.5's `LocalBootResourceFile` was built from the sha256
+///   alone, so the name is the sha256 on every 3.5+ release.
+/// - Files MAAS downloads later get a short name instead
+///   (`BootResourceFileManager.calculate_filename_on_disk`,
+///   `src/maasserver/models/bootresourcefile.py`, branch 3.7): the
+///   `filename_on_disk` of an existing row with the same sha256, else the first 7
+///   hex digits, longer until no existing name starts with it. Never a database
+///   file's name: readers take `filename_on_disk` as stored.
+/// - The path is `<image-storage>/<filename_on_disk>`; while being written it is
+///   `Path.with_suffix(".incomplete")` of that (`LocalBootResourceFile.path`,
+///   `.partial_file_path`, `src/maasserver/utils/bootresource.py`, branches 3.5-3.7):
+///   the name has no dot, so `<name>.incomplete`. `commit()` renames it into place.
+/// - A file counts as present when `LocalBootResourceFile.valid`: `complete` (the
+///   final name exists, or the row's size is 0) and the sha256 of the final name
+///   (else of `<name>.incomplete`) equals the row's. The start-up export
+///   (`export_images_from_db`, `src/maasserver/bootresources.py`, branch 3.5) skips
+///   such a file ("skipping, file already present"), records its
+///   `bootresourcefilesync` row, and only deletes the largefile and `lo_unlink`s its
+///   object. Its later revisions first check that the free space covers the
+///   distinct sizes still in the database; all ignore largefiles whose
+///   `size != total_size` (unfinished: MAAS downloads them again).
+/// - A 0-byte file: `store()` -> `allocate()` seeks to -1 and fails
+///   (`LocalStoreAllocationFail`) inside the export's one transaction, so the whole
+///   start-up export fails; an empty file already at the final name is `valid`
+///   (sha256 of nothing) and skipped, which is why export writes it too.
+/// - Mode: the region writes with `open("wb")` under its umask (0644 for downloads
+///   and the start-up export); `initialize_image_storage` deletes every entry of the
+///   directory it does not expect at each start, so nothing else may live there.
+pub fn storage_name(sha256: &str) -> &str {
+    sha256
+}
+
+/// The mode of the files MAAS's region writes into the image storage (downloads
+/// and the start-up export, `open("wb")` under umask 022).
+pub const STORAGE_FILE_MODE: u32 = 0o644;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,6 +84,14 @@ plus allow_other, foreground, log=FILE and log_level=LEVEL.")]
   pgbootfs --db service=maas verify
   pgbootfs --db service=maas verify ubuntu/amd64/ga-22.04/jammy")]
     Verify(PathArg),
+    /// Write every complete image file of a MAAS 1.7-3.4 database into a MAAS 3.5+
+    /// image storage directory, named as MAAS 3.5+ looks for them (read-only on
+    /// the database; resumable).
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas export --image-storage /var/lib/maas/image-storage --owner maas
+  pgbootfs --db 'host=standby dbname=maasdb' export --image-storage /backup/images --jobs 2
+  pgbootfs --db service=maas export --image-storage /var/lib/maas/image-storage --dry-run")]
+    Export(ExportArgs),
     /// Remove a version, a series or a subarch with the large objects nothing else uses.
     #[command(after_help = "Examples:
   pgbootfs --db service=maas remove ubuntu/amd64/ga-22.04/jammy/20240101
@@ -132,6 +140,25 @@ struct ImportArgs {
     /// upload's.
     #[arg(long)]
     title: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The image storage to write into (created when absent): MAAS 3.5+ reads
+    /// /var/lib/maas/image-storage (deb) or /var/snap/maas/common/maas/image-storage
+    /// (snap); any directory makes a backup.
+    #[arg(long, value_name = "DIR")]
+    image_storage: PathBuf,
+    /// Files written at once, each on its own database connection.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    jobs: usize,
+    /// Owner of the files written (and of DIR if export creates it), e.g. maas or
+    /// maas:maas; default: the user running export.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    owner: Option<String>,
+    /// List what would be written and check the free space; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -502,6 +529,17 @@ fn main() -> ExitCode {
             )
             .map(|_| ())
             .map_err(Box::<dyn std::error::Error>::from),
+            Command::Export(args) => {
+                let opts = store::export::ExportOptions {
+                    dir: args.image_storage,
+                    jobs: args.jobs.max(1),
+                    owner: args.owner,
+                    dry_run: args.dry_run,
+                };
+                store::export::run(&db, &opts, &mut std::io::stdout())
+                    .map(|_| ())
+                    .map_err(Box::<dyn std::error::Error>::from)
+            }
             Command::Remove(args) => store::remove::run(&db, &args.path, &mut std::io::stdout())
                 .map(|_| ())
                 .map_err(Box::<dyn std::error::Error>::from),

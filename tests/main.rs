@@ -4,6 +4,7 @@
 mod cache;
 mod common;
 mod db;
+mod export;
 mod handle;
 mod hostile;
 mod http;

@@ -59,6 +59,7 @@ use cache::{CHUNK, Content, Step};
 pub use error::{ErrorClass, HandleError, HandleErrorKind};
 use file::FileSource;
 use idle::Idle;
+pub use lo::CopyFields;
 use lo::LoSource;
 pub use pool::{HandlePool, PoolOptions, PoolStats};
 use readahead::{Outcome, Readahead};

@@ -16,6 +16,7 @@ use crate::catalog::valid_component;
 use crate::db::DbError;
 use crate::maas::Schema;
 
+pub mod export;
 pub mod import;
 pub mod list;
 pub mod progress;
@@ -91,6 +92,39 @@ pub enum StoreError {
     },
     /// MAAS 3.5+: the image storage cannot be found or read.
     Storage(crate::image_storage::StorageError),
+    /// `export` could not use a file or directory of the image storage.
+    Export {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("creating", ...).
+        what: String,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// The image storage's file system has too little room for what `export`
+    /// still has to write; nothing was written.
+    NoSpace {
+        /// The image storage directory.
+        dir: PathBuf,
+        /// Bytes still to write.
+        need: u64,
+        /// Bytes free.
+        avail: u64,
+    },
+    /// `--owner` names no user or group of this host.
+    BadOwner {
+        /// The argument.
+        owner: String,
+        /// Why.
+        reason: String,
+    },
+    /// `export` failed for some files (already reported one by one).
+    ExportFailed {
+        /// How many files failed.
+        failed: usize,
+        /// How many were to be exported.
+        of: usize,
+    },
     /// `verify` found problems (already reported one by one).
     VerifyFailed {
         /// How many files are wrong.
@@ -153,6 +187,24 @@ impl fmt::Display for StoreError {
                  mount, serve, ls and verify read it)"
             ),
             StoreError::Storage(e) => e.fmt(f),
+            StoreError::Export { path, what, err } => {
+                write!(f, "{what} {}: {err}", path.display())
+            }
+            StoreError::NoSpace { dir, need, avail } => write!(
+                f,
+                "not enough free space in {}: {need} bytes still to export, {avail} free \
+                 ({} MiB short); nothing was written (free some space or export elsewhere)",
+                dir.display(),
+                (need - avail).div_ceil(1 << 20)
+            ),
+            StoreError::BadOwner { owner, reason } => {
+                write!(f, "invalid --owner {owner:?}: {reason}")
+            }
+            StoreError::ExportFailed { failed, of } => write!(
+                f,
+                "export failed for {failed} of {of} file(s) (see above); run it again to \
+                 retry them"
+            ),
             StoreError::VerifyFailed { bad, checked } => {
                 write!(f, "verify failed: {bad} of {checked} file(s) are wrong")
             }
@@ -164,8 +216,10 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Db(e) => Some(e),
-            StoreError::Io { err, .. } | StoreError::Output(err) => Some(err),
             StoreError::Storage(e) => Some(e),
+            StoreError::Io { err, .. }
+            | StoreError::Output(err)
+            | StoreError::Export { err, .. } => Some(err),
             _ => None,
         }
     }
