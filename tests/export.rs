@@ -500,3 +500,55 @@ fn bad_arguments_and_databases_fail_with_one_line() {
     assert!(out.contains("pgbootfs: error:"), "{out}");
     assert_eq!(dir_contents(dir.path()).len(), 1, "{out}");
 }
+
+/// What a MAAS 3.5 region does to a 3.4 database at its first start, as far as
+/// image files go: migration 0308 copies each largefile's sha256 and size into
+/// its file rows and lets `largefile_id` be NULL; 0330 names each file on disk by
+/// its sha256; the start-up export, finding every file already valid in the image
+/// storage, drops the largefiles and unlinks their objects. (The real migrations
+/// touch more tables; these are the columns pgbootfs reads.)
+const UPGRADE_TO_35: &str = "\
+    ALTER TABLE maasserver_bootresourcefile ADD COLUMN sha256 varchar(64), \
+        ADD COLUMN size bigint; \
+    UPDATE maasserver_bootresourcefile f SET sha256 = lf.sha256, size = lf.total_size \
+        FROM maasserver_largefile lf WHERE lf.id = f.largefile_id; \
+    ALTER TABLE maasserver_bootresourcefile ALTER COLUMN sha256 SET NOT NULL, \
+        ALTER COLUMN size SET NOT NULL, ALTER COLUMN largefile_id DROP NOT NULL; \
+    ALTER TABLE maasserver_bootresourcefile ADD COLUMN filename_on_disk varchar(64) \
+        NOT NULL DEFAULT ''; \
+    UPDATE maasserver_bootresourcefile SET filename_on_disk = sha256; \
+    UPDATE maasserver_bootresourcefile SET largefile_id = NULL; \
+    SELECT lo_unlink(content) FROM maasserver_largefile; \
+    DELETE FROM maasserver_largefile;";
+
+/// The upgrade round trip: export on a 3.4 database, the database upgraded as MAAS
+/// 3.5 does it (its large objects gone), then the same tree read from the image
+/// storage through the read side, byte for byte.
+#[test]
+fn an_export_reads_back_byte_exact_after_the_upgrade_to_35() {
+    let pg = Cluster::start();
+    let (src, files) = sample();
+    let db = era_store(&pg, &ERAS[2], &src);
+    let dir = temp_dir("pgbt-export-");
+    let storage = dir.path().join("image-storage");
+    export_ok(&db, &storage, &[]);
+    pg.client(ERAS[2].name).batch_execute(UPGRADE_TO_35).unwrap();
+    let left: i64 = pg
+        .client(ERAS[2].name)
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the upgrade left large objects");
+    let flag = ["--image-storage", storage.to_str().unwrap()];
+    let listing = pgbootfs_ok(&db, &["ls", flag[0], flag[1]]);
+    assert!(!listing.contains("INCOMPLETE"), "{listing}");
+    let srv = crate::common::http::Server::start(&db, &flag);
+    for (path, data) in &files {
+        let reply = srv.get(&format!("/{path}"), &[]);
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(reply.body == *data, "{path}: other bytes after the upgrade");
+    }
+    drop(srv);
+    let out = pgbootfs_ok(&db, &["verify", flag[0], flag[1]]);
+    assert!(out.contains(&format!("{} file(s) ok, 0 wrong", files.len())), "{out}");
+}
