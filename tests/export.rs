@@ -532,7 +532,9 @@ fn an_export_reads_back_byte_exact_after_the_upgrade_to_35() {
     let dir = temp_dir("pgbt-export-");
     let storage = dir.path().join("image-storage");
     export_ok(&db, &storage, &[]);
-    pg.client(ERAS[2].name).batch_execute(UPGRADE_TO_35).unwrap();
+    pg.client(ERAS[2].name)
+        .batch_execute(UPGRADE_TO_35)
+        .unwrap();
     let left: i64 = pg
         .client(ERAS[2].name)
         .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
@@ -550,5 +552,8 @@ fn an_export_reads_back_byte_exact_after_the_upgrade_to_35() {
     }
     drop(srv);
     let out = pgbootfs_ok(&db, &["verify", flag[0], flag[1]]);
-    assert!(out.contains(&format!("{} file(s) ok, 0 wrong", files.len())), "{out}");
+    assert!(
+        out.contains(&format!("{} file(s) ok, 0 wrong", files.len())),
+        "{out}"
+    );
 }
