@@ -726,10 +726,7 @@ fn dir_node(ino: Ino, parent: Ino, path: String) -> Node {
 
 pub use crate::digest::{hex, valid_sha256};
 
-/// Whether `name` can be one component of a path.
-pub fn valid_component(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
+pub use crate::maas::valid_component;
 
 #[cfg(test)]
 mod tests {

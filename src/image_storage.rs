@@ -11,8 +11,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::valid_component;
-use crate::maas::{FileRow, IMAGE_STORAGE_DIRS, INCOMPLETE_SUFFIX};
+use crate::maas::{FileRow, IMAGE_STORAGE_DIRS, INCOMPLETE_SUFFIX, valid_component};
 
 /// The image storage could not be used.
 #[derive(Debug)]

@@ -434,6 +434,12 @@ impl FileRow {
     }
 }
 
+/// Whether `name` can be one component of a path (of the tree, or of the image
+/// storage).
+pub fn valid_component(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 /// MAAS's `bootresource.name` for an os and series: a custom image has a bare name.
 pub fn resource_name(os: &str, series: &str) -> String {
     if os == "custom" {
