@@ -54,6 +54,7 @@ fn main() {
                 size: num(3),
                 sha256: args[4].clone(),
                 filetype: String::new(),
+                stored: None,
             };
             let h = pool.open(&file, "pgread");
             let start = Instant::now();

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use r2d2::Pool;
 use serde_json::{Map, Value};
 
 use crate::db::{DbConfig, DbError};
+use crate::image_storage::{ImageStorage, OnDisk, Place, StorageError};
 use crate::maas::{self, FileRow, Schema};
 
 /// An inode number.
@@ -31,12 +33,15 @@ pub const ROOT: Ino = 1;
 pub enum CatalogError {
     /// Connecting or querying failed, or the database holds no image tables.
     Db(DbError),
+    /// A MAAS 3.5+ database, and no usable image storage here.
+    Storage(StorageError),
 }
 
 impl fmt::Display for CatalogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CatalogError::Db(e) => e.fmt(f),
+            CatalogError::Storage(e) => e.fmt(f),
         }
     }
 }
@@ -45,6 +50,7 @@ impl std::error::Error for CatalogError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CatalogError::Db(e) => Some(e),
+            CatalogError::Storage(e) => Some(e),
         }
     }
 }
@@ -66,6 +72,9 @@ pub struct FileInfo {
     pub sha256: String,
     /// MAAS file type (bootresourcefile.filetype).
     pub filetype: String,
+    /// MAAS 3.5+: the file in the image storage holding all the bytes; None when
+    /// they are read from the large object.
+    pub stored: Option<Arc<Path>>,
 }
 
 /// What a node is.
@@ -178,6 +187,9 @@ pub struct Tree {
     nodes: HashMap<Ino, Node>,
     sets: Vec<SetInfo>,
     by_sha256: HashMap<String, Ino>,
+    /// MAAS 3.5+: files by their name in the image storage (`filename_on_disk`:
+    /// a short sha256 prefix from migration 0330 on), as 3.5+ racks ask for them.
+    by_disk_name: HashMap<String, Ino>,
     total_bytes: u64,
     file_count: u64,
 }
@@ -270,6 +282,13 @@ impl Tree {
         self.by_sha256.get(sha256).and_then(|ino| self.get(*ino))
     }
 
+    /// A complete file by its name in MAAS 3.5+'s image storage
+    /// (`boot-resources/<filename_on_disk>/`), or by its sha256.
+    pub fn by_resource_name(&self, name: &str) -> Option<&Node> {
+        self.by_sha256(name)
+            .or_else(|| self.by_disk_name.get(name).and_then(|ino| self.get(*ino)))
+    }
+
     /// Every complete set, sorted by path.
     pub fn sets(&self) -> &[SetInfo] {
         &self.sets
@@ -317,15 +336,39 @@ pub struct Catalog {
     current: RwLock<Arc<Tree>>,
     inodes: Mutex<InodeTable>,
     warned: Mutex<HashSet<String>>,
+    /// MAAS 3.5+: where the files are.
+    storage: Option<ImageStorage>,
 }
 
 impl Catalog {
     /// Connects, checks that the MAAS tables exist, and loads the first snapshot.
     pub fn open(db: &DbConfig) -> Result<Catalog, CatalogError> {
+        Catalog::open_with_storage(db, None)
+    }
+
+    /// [`Catalog::open`], with MAAS 3.5+'s image storage at `image_storage` (else
+    /// at MAAS's own paths); ignored on a database that keeps its images.
+    pub fn open_with_storage(
+        db: &DbConfig,
+        image_storage: Option<&Path>,
+    ) -> Result<Catalog, CatalogError> {
         let pool = db.metadata_pool()?;
         let target = db.describe();
         let mut client = pool.get().map_err(|e| DbError::pool(target.clone(), &e))?;
         let schema = Schema::detect(&mut *client, &target)?;
+        let storage = if schema.on_disk {
+            let s = ImageStorage::locate(image_storage, &target).map_err(CatalogError::Storage)?;
+            info!("image storage: {}", s.dir().display());
+            Some(s)
+        } else {
+            if let Some(dir) = image_storage {
+                warn!(
+                    "--image-storage {} ignored: this database keeps its images in PostgreSQL",
+                    dir.display()
+                );
+            }
+            None
+        };
         if !schema.largefile_size {
             info!(
                 "maasserver_largefile has no size column (MAAS 1.7-1.9): all files count as complete"
@@ -340,9 +383,15 @@ impl Catalog {
             current: RwLock::new(Arc::new(Tree::default())),
             inodes: Mutex::new(InodeTable::default()),
             warned: Mutex::new(HashSet::new()),
+            storage,
         };
         catalog.refresh()?;
         Ok(catalog)
+    }
+
+    /// MAAS 3.5+: the image storage the files are read from.
+    pub fn image_storage(&self) -> Option<&ImageStorage> {
+        self.storage.as_ref()
     }
 
     /// The current snapshot. Cheap: clones an `Arc`.
@@ -433,11 +482,32 @@ impl Catalog {
         Ok(self.schema.load_files(&mut *client)?)
     }
 
+    /// Where a row's bytes can be read from: Some(Some(file)) from the image
+    /// storage, Some(None) from its large object, None from nowhere yet. A file
+    /// complete in the storage is read there even while its large object remains.
+    fn place(&self, r: &FileRow) -> Option<Option<Arc<Path>>> {
+        match Place::of(r, self.storage.as_ref()) {
+            Place::Disk(path) => Some(Some(path.into())),
+            Place::Database => Some(None),
+            Place::Missing(on_disk) => {
+                if on_disk == Some(OnDisk::BadName) {
+                    self.warn_once(
+                        &format!("{} {} {} {}", r.name, r.architecture, r.version, r.filename),
+                        "its filename_on_disk cannot be a file name; its set is hidden",
+                    );
+                }
+                None
+            }
+        }
+    }
+
     fn build(&self, rows: Vec<FileRow>) -> Tree {
-        // A set is listed only when every one of its files is complete.
+        // A set is listed only when every one of its files can be read in full,
+        // as MAAS lists only complete sets.
+        let places: Vec<Option<Option<Arc<Path>>>> = rows.iter().map(|r| self.place(r)).collect();
         let mut incomplete: HashSet<i64> = HashSet::new();
-        for r in &rows {
-            if r.size < r.total_size {
+        for (r, place) in rows.iter().zip(&places) {
+            if place.is_none() {
                 incomplete.insert(r.set_id);
             }
         }
@@ -447,7 +517,7 @@ impl Catalog {
         let mut sets: BTreeMap<String, SetInfo> = BTreeMap::new();
         let mut skipped_sets: HashSet<i64> = HashSet::new();
         let mut resources: HashMap<i64, Arc<ResourceInfo>> = HashMap::new();
-        for r in &rows {
+        for (r, place) in rows.iter().zip(places) {
             if incomplete.contains(&r.set_id) || skipped_sets.contains(&r.set_id) {
                 continue;
             }
@@ -471,6 +541,9 @@ impl Catalog {
             }
             let size = r.total_size.max(0) as u64;
             tree.by_sha256.entry(r.sha256.clone()).or_insert(ino);
+            if let Some(name) = &r.disk_name {
+                tree.by_disk_name.entry(name.clone()).or_insert(ino);
+            }
             tree.file_count += 1;
             tree.total_bytes += size;
             tree.nodes.insert(
@@ -485,6 +558,7 @@ impl Catalog {
                         size,
                         sha256: r.sha256.clone(),
                         filetype: r.filetype.clone(),
+                        stored: place.flatten(),
                     }),
                 },
             );
@@ -652,10 +726,7 @@ fn dir_node(ino: Ino, parent: Ino, path: String) -> Node {
 
 pub use crate::digest::{hex, valid_sha256};
 
-/// Whether `name` can be one component of a path.
-pub fn valid_component(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
+pub use crate::maas::valid_component;
 
 #[cfg(test)]
 mod tests {
@@ -701,6 +772,7 @@ mod tests {
                 size: 1,
                 sha256: sha.to_string(),
                 filetype: String::new(),
+                stored: None,
             });
             let path = path.to_string();
             let mtime = UNIX_EPOCH;

@@ -71,6 +71,7 @@ impl Services {
         db: &DbConfig,
         pool: &PoolOptions,
         cache_dir: Option<&CacheDir>,
+        image_storage: Option<&std::path::Path>,
     ) -> Result<Services, StartError> {
         // What each host is (primary, standby, unreachable), in the log at start.
         db.survey();
@@ -78,7 +79,8 @@ impl Services {
         if handle_db.describe() != db.describe() {
             handle_db.survey();
         }
-        let catalog = Arc::new(Catalog::open(db).map_err(StartError::Catalog)?);
+        let catalog =
+            Arc::new(Catalog::open_with_storage(db, image_storage).map_err(StartError::Catalog)?);
         let mut pool = HandlePool::new(handle_db, pool);
         if let Some(c) = cache_dir {
             match DiskCache::open(&c.dir, c.max_bytes) {

@@ -8,6 +8,7 @@
 //! - [`catalog`]: the metadata snapshot of the tree;
 //! - [`maas`]: all knowledge of MAAS's tables (per-version columns, the join, names,
 //!   sync rules, `extra` JSON);
+//! - [`image_storage`]: MAAS 3.5+'s image directory (finding it, what it holds);
 //! - [`db`]: where the database is and how to connect; [`mountinfo`]: the mount table.
 
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod fs;
 pub mod handle;
 pub mod http;
+pub mod image_storage;
 pub mod maas;
 pub mod metrics;
 pub mod mount;

@@ -12,7 +12,18 @@
 //! | 2.1-3.0 | those three columns, no `base_image` |
 //! | 3.1-3.3 | `base_image` NOT NULL |
 //! | 3.4 | bigint ids and foreign keys, `extra` jsonb |
-//! | 3.5+ | images on the region's disk: `bootresourcefile.sha256`, no large objects |
+//! | 3.5+ | images on the region's disk: `bootresourcefile.sha256`, `size`, nullable `largefile_id` (0308); `filename_on_disk` (0330, 3.5.x and 3.6+); `bootresource.alias` (0323, 3.6+) |
+//!
+//! On MAAS 3.5+ (canonical/maas branches 3.5-3.8) the bytes of a file are
+//! `<image storage>/<filename_on_disk>`, written through `<name>.incomplete`
+//! (`utils/bootresource.py`, `LocalBootResourceFile`). Migration 0330 set
+//! `filename_on_disk` to the sha256 of every file then present, and before it the
+//! file was named by its sha256 (that migration says so); files MAAS 3.6+ writes
+//! afterwards get a short prefix of the sha256 (`calculate_filename_on_disk`,
+//! `models/bootresourcefile.py`: at least 7 digits, longer on a collision, the name
+//! of an existing file of the same sha256). So readers take the name as stored and
+//! never compute one. A file whose large object the one-time start-up export has
+//! not moved yet still has `largefile_id`.
 
 use std::fmt;
 
@@ -37,6 +48,21 @@ pub const RTYPE_SYNCED: i32 = 0;
 pub const RTYPE_GENERATED: i32 = 1;
 /// `bootresource.rtype` of an image an operator uploaded.
 pub const RTYPE_UPLOADED: i32 = 2;
+/// Where MAAS 3.5+ keeps its images (`get_maas_data_path("image-storage")`): the
+/// deb package's path, then the snap's (`$SNAP_COMMON/maas/image-storage`).
+pub const IMAGE_STORAGE_DIRS: [&str; 2] = [
+    "/var/lib/maas/image-storage",
+    "/var/snap/maas/common/maas/image-storage",
+];
+
+/// What MAAS 3.5+ appends to a file's name while writing it (`partial_file_path`);
+/// MAAS 3.7 pre-allocates it at full size, so only the final name means complete.
+pub const INCOMPLETE_SUFFIX: &str = ".incomplete";
+
+/// Entries of the image storage that MAAS keeps beside the files its rows name
+/// (`initialize_image_storage`: `bootloaders/` is rebuilt, `custom/` kept).
+pub const IMAGE_STORAGE_OWN: [&str; 2] = ["bootloaders", "custom"];
+
 /// The label MAAS gives the set of an upload.
 pub const UPLOADED_LABEL: &str = "uploaded";
 
@@ -84,6 +110,8 @@ pub enum Era {
     Maas31,
     /// MAAS 3.4: bigint ids, jsonb extra.
     Maas34,
+    /// MAAS 3.5 and later: bytes in the region's image storage.
+    Maas35,
 }
 
 impl fmt::Display for Era {
@@ -93,6 +121,7 @@ impl fmt::Display for Era {
             Era::Maas21 => "MAAS 2.1-3.0",
             Era::Maas31 => "MAAS 3.1-3.3",
             Era::Maas34 => "MAAS 3.4",
+            Era::Maas35 => "MAAS 3.5+",
         })
     }
 }
@@ -116,6 +145,17 @@ pub struct Schema {
     pub resource_extra_jsonb: bool,
     /// bootresourcefile.extra is jsonb (3.4) rather than text.
     pub file_extra_jsonb: bool,
+    /// bootresourcefile.sha256 and size exist (3.5+): the bytes are in the image
+    /// storage, or still in a large object until MAAS's start-up export moves them.
+    pub on_disk: bool,
+    /// bootresourcefile.filename_on_disk exists (migration 0330); before it a
+    /// file's name in the image storage is its sha256.
+    pub filename_on_disk: bool,
+    /// bootresource.alias exists (3.6+, migration 0323): two resources may then
+    /// share a name and architecture, and so a path (the first is kept).
+    pub alias: bool,
+    /// maasserver_largefile exists (every MAAS up to 3.8 has it).
+    pub largefile_table: bool,
 }
 
 /// Names and types of the columns of the image tables, as (table, column, type).
@@ -125,8 +165,8 @@ const COLUMNS_QUERY: &str = "SELECT c.relname::text, a.attname::text, format_typ
      AND a.attnum > 0 AND NOT a.attisdropped";
 
 impl Schema {
-    /// Reads the columns of the image tables. Fails with [`DbError::ImagesOnDisk`]
-    /// on MAAS 3.5+ and [`DbError::NotAStore`] when tables are missing.
+    /// Reads the columns of the image tables (MAAS 1.7 to 3.8). Fails with
+    /// [`DbError::NotAStore`] when tables are missing.
     pub fn detect(client: &mut impl GenericClient, target: &str) -> Result<Schema, DbError> {
         let rows = client
             .query(COLUMNS_QUERY, &[&TABLES.to_vec()])
@@ -141,14 +181,12 @@ impl Schema {
                 .map(|(_, _, ty)| ty.as_str())
         };
         // MAAS 3.5 moved the bytes to the region's disk: the file row carries the
-        // sha256 itself and large objects are no longer used.
-        if typ("maasserver_bootresourcefile", "sha256").is_some() {
-            return Err(DbError::ImagesOnDisk {
-                target: target.to_string(),
-            });
-        }
+        // sha256 and size itself and needs no large object.
+        let on_disk = typ("maasserver_bootresourcefile", "sha256").is_some();
+        let largefile_table = cols.iter().any(|(t, _, _)| t == TABLES[3]);
         let missing: Vec<String> = TABLES
             .iter()
+            .filter(|t| !(on_disk && **t == TABLES[3]))
             .filter(|t| !cols.iter().any(|(table, _, _)| table == *t))
             .map(|t| t.to_string())
             .collect();
@@ -163,7 +201,9 @@ impl Schema {
         let jsonb = |table: &str| typ(table, "extra") == Some("jsonb");
         let id_bigint = typ(r, "id") == Some("bigint");
         let schema = Schema {
-            era: if has(r, "base_image") && (id_bigint || jsonb(r)) {
+            era: if on_disk {
+                Era::Maas35
+            } else if has(r, "base_image") && (id_bigint || jsonb(r)) {
                 Era::Maas34
             } else if has(r, "base_image") {
                 Era::Maas31
@@ -179,12 +219,18 @@ impl Schema {
             largefile_size: has("maasserver_largefile", "size"),
             resource_extra_jsonb: jsonb(r),
             file_extra_jsonb: jsonb("maasserver_bootresourcefile"),
+            on_disk,
+            filename_on_disk: has("maasserver_bootresourcefile", "filename_on_disk"),
+            alias: has(r, "alias"),
+            largefile_table,
         };
         log::debug!("{target}: image tables of {}: {schema:?}", schema.era);
         Ok(schema)
     }
 
     /// The four-table join: one row per file, the same columns on every schema.
+    /// On 3.5+ the file row has the sha256 and size, and the large object is
+    /// joined where one is left.
     fn files_query(&self) -> String {
         let opt = |has: bool, col: &str, none: &str| {
             if has {
@@ -193,22 +239,58 @@ impl Schema {
                 none.to_string()
             }
         };
+        let (file_cols, largefile_join) = if self.on_disk {
+            let disk_name = if self.filename_on_disk {
+                "f.filename_on_disk"
+            } else {
+                "f.sha256"
+            };
+            if self.largefile_table {
+                (
+                    format!(
+                        "COALESCE(lf.id, 0)::int8, f.sha256::text, f.size::int8, \
+                         COALESCE(lf.size, 0)::int8, COALESCE(lf.content, 0::oid), \
+                         (extract(epoch FROM greatest(f.updated, lf.updated)) * 1000000)::int8, \
+                         lf.id IS NOT NULL, {disk_name}::text"
+                    ),
+                    "LEFT JOIN maasserver_largefile lf ON lf.id = f.largefile_id".to_string(),
+                )
+            } else {
+                // A later MAAS may drop the table: every file is then on disk.
+                (
+                    format!(
+                        "0::int8, f.sha256::text, f.size::int8, 0::int8, 0::oid, \
+                         (extract(epoch FROM f.updated) * 1000000)::int8, \
+                         false, {disk_name}::text"
+                    ),
+                    String::new(),
+                )
+            }
+        } else {
+            (
+                format!(
+                    "lf.id::int8, lf.sha256::text, lf.total_size::int8, {}::int8, lf.content, \
+                     (extract(epoch FROM greatest(f.updated, lf.updated)) * 1000000)::int8, \
+                     true, NULL::text",
+                    self.largefile_written("lf")
+                ),
+                "JOIN maasserver_largefile lf ON lf.id = f.largefile_id".to_string(),
+            )
+        };
         format!(
             "SELECT r.id::int8, r.rtype::int4, r.name::text, r.architecture::text, \
                     {}::text, {}::text, {}::bool, r.extra::text, \
                     s.id::int8, s.version::text, s.label::text, \
                     f.id::int8, f.filename::text, f.filetype::text, f.extra::text, \
-                    lf.id::int8, lf.sha256::text, lf.total_size::int8, {}::int8, lf.content, \
-                    (extract(epoch FROM greatest(f.updated, lf.updated)) * 1000000)::int8 \
+                    {file_cols} \
              FROM maasserver_bootresourcefile f \
-             JOIN maasserver_largefile lf ON lf.id = f.largefile_id \
+             {largefile_join} \
              JOIN maasserver_bootresourceset s ON s.id = f.resource_set_id \
              JOIN maasserver_bootresource r ON r.id = s.resource_id \
-             ORDER BY r.name, r.architecture, s.version, f.filename",
+             ORDER BY r.name, r.architecture, s.version, f.filename, r.id",
             opt(self.kflavor, "kflavor", "NULL"),
             opt(self.bootloader_type, "bootloader_type", "NULL"),
             opt(self.rolling, "rolling", "false"),
-            self.largefile_written("lf"),
         )
     }
 
@@ -251,6 +333,8 @@ impl Schema {
                 size: r.get(18),
                 oid: r.get(19),
                 updated_us: r.get(20),
+                largefile: r.get(21),
+                disk_name: r.get(22),
             })
             .collect())
     }
@@ -319,6 +403,12 @@ pub struct FileRow {
     pub oid: u32,
     /// The later `updated` of the file and largefile rows, in microseconds.
     pub updated_us: i64,
+    /// Whether the file has a large object (always before 3.5; on 3.5+ until
+    /// MAAS's start-up export moved it to the image storage).
+    pub largefile: bool,
+    /// MAAS 3.5+: the file's name in the image storage, as stored
+    /// (`filename_on_disk`; the sha256 before migration 0330). None before 3.5.
+    pub disk_name: Option<String>,
 }
 
 impl FileRow {
@@ -337,10 +427,17 @@ impl FileRow {
         ])
     }
 
-    /// Whether every byte has been written.
+    /// Whether every byte has been written to the large object (false when the
+    /// file has none: on 3.5+ its bytes are then only in the image storage).
     pub fn complete(&self) -> bool {
-        self.size >= self.total_size
+        self.largefile && self.size >= self.total_size
     }
+}
+
+/// Whether `name` can be one component of a path (of the tree, or of the image
+/// storage).
+pub fn valid_component(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 
 /// MAAS's `bootresource.name` for an os and series: a custom image has a bare name.
@@ -535,6 +632,54 @@ fn write_python_str(s: &str, out: &mut String) {
     }
     out.push('"');
 }
+
+/// MAAS 3.5+ keeps image bytes in files on each region's disk, the "image
+/// storage": `get_maas_data_path("image-storage")`, i.e. `/var/lib/maas/image-storage`
+/// (deb) or `$SNAP_COMMON/maas/image-storage` (snap). `pgbootfs export` writes the
+/// bytes of a 1.7-3.4 database there ahead of the upgrade, named exactly as MAAS
+/// will look for them. The rules, as read in MAAS's source (canonical/maas):
+///
+/// - The name of a file that came from the database is its sha256 (64 lower-case
+///   hex digits). Migration 0308 (branch 3.5, `src/maasserver/migrations/maasserver/`)
+///   copies `largefile.sha256` and `largefile.total_size` into
+///   `bootresourcefile.sha256` and `.size`; migration 0330
+///   (`0330_bootresourcefile_filename_on_disk.py`, branch 3.6, backported to 3.5) adds `filename_on_disk` and sets it to `sha256` for every existing row
+///   ("we don't want to change the filename of the images that are already on the
+///   disk"). Before 0330, 3.5's `LocalBootResourceFile` was built from the sha256
+///   alone, so the name is the sha256 on every 3.5+ release.
+/// - Files MAAS downloads later get a short name instead
+///   (`BootResourceFileManager.calculate_filename_on_disk`,
+///   `src/maasserver/models/bootresourcefile.py`, branch 3.7): the
+///   `filename_on_disk` of an existing row with the same sha256, else the first 7
+///   hex digits, longer until no existing name starts with it. Never a database
+///   file's name: readers take `filename_on_disk` as stored.
+/// - The path is `<image-storage>/<filename_on_disk>`; while being written it is
+///   `Path.with_suffix(".incomplete")` of that (`LocalBootResourceFile.path`,
+///   `.partial_file_path`, `src/maasserver/utils/bootresource.py`, branches 3.5-3.7):
+///   the name has no dot, so `<name>.incomplete`. `commit()` renames it into place.
+/// - A file counts as present when `LocalBootResourceFile.valid`: `complete` (the
+///   final name exists, or the row's size is 0) and the sha256 of the final name
+///   (else of `<name>.incomplete`) equals the row's. The start-up export
+///   (`export_images_from_db`, `src/maasserver/bootresources.py`, branch 3.5) skips
+///   such a file ("skipping, file already present"), records its
+///   `bootresourcefilesync` row, and only deletes the largefile and `lo_unlink`s its
+///   object. Its later revisions first check that the free space covers the
+///   distinct sizes still in the database; all ignore largefiles whose
+///   `size != total_size` (unfinished: MAAS downloads them again).
+/// - A 0-byte file: `store()` -> `allocate()` seeks to -1 and fails
+///   (`LocalStoreAllocationFail`) inside the export's one transaction, so the whole
+///   start-up export fails; an empty file already at the final name is `valid`
+///   (sha256 of nothing) and skipped, which is why export writes it too.
+/// - Mode: the region writes with `open("wb")` under its umask (0644 for downloads
+///   and the start-up export); `initialize_image_storage` deletes every entry of the
+///   directory it does not expect at each start, so nothing else may live there.
+pub fn storage_name(sha256: &str) -> &str {
+    sha256
+}
+
+/// The mode of the files MAAS's region writes into the image storage (downloads
+/// and the start-up export, `open("wb")` under umask 022).
+pub const STORAGE_FILE_MODE: u32 = 0o644;
 
 #[cfg(test)]
 mod tests {

@@ -41,11 +41,18 @@ struct Cli {
     #[arg(long, global = true, value_name = "CONNINFO")]
     handle_db: Option<String>,
 
-    /// Log more on standard error: -v shows what ls, verify, import and remove do
-    /// (they print only results and problems otherwise), -vv debug lines. The
-    /// daemons (mount, serve) log at info without it. RUST_LOG, if set, wins.
+    /// Log more on standard error: -v shows what ls, verify, import, remove and
+    /// export do (they print only results and problems otherwise), -vv debug
+    /// lines. The daemons (mount, serve) log at info without it. RUST_LOG, if set,
+    /// wins.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// MAAS 3.5+ only: the region's image storage directory, where the image files
+    /// are (default: /var/lib/maas/image-storage, then the snap's
+    /// /var/snap/maas/common/maas/image-storage).
+    #[arg(long, global = true, value_name = "DIR")]
+    image_storage: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -84,6 +91,14 @@ plus allow_other, foreground, log=FILE and log_level=LEVEL.")]
   pgbootfs --db service=maas verify
   pgbootfs --db service=maas verify ubuntu/amd64/ga-22.04/jammy")]
     Verify(PathArg),
+    /// Write every complete image file of a MAAS 1.7-3.4 database into a MAAS 3.5+
+    /// image storage directory, named as MAAS 3.5+ looks for them (read-only on
+    /// the database; resumable).
+    #[command(after_help = "Examples:
+  pgbootfs --db service=maas export --image-storage /var/lib/maas/image-storage --owner maas
+  pgbootfs --db 'host=standby dbname=maasdb' export --image-storage /backup/images --jobs 2
+  pgbootfs --db service=maas export --image-storage /var/lib/maas/image-storage --dry-run")]
+    Export(ExportArgs),
     /// Remove a version, a series or a subarch with the large objects nothing else uses.
     #[command(after_help = "Examples:
   pgbootfs --db service=maas remove ubuntu/amd64/ga-22.04/jammy/20240101
@@ -132,6 +147,25 @@ struct ImportArgs {
     /// upload's.
     #[arg(long)]
     title: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The image storage to write into (created when absent): MAAS 3.5+ reads
+    /// /var/lib/maas/image-storage (deb) or /var/snap/maas/common/maas/image-storage
+    /// (snap); any directory makes a backup.
+    #[arg(long, value_name = "DIR")]
+    image_storage: PathBuf,
+    /// Files written at once, each on its own database connection.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    jobs: usize,
+    /// Owner of the files written (and of DIR if export creates it), e.g. maas or
+    /// maas:maas; default: the user running export.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    owner: Option<String>,
+    /// List what would be written and check the free space; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -472,6 +506,7 @@ fn main() -> ExitCode {
     let db_arg = cli
         .db
         .or_else(|| std::env::var(mount_helper::SOURCE_ENV).ok());
+    let image_storage = cli.image_storage;
     let result = DbConfig::resolve(db_arg.as_deref())
         .and_then(|db| match cli.handle_db.as_deref() {
             Some(overlay) => db.with_handle_overlay(overlay),
@@ -485,6 +520,7 @@ fn main() -> ExitCode {
                     refresh: Duration::from_secs(args.refresh.max(1)),
                     pool: args.pool.options(Duration::from_secs(args.pool_timeout)),
                     cache_dir: args.pool.cache_dir(),
+                    image_storage: image_storage.clone(),
                     threads: args.threads,
                     read_threads: args.read_threads,
                     allow_other: args.allow_other,
@@ -518,13 +554,33 @@ fn main() -> ExitCode {
                     })
                     .map_err(Box::<dyn std::error::Error>::from)
             }
-            Command::Ls(args) => {
-                store::list::run(&db, &args.path, args.json, &mut std::io::stdout())
+            Command::Ls(args) => store::list::run(
+                &db,
+                &args.path,
+                args.json,
+                image_storage.as_deref(),
+                &mut std::io::stdout(),
+            )
+            .map_err(Box::<dyn std::error::Error>::from),
+            Command::Verify(args) => store::verify::run(
+                &db,
+                &args.path,
+                image_storage.as_deref(),
+                &mut std::io::stdout(),
+            )
+            .map(|_| ())
+            .map_err(Box::<dyn std::error::Error>::from),
+            Command::Export(args) => {
+                let opts = store::export::ExportOptions {
+                    dir: args.image_storage,
+                    jobs: args.jobs.max(1),
+                    owner: args.owner,
+                    dry_run: args.dry_run,
+                };
+                store::export::run(&db, &opts, &mut std::io::stdout())
+                    .map(|_| ())
                     .map_err(Box::<dyn std::error::Error>::from)
             }
-            Command::Verify(args) => store::verify::run(&db, &args.path, &mut std::io::stdout())
-                .map(|_| ())
-                .map_err(Box::<dyn std::error::Error>::from),
             Command::Remove(args) => store::remove::run(&db, &args.path, &mut std::io::stdout())
                 .map(|_| ())
                 .map_err(Box::<dyn std::error::Error>::from),
@@ -536,6 +592,7 @@ fn main() -> ExitCode {
                         .pool
                         .options(Duration::from_secs(args.http_opts.http_pool_wait.max(1))),
                     cache_dir: args.pool.cache_dir(),
+                    image_storage: image_storage.clone(),
                 };
                 http::serve(&db, &opts).map_err(Box::<dyn std::error::Error>::from)
             }

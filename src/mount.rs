@@ -28,6 +28,8 @@ pub struct MountOptions {
     pub pool: PoolOptions,
     /// The disk cache, if any.
     pub cache_dir: Option<CacheDir>,
+    /// MAAS 3.5+: the image storage directory (`--image-storage`; else MAAS's own).
+    pub image_storage: Option<PathBuf>,
     /// FUSE worker threads (metadata and reads from memory).
     pub threads: usize,
     /// Threads for reads that wait on the database.
@@ -111,7 +113,12 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
     prepare_mountpoint(&opts.mountpoint)?;
     // Resolved now: once mounted, a stat of the mountpoint waits for our own session.
     let canonical = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
-    let services = Services::start(db, &opts.pool, opts.cache_dir.as_ref())?;
+    let services = Services::start(
+        db,
+        &opts.pool,
+        opts.cache_dir.as_ref(),
+        opts.image_storage.as_deref(),
+    )?;
     let mut serving = format!("mounted at {}", canonical.display());
     if let Some(http_opts) = &opts.http {
         let server = crate::http::start(services.catalog.clone(), &services.pool, http_opts)
@@ -128,7 +135,8 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
         services.pool.clone(),
         open.clone(),
     );
-    let passthrough = services.pool.disk().is_some();
+    // Files of the disk cache and of MAAS 3.5+'s image storage are read by the kernel.
+    let passthrough = services.pool.disk().is_some() || services.catalog.image_storage().is_some();
     let fs = BootFs::new(Arc::new(core), opts.read_threads, passthrough)
         .map_err(|e| MountError::Spawn("the read threads", e))?;
 

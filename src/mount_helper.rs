@@ -44,6 +44,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "cache_memory",
     "cache_dir",
     "cache_size",
+    "image_storage",
     "threads",
     "read_threads",
     "read_ahead_kb",

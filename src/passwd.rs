@@ -1,5 +1,5 @@
-//! The effective user's entry in the password database: the one place pgbootfs asks
-//! who it runs as. libpq takes the default role name from it, and its home
+//! The password and group databases: the one place pgbootfs asks who it runs as,
+//! and who a user or group named on the command line is (`export --owner`). libpq takes the default role name from it, and its home
 //! directory when `HOME` is unset (a systemd service without `User=`, or a daemon
 //! started by mount(8), which clears the environment).
 //!
@@ -17,6 +17,10 @@ pub struct User {
     pub name: OsString,
     /// The home directory (`pw_dir`), if the entry has one.
     pub home: Option<OsString>,
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
 }
 
 /// The buffer is grown up to this size when the entry does not fit (ERANGE); an
@@ -42,25 +46,70 @@ pub fn current() -> Option<User> {
     lookup(uid)
 }
 
-fn lookup(uid: libc::uid_t) -> Option<User> {
+/// The entry of user `uid`.
+pub fn by_uid(uid: u32) -> Option<User> {
+    lookup(uid)
+}
+
+/// The entry of the user named `name`.
+pub fn by_name(name: &str) -> Option<User> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: as in `lookup`, with getpwnam_r and a NUL-terminated name that
+    // outlives the call.
+    read_entry(|entry, buf, len, found| unsafe {
+        libc::getpwnam_r(c.as_ptr(), entry, buf, len, found)
+    })
+}
+
+/// The id of the group named `name`.
+pub fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0u8; 4096];
     loop {
-        // SAFETY: passwd is a plain C struct for which all-zero bytes are valid
-        // (null pointers, zero ids); getpwuid_r fills it before it is read.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: `entry` and `found` are
-        // locals, and `buf` is writable for `buf.len()` bytes. The strings written
-        // into `buf` are copied out below, before `buf` changes or is dropped.
+        // SAFETY: group is a plain C struct for which all-zero bytes are valid;
+        // getgrnam_r fills it before it is read.
+        let mut entry: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: the name is NUL-terminated,
+        // `entry` and `found` are locals, `buf` is writable for its length. Only
+        // gr_gid, a plain number, is read afterwards.
         let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
+            libc::getgrnam_r(
+                c.as_ptr(),
                 &mut entry,
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 &mut found,
             )
         };
+        if rc == libc::ERANGE && buf.len() < MAX_BUFFER {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !found.is_null()).then_some(entry.gr_gid);
+    }
+}
+
+fn lookup(uid: libc::uid_t) -> Option<User> {
+    // SAFETY: every pointer is valid for the call: `entry` and `found` are
+    // locals, and `buf` is writable for `len` bytes (see `read_entry`).
+    read_entry(|entry, buf, len, found| unsafe { libc::getpwuid_r(uid, entry, buf, len, found) })
+}
+
+/// Runs a `getpw*_r` call with a buffer that grows on ERANGE, and copies the
+/// entry out of it.
+fn read_entry(
+    call: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> libc::c_int,
+) -> Option<User> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is a plain C struct for which all-zero bytes are valid
+        // (null pointers, zero ids); the call fills it before it is read.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // The strings written into `buf` are copied out below, before `buf`
+        // changes or is dropped.
+        let rc = call(&mut entry, buf.as_mut_ptr().cast(), buf.len(), &mut found);
         if rc == libc::ERANGE && buf.len() < MAX_BUFFER {
             buf.resize(buf.len() * 2, 0);
             continue;
@@ -74,6 +123,8 @@ fn lookup(uid: libc::uid_t) -> Option<User> {
         return Some(User {
             name: name?,
             home: home.filter(|h| !h.is_empty()),
+            uid: entry.pw_uid,
+            gid: entry.pw_gid,
         });
     }
 }
@@ -111,5 +162,15 @@ mod tests {
     fn root_has_an_entry_and_a_missing_uid_has_none() {
         assert_eq!(lookup(0).map(|u| u.name), Some(OsString::from("root")));
         assert_eq!(lookup(4_000_000_000), None);
+    }
+
+    #[test]
+    fn users_and_groups_by_name() {
+        let root = by_name("root").expect("root has an entry");
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(by_uid(0), Some(root));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(by_name("no-such-user-here"), None);
+        assert_eq!(group_id("no-such-group-here"), None);
     }
 }

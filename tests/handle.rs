@@ -27,6 +27,7 @@ fn setup(data: &[u8]) -> (Cluster, HandlePool, FileInfo) {
         size: data.len() as u64,
         sha256: sha256_hex(data),
         filetype: "squashfs".into(),
+        stored: None,
     };
     (pg, pool, info)
 }

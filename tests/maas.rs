@@ -71,8 +71,6 @@ const ERAS: [Era; 5] = [
     },
 ];
 
-const MAAS_35: &str = include_str!("../schema/maas-3.5.sql");
-
 /// A database of `era`'s tables; returns its conninfo.
 fn era_db(pg: &Cluster, era: &Era) -> String {
     let db = pg.create_db(&era.name.replace(['-', '.'], "_"));
@@ -480,57 +478,6 @@ fn every_command_on_every_schema_writes_and_reads_rows_as_maas() {
         assert_eq!(counts(&mut c).resources, 3, "{}", era.name);
         assert_consistent(&mut c);
     }
-}
-
-#[test]
-fn maas_35_is_refused_clearly_and_nothing_is_written() {
-    let pg = Cluster::start();
-    let db = pg.conninfo("postgres");
-    let mut c = pg.client("postgres");
-    c.batch_execute(MAAS_35).unwrap();
-    c.batch_execute(
-        "INSERT INTO maasserver_bootresource (created, updated, rtype, name, architecture, \
-             extra, rolling, base_image) VALUES (now(), now(), 0, 'ubuntu/noble', \
-             'amd64/generic', '{}', false, '')",
-    )
-    .unwrap();
-    let tables = |c: &mut postgres::Client| -> i64 {
-        c.query_one(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'maasserver_%' AND relkind = 'r'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    };
-    assert_eq!(tables(&mut c), 3);
-    let src = SrcTree::new();
-    src.add("custom/amd64/generic/x/1/root-tgz", b"x");
-    let mnt = temp_dir("pgbt-35-");
-    let runs: [Vec<&str>; 6] = [
-        vec!["ls"],
-        vec!["verify"],
-        vec!["remove", "ubuntu/amd64/generic"],
-        vec!["import", src.path().to_str().unwrap()],
-        vec!["serve", "--listen", "127.0.0.1:0"],
-        vec!["mount", mnt.path().to_str().unwrap()],
-    ];
-    for args in runs {
-        let err = pgbootfs_fails(&db, &args);
-        assert!(
-            err.contains("MAAS 3.5") && err.contains("on the region's disk"),
-            "{args:?}: {err}"
-        );
-    }
-    assert_eq!(tables(&mut c), 3, "no table created");
-    let n: i64 = c
-        .query_one(
-            "SELECT (SELECT count(*) FROM maasserver_bootresource) \
-             + (SELECT count(*) FROM pg_largeobject_metadata)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1, "nothing written");
 }
 
 /// Loads the golden rows (every column, ids included) into a database of `era`'s

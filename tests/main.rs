@@ -4,10 +4,12 @@
 mod cache;
 mod common;
 mod db;
+mod export;
 mod handle;
 mod hostile;
 mod http;
 mod maas;
+mod maas35;
 mod mount;
 mod ops;
 mod resume;

@@ -696,6 +696,7 @@ fn remove_leaves_open_readers_their_snapshot() {
         size: data.len() as u64,
         sha256: sha256_hex(&data),
         filetype: "squashfs".into(),
+        stored: None,
     };
     let h = pool.open(&file, "squashfs");
     // The first read sets the handle up, and with it the snapshot.

@@ -75,11 +75,6 @@ pub enum DbError {
         /// The tables missing.
         missing: Vec<String>,
     },
-    /// The database is MAAS 3.5 or later: images live on the region's disk.
-    ImagesOnDisk {
-        /// host, port and database.
-        target: String,
-    },
 }
 
 impl fmt::Display for DbError {
@@ -97,12 +92,6 @@ impl fmt::Display for DbError {
                 "database {target} is not a MAAS image store: missing table(s) {} \
                  (create them with `pgbootfs import`, or point --db at the MAAS region database)",
                 missing.join(", ")
-            ),
-            DbError::ImagesOnDisk { target } => write!(
-                f,
-                "database {target} is a MAAS 3.5 or later region database: MAAS 3.5 keeps boot \
-                 images on the region's disk (/var/lib/maas/image-storage), not in the database, \
-                 so there is nothing to mount, serve or import here (pgbootfs supports MAAS 1.7-3.4)"
             ),
         }
     }

@@ -303,6 +303,7 @@ mod tests {
             size,
             sha256: sha.into(),
             filetype: "root-tgz".into(),
+            stored: None,
         }
     }
 

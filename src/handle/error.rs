@@ -72,6 +72,14 @@ pub enum HandleErrorKind {
         /// Why the last attempt failed.
         cause: Box<HandleError>,
     },
+    /// MAAS 3.5+: the image storage file could not be opened or read, or is not
+    /// the size its row says (`file` names it).
+    Storage {
+        /// The file in the image storage.
+        file: std::path::PathBuf,
+        /// What the system said.
+        err: std::io::Error,
+    },
 }
 
 impl ErrorClass {
@@ -156,6 +164,12 @@ impl HandleError {
                 Verdict::new(Gone, false)
             }
             HandleErrorKind::Failed | HandleErrorKind::Thread(_) => Verdict::new(Broken, false),
+            // Replaced or deleted by MAAS before it was opened: the catalog's next
+            // refresh shows what is there now.
+            HandleErrorKind::Storage { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
+                Verdict::new(Gone, false)
+            }
+            HandleErrorKind::Storage { .. } => Verdict::new(Broken, false),
         }
     }
 
@@ -203,6 +217,9 @@ impl HandleError {
                 waited.as_secs(),
                 cause.reason()
             ),
+            HandleErrorKind::Storage { file, err } => {
+                format!("image storage file {}: {err}", file.display())
+            }
         }
     }
 }
@@ -219,6 +236,7 @@ impl std::error::Error for HandleError {
             HandleErrorKind::Db(e) => Some(e),
             HandleErrorKind::Stream(e) => Some(e),
             HandleErrorKind::Lost { cause, .. } => Some(cause.as_ref()),
+            HandleErrorKind::Storage { err, .. } => Some(err),
             _ => None,
         }
     }

@@ -134,8 +134,9 @@ impl Session for LoSession {
 
 /// The field bytes of a binary COPY of one `bytea` column, without the framing:
 /// hand-parsed rather than through a COPY crate so that readers copy straight out
-/// of the driver's buffer (`fill_buf`), one copy per byte in all.
-struct CopyFields<R> {
+/// of the driver's buffer (`fill_buf`), one copy per byte in all. Read-ahead and
+/// `export` both read large objects through it.
+pub struct CopyFields<R> {
     inner: R,
     started: bool,
     /// Bytes of the current field not yet consumed.
@@ -145,7 +146,8 @@ struct CopyFields<R> {
 }
 
 impl<R: BufRead> CopyFields<R> {
-    fn new(inner: R) -> Self {
+    /// The fields of the binary COPY `inner` yields.
+    pub fn new(inner: R) -> Self {
         CopyFields {
             inner,
             started: false,

@@ -42,6 +42,7 @@ pub mod pool;
 mod readahead;
 mod resume;
 mod source;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +59,7 @@ use cache::{CHUNK, Content, Step};
 pub use error::{ErrorClass, HandleError, HandleErrorKind};
 use file::FileSource;
 use idle::Idle;
+pub use lo::CopyFields;
 use lo::LoSource;
 pub use pool::{HandlePool, PoolOptions, PoolStats};
 use readahead::{Outcome, Readahead};
@@ -110,6 +112,9 @@ struct Shared {
     state: Mutex<State>,
     /// The chunk `prepare` made ready and where it came from, for the metrics.
     prepared: Mutex<Option<(u64, Source)>>,
+    /// MAAS 3.5+: the image storage file every read comes from, opened with the
+    /// handle (see [`storage`]); no database is used then.
+    storage: Option<storage::StorageFile>,
 }
 
 #[derive(Default)]
@@ -186,6 +191,10 @@ impl HandlePool {
             epoch: Instant::now(),
             state: Mutex::new(State::default()),
             prepared: Mutex::new(None),
+            storage: file
+                .stored
+                .as_deref()
+                .map(|p| storage::StorageFile::open(p, file.size)),
         });
         let weak: std::sync::Weak<dyn Idle> = Arc::downgrade(&shared) as _;
         self.watch(weak);
@@ -208,6 +217,9 @@ impl Handle {
     /// (setting up the handle if they must come from there): lets a caller fail
     /// before it has promised anything, as HTTP does before its headers.
     pub fn prepare(&self, offset: u64) -> Result<(), HandleError> {
+        if let Some(s) = &self.shared.storage {
+            return s.file().map(|_| ()).map_err(|k| self.shared.error(k));
+        }
         if offset >= self.shared.size {
             return Ok(());
         }
@@ -248,6 +260,17 @@ impl Handle {
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Ok(f(&[]));
         };
+        if let Some(s) = &sh.storage {
+            if sh.closed.load(Ordering::Relaxed) {
+                return Err(sh.error(HandleErrorKind::Failed));
+            }
+            let r = s.read(offset, end, f).map_err(|k| sh.error(k))?;
+            if served {
+                crate::metrics::served(Source::Disk, end - offset);
+            }
+            sh.touch();
+            return Ok(r);
+        }
         let (chunks, sources): (Vec<_>, Vec<_>) = (first..=last)
             .map(|i| sh.chunk(i))
             .collect::<Result<Vec<_>, _>>()?
@@ -276,7 +299,8 @@ impl Handle {
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Some(f(&[]));
         };
-        if sh.closed.load(Ordering::Relaxed) {
+        // A storage file is read on the caller's read threads, never here.
+        if sh.closed.load(Ordering::Relaxed) || sh.storage.is_some() {
             return None;
         }
         let chunks = (first..=last)
@@ -482,6 +506,7 @@ impl Shared {
                 size: self.size,
                 sha256: self.target.sha256.clone(),
                 filetype: String::new(),
+                stored: None,
             },
             &self.path,
             true,
@@ -669,10 +694,22 @@ impl Handle {
     /// hands it to the kernel for passthrough.
     pub fn cached_file(&self) -> Option<std::fs::File> {
         let sh = &self.shared;
+        // MAAS 3.5+: the storage file itself, the descriptor opened with the handle.
+        if let Some(s) = &sh.storage {
+            return s.file().ok()?.try_clone().ok();
+        }
         if !sh.pool().share_by_sha256 {
             return None;
         }
         sh.pool().disk.as_ref()?.lookup(&sh.target.sha256, sh.size)
+    }
+}
+
+impl Handle {
+    /// MAAS 3.5+: the image storage file this handle reads, opened with it (None
+    /// when its bytes come from the database): HTTP sends it with sendfile(2).
+    pub fn storage_file(&self) -> Option<Arc<std::fs::File>> {
+        self.shared.storage.as_ref()?.file().ok().cloned()
     }
 }
 

@@ -46,6 +46,7 @@ fn open(pool: &HandlePool, src: &Arc<FakeSource>, size: u64, key: &str) -> Handl
         size,
         sha256: key.into(),
         filetype: "squashfs".into(),
+        stored: None,
     };
     pool.open_source(Arc::new(src.clone()), key.into(), &info, key, false)
 }

@@ -93,6 +93,8 @@ pub struct ServeOptions {
     pub pool: PoolOptions,
     /// The disk cache, if any.
     pub cache_dir: Option<CacheDir>,
+    /// MAAS 3.5+: the image storage directory (`--image-storage`; else MAAS's own).
+    pub image_storage: Option<std::path::PathBuf>,
 }
 
 /// Why `pgbootfs serve` could not start.
@@ -125,8 +127,13 @@ impl std::error::Error for ServeError {
 /// `pgbootfs serve`: HTTP only, until SIGINT, SIGTERM or SIGHUP.
 pub fn serve(db: &DbConfig, opts: &ServeOptions) -> Result<(), ServeError> {
     let mut signals = StopSignals::catch().map_err(ServeError::Io)?;
-    let services =
-        Services::start(db, &opts.pool, opts.cache_dir.as_ref()).map_err(ServeError::Start)?;
+    let services = Services::start(
+        db,
+        &opts.pool,
+        opts.cache_dir.as_ref(),
+        opts.image_storage.as_deref(),
+    )
+    .map_err(ServeError::Start)?;
     services
         .refresh_every(opts.refresh, |_| {})
         .map_err(ServeError::Io)?;
@@ -557,8 +564,9 @@ fn route(ctx: &Ctx, rq: &Head) -> Reply {
         }
         Target::ByHash(sha) => {
             // Only complete files are in the tree: an unfinished hash is a 404.
-            let sha = sha.to_ascii_lowercase();
-            return match tree.by_sha256(&sha) {
+            // MAAS 3.5+ racks ask by `filename_on_disk` (a sha256 or its prefix).
+            let name = sha.to_ascii_lowercase();
+            return match tree.by_resource_name(&name) {
                 Some(
                     node @ Node {
                         kind: NodeKind::File(f),

@@ -154,3 +154,19 @@ pub const HAS_LARGEFILES: &str = "SELECT to_regclass('maasserver_largefile') IS 
 pub const OPEN_AND_CHECK_OBJECT: &str = "SELECT lo_lseek64(lo_open($1::oid, 262144), 0, 2), \
      (SELECT bool_or(sha256 = $2 AND total_size = $3) \
       FROM maasserver_largefile WHERE content = $1::oid)";
+
+/// The COPY that streams `size` bytes of large object `oid` in one statement, as
+/// `lo_get` rows of `row` bytes in order (no round trip per chunk: the field notes
+/// measured this near 1 GB/s). Rows come as COPY binary tuples of one bytea.
+pub fn copy_object(oid: u32, size: u64, row: u64) -> String {
+    format!(
+        "COPY (SELECT lo_get({oid}, o, {row}) FROM generate_series(0, {last}, {row}) o ORDER BY o) \
+         TO STDOUT (FORMAT binary)",
+        last = size as i64 - 1,
+    )
+}
+
+/// How many bytes large object $1 holds at offset $2 (0 or 1): a byte past the
+/// row's `total_size` means the object is longer than the row says. Fails when
+/// the object does not exist.
+pub const OBJECT_BYTE_AT: &str = "SELECT length(lo_get($1::oid, $2::int8, 1))::int4";

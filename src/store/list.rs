@@ -1,5 +1,6 @@
 //! `pgbootfs ls [PATH] [--json]`: what the store holds, unfinished files included
-//! (the mount hides them). Also the row loader that `verify` and `remove` share.
+//! (the mount hides them), and on MAAS 3.5+ where each file's bytes are (database,
+//! disk, missing). Also the row loader that `verify` shares.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,9 +9,10 @@ use log::warn;
 use postgres::GenericClient;
 use serde_json::{Value, json};
 
-use super::{StoreError, StorePath, open_schema};
+use super::{StoreError, StorePath, open_schema, open_storage};
 use crate::catalog::valid_component;
 use crate::db::DbConfig;
+use crate::image_storage::{ImageStorage, OnDisk, Place};
 use crate::maas::Schema;
 
 /// One file row with its set, resource and largefile.
@@ -30,8 +32,12 @@ pub struct StoredFile {
     pub written: i64,
     /// The large object.
     pub oid: u32,
-    /// maasserver_largefile.id.
+    /// maasserver_largefile.id (0 on 3.5+ when the file has none).
     pub largefile_id: i64,
+    /// MAAS 3.5+: the file's name in the image storage (filename_on_disk).
+    pub disk_name: Option<String>,
+    /// Where its bytes can be read in full, if anywhere.
+    pub place: Place,
 }
 
 impl StoredFile {
@@ -45,9 +51,27 @@ impl StoredFile {
         self.parts[..5].join("/")
     }
 
-    /// Whether every byte has been written.
+    /// Whether every byte can be read (from the database or the image storage).
     pub fn complete(&self) -> bool {
-        self.written >= self.total_size
+        !matches!(self.place, Place::Missing(_))
+    }
+
+    /// On MAAS 3.5+, where the bytes are, for `ls`: `disk NAME`, `database (large
+    /// object N)`, or `missing` and what the image storage holds.
+    fn location(&self) -> String {
+        let name = self.disk_name.as_deref().unwrap_or("");
+        match &self.place {
+            Place::Disk(_) => format!("disk {name}"),
+            Place::Database => format!("database (large object {})", self.oid),
+            Place::Missing(on_disk) => match on_disk {
+                Some(OnDisk::WrongSize(n)) => {
+                    format!("missing ({name} holds {n} of {} bytes)", self.total_size)
+                }
+                Some(OnDisk::Writing) => format!("missing ({name} being written by MAAS)"),
+                Some(OnDisk::BadName) => format!("missing (invalid filename_on_disk {name:?})"),
+                _ => format!("missing ({name} not in the image storage)"),
+            },
+        }
     }
 
     fn parts_ref(&self) -> Vec<&str> {
@@ -61,6 +85,7 @@ pub fn load(
     client: &mut impl GenericClient,
     schema: &Schema,
     under: &StorePath,
+    storage: Option<&ImageStorage>,
 ) -> Result<Vec<StoredFile>, StoreError> {
     let rows = schema.load_files(client)?;
     let mut out = Vec::new();
@@ -88,6 +113,8 @@ pub fn load(
             written: r.size,
             oid: r.oid,
             largefile_id: r.largefile_id,
+            disk_name: r.disk_name.clone(),
+            place: Place::of(r, storage),
         };
         if under.contains(&file.parts_ref()) {
             out.push(file);
@@ -102,12 +129,14 @@ pub fn run(
     db: &DbConfig,
     path: &str,
     as_json: bool,
+    image_storage: Option<&std::path::Path>,
     out: &mut impl Write,
 ) -> Result<(), StoreError> {
     let under = StorePath::parse(path)?;
     let mut client = db.connect("pgbootfs-ls")?;
     let schema = open_schema(&mut client, &db.describe())?;
-    let files = load(&mut client, &schema, &under)?;
+    let storage = open_storage(&schema, image_storage, &db.describe())?;
+    let files = load(&mut client, &schema, &under, storage.as_ref())?;
     if files.is_empty() && !under.parts().is_empty() {
         return Err(StoreError::NotFound(under.display()));
     }
@@ -145,7 +174,9 @@ pub fn run(
         )
         .map_err(write_err)?;
         for f in fs {
-            let state = if f.complete() {
+            let state = if schema.on_disk {
+                f.location()
+            } else if f.complete() {
                 "complete".to_string()
             } else {
                 format!("unfinished ({} of {} bytes)", f.written, f.total_size)
@@ -179,6 +210,8 @@ fn set_json(path: &str, files: &[&StoredFile]) -> Value {
             "complete": f.complete(),
             "sha256": f.sha256,
             "oid": f.oid,
+            "location": f.place.word(),
+            "disk_name": f.disk_name,
         })).collect::<Vec<_>>(),
     })
 }

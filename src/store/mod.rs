@@ -16,6 +16,7 @@ use crate::catalog::valid_component;
 use crate::db::DbError;
 use crate::maas::Schema;
 
+pub mod export;
 pub mod import;
 pub mod list;
 pub mod progress;
@@ -81,6 +82,49 @@ pub enum StoreError {
     NotFound(String),
     /// Writing the report to standard output failed (a closed pipe, say).
     Output(std::io::Error),
+    /// A writing command on a MAAS 3.5+ database, whose images MAAS's own
+    /// workflows keep in the region's image storage.
+    OnDisk {
+        /// host, port and database.
+        target: String,
+        /// `import` or `remove`.
+        command: &'static str,
+    },
+    /// MAAS 3.5+: the image storage cannot be found or read.
+    Storage(crate::image_storage::StorageError),
+    /// `export` could not use a file or directory of the image storage.
+    Export {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("creating", ...).
+        what: String,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// The image storage's file system has too little room for what `export`
+    /// still has to write; nothing was written.
+    NoSpace {
+        /// The image storage directory.
+        dir: PathBuf,
+        /// Bytes still to write.
+        need: u64,
+        /// Bytes free.
+        avail: u64,
+    },
+    /// `--owner` names no user or group of this host.
+    BadOwner {
+        /// The argument.
+        owner: String,
+        /// Why.
+        reason: String,
+    },
+    /// `export` failed for some files (already reported one by one).
+    ExportFailed {
+        /// How many files failed.
+        failed: usize,
+        /// How many were to be exported.
+        of: usize,
+    },
     /// `verify` found problems (already reported one by one).
     VerifyFailed {
         /// How many files are wrong.
@@ -135,6 +179,32 @@ impl fmt::Display for StoreError {
                 f,
                 "nothing in the store under {path:?} (see `pgbootfs ls` for what is there)"
             ),
+            StoreError::OnDisk { target, command } => write!(
+                f,
+                "database {target} is a MAAS 3.5+ region database: its images are in the \
+                 region's image storage, which MAAS's own image sync and upload own, so \
+                 `pgbootfs {command}` writes nothing there (use MAAS's UI or CLI; pgbootfs \
+                 mount, serve, ls and verify read it)"
+            ),
+            StoreError::Storage(e) => e.fmt(f),
+            StoreError::Export { path, what, err } => {
+                write!(f, "{what} {}: {err}", path.display())
+            }
+            StoreError::NoSpace { dir, need, avail } => write!(
+                f,
+                "not enough free space in {}: {need} bytes still to export, {avail} free \
+                 ({} MiB short); nothing was written (free some space or export elsewhere)",
+                dir.display(),
+                (need - avail).div_ceil(1 << 20)
+            ),
+            StoreError::BadOwner { owner, reason } => {
+                write!(f, "invalid --owner {owner:?}: {reason}")
+            }
+            StoreError::ExportFailed { failed, of } => write!(
+                f,
+                "export failed for {failed} of {of} file(s) (see above); run it again to \
+                 retry them"
+            ),
             StoreError::VerifyFailed { bad, checked } => {
                 write!(f, "verify failed: {bad} of {checked} file(s) are wrong")
             }
@@ -146,7 +216,10 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Db(e) => Some(e),
-            StoreError::Io { err, .. } | StoreError::Output(err) => Some(err),
+            StoreError::Storage(e) => Some(e),
+            StoreError::Io { err, .. }
+            | StoreError::Output(err)
+            | StoreError::Export { err, .. } => Some(err),
             _ => None,
         }
     }
@@ -225,6 +298,36 @@ pub(crate) fn open_schema(
     Ok(Schema::detect(client, target)?)
 }
 
+/// Refuses `command` (a writer) on a MAAS 3.5+ database.
+pub(crate) fn refuse_on_disk(
+    schema: &Schema,
+    target: &str,
+    command: &'static str,
+) -> Result<(), StoreError> {
+    if schema.on_disk {
+        return Err(StoreError::OnDisk {
+            target: target.to_string(),
+            command,
+        });
+    }
+    Ok(())
+}
+
+/// MAAS 3.5+: the image storage (`--image-storage`, else MAAS's own paths);
+/// None on a database that keeps its images.
+pub(crate) fn open_storage(
+    schema: &Schema,
+    given: Option<&std::path::Path>,
+    target: &str,
+) -> Result<Option<crate::image_storage::ImageStorage>, StoreError> {
+    if !schema.on_disk {
+        return Ok(None);
+    }
+    crate::image_storage::ImageStorage::locate(given, target)
+        .map(Some)
+        .map_err(StoreError::Storage)
+}
+
 /// Creates the four tables where absent (never alters one) and detects their
 /// MAAS version. A MAAS 3.5+ database is refused before anything is written.
 pub(crate) fn ensure_schema(client: &mut Client, target: &str) -> Result<Schema, StoreError> {
@@ -234,7 +337,7 @@ pub(crate) fn ensure_schema(client: &mut Client, target: &str) -> Result<Schema,
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .map_err(|e| db_err("taking the store's write lock", e))?;
     match Schema::detect(&mut txn, target) {
-        Ok(_) => {}
+        Ok(s) => refuse_on_disk(&s, target, "import")?,
         Err(DbError::NotAStore { missing, .. }) => {
             // The server's "already exists, skipping" notices would only be noise.
             txn.batch_execute("SET LOCAL client_min_messages = warning")

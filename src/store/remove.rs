@@ -9,7 +9,7 @@ use std::io::Write;
 use log::info;
 use postgres::Transaction;
 
-use super::{StoreError, StorePath, db_err, lock_store, open_schema, split_name};
+use super::{StoreError, StorePath, db_err, lock_store, open_schema, refuse_on_disk, split_name};
 use crate::db::DbConfig;
 use crate::maas::sql;
 
@@ -51,7 +51,8 @@ pub fn run(db: &DbConfig, path: &str, out: &mut impl Write) -> Result<RemoveSumm
         }
     }
     let mut client = db.connect("pgbootfs-remove")?;
-    open_schema(&mut client, &db.describe())?;
+    let schema = open_schema(&mut client, &db.describe())?;
+    refuse_on_disk(&schema, &db.describe(), "remove")?;
     let mut txn = client
         .transaction()
         .map_err(|e| db_err("starting a transaction", e))?;
