@@ -483,22 +483,6 @@ fn download_rate(srv: &Server, path: &str, rounds: usize) -> (Vec<u64>, f64) {
     (got, rate)
 }
 
-/// Raises this process's descriptor limit to its hard limit (the flood needs
-/// over 1,000).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// 1,000 connections from 50 addresses, half sending nothing, half a header one
 /// byte a second, until dropped.
 struct Flood {

@@ -390,22 +390,6 @@ fn a_second_mount_over_a_live_one_is_refused_in_one_line() {
     assert_eq!(fs::read(live.path(ONE_FILE)).unwrap(), bytes(91, 1000));
 }
 
-/// Raises this process's descriptor limit to its hard limit (the flood below
-/// holds 2,000 connections).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// A connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
 fn connect_from(from: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -211,15 +211,13 @@ pub fn run(
         }
         writeln!(
             out,
-            "export (dry run, nothing written): would write {} file(s) ({} bytes) to {}; \
-             {} already valid ({} hashed); {} unfinished skipped; {} failed",
-            summary.written,
-            summary.bytes_written,
-            opts.dir.display(),
-            summary.valid,
-            summary.hashed,
-            summary.unfinished,
-            summary.failed
+            "{}",
+            summary_line(
+                &summary,
+                &opts.dir,
+                "export (dry run, nothing written): would write",
+                ""
+            )
         )
         .map_err(StoreError::Output)?;
         return finish(summary);
@@ -274,15 +272,8 @@ pub fn run(
     }
     writeln!(
         out,
-        "export: {} file(s) written ({} bytes) to {}; {} already valid ({} hashed); \
-         {} unfinished skipped; {} failed",
-        summary.written,
-        summary.bytes_written,
-        opts.dir.display(),
-        summary.valid,
-        summary.hashed,
-        summary.unfinished,
-        summary.failed
+        "{}",
+        summary_line(&summary, &opts.dir, "export:", " written")
     )
     .map_err(StoreError::Output)?;
     log::info!(
@@ -292,6 +283,22 @@ pub fn run(
         summary.failed
     );
     finish(summary)
+}
+
+/// The one-line summary: `lead` ("export:", or the dry run's words), the count,
+/// then `done` (" written", or nothing for a dry run).
+fn summary_line(summary: &ExportSummary, dir: &Path, lead: &str, done: &str) -> String {
+    format!(
+        "{lead} {} file(s){done} ({} bytes) to {}; {} already valid ({} hashed); \
+         {} unfinished skipped; {} failed",
+        summary.written,
+        summary.bytes_written,
+        dir.display(),
+        summary.valid,
+        summary.hashed,
+        summary.unfinished,
+        summary.failed
+    )
 }
 
 fn finish(summary: ExportSummary) -> Result<ExportSummary, StoreError> {
