@@ -20,6 +20,7 @@ pub mod digest;
 pub mod fs;
 pub mod handle;
 pub mod http;
+pub mod inside;
 pub mod maas;
 pub mod metrics;
 pub mod mount;
