@@ -172,6 +172,10 @@ struct MountArgs {
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
     allow_other: bool,
+    /// Show the contents of each browsable image (squashfs) at
+    /// /.inside/OS/ARCH/SUBARCH/SERIES/VERSION/FILENAME/, read on demand.
+    #[arg(long)]
+    inside: bool,
     /// Kernel read-ahead for the mount in KiB (root only; larger means bigger reads).
     #[arg(long, default_value_t = 2048, value_name = "KIB")]
     read_ahead_kb: u32,
@@ -449,6 +453,7 @@ fn main() -> ExitCode {
                     read_threads: args.read_threads,
                     allow_other: args.allow_other,
                     read_ahead_kb: args.read_ahead_kb,
+                    inside: args.inside,
                     http: args.http.map(|addr| args.http_opts.options(addr)),
                     metrics: args.metrics.map(|addr| HttpOptions {
                         metrics_only: true,

@@ -11,18 +11,41 @@
 //! - An open file keeps its attributes (and its handle its content) after the
 //!   catalog dropped it.
 //! - Opening touches no database: the handle sets up on the first read that needs it.
+//! - With `--inside` (see [`FsCore::with_inside`]), `/.inside` mirrors the tree's
+//!   directories and shows each browsable image as a directory of its contents;
+//!   without it nothing of this exists, not even the name.
+//!
+//! Inode numbers: the catalog's (small, from 2) for the tree; `MIRROR | n` for
+//! `/.inside` and its copy of catalog node `n` (a browsable file's copy is its
+//! image's root directory); `INNER | slot << 48 | id` for entry `id` of the image
+//! in `slot` (squashfs ids are inode references, under 2^48). Slots are handed out
+//! once per (path, content) for the process's life, so every number is stable and
+//! a hard link inside an image is one inode.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use log::debug;
+use std::collections::HashSet;
+use std::time::UNIX_EPOCH;
+
+use log::{debug, warn};
 use parking_lot::Mutex;
 
 use super::error::FsError;
 use crate::catalog::{Catalog, Ino, Node, NodeKind, ROOT, Tree};
 use crate::handle::{Handle, HandlePool};
+use crate::inside::{Archive, Entry, EntryKind, Format, Images, InsideError};
+
+/// The name of the inside view in the root directory.
+pub const INSIDE_NAME: &str = ".inside";
+/// Inode numbers of `/.inside` and its mirror of the catalog's directories.
+const MIRROR: Ino = 1 << 62;
+/// Inode numbers of entries inside images.
+const INNER: Ino = 1 << 63;
+const SLOT_SHIFT: u32 = 48;
+const ID_MASK: u64 = (1 << SLOT_SHIFT) - 1;
 
 /// How long the kernel may cache names, attributes and listings. Content never
 /// changes under an inode number, and each refresh tells the kernel what changed,
@@ -51,6 +74,8 @@ pub enum Kind {
     Dir,
     /// A regular file.
     File,
+    /// A symbolic link (inside images only).
+    Symlink,
 }
 
 /// The attributes of one entry, and how long the kernel may keep them.
@@ -70,6 +95,8 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// How long the kernel may cache this.
     pub ttl: Duration,
+    /// Owner and group as stored inside an image; None: the mounting user's.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Attr {
@@ -86,8 +113,60 @@ impl Attr {
             nlink,
             mtime: node.mtime,
             ttl: if node.ino == ROOT { ROOT_TTL } else { TTL },
+            owner: None,
         }
     }
+
+    /// The mirror of catalog node `node` under `/.inside`: a directory.
+    fn mirror(node: &Node, ino: Ino) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::Dir,
+            size: 0,
+            perm: 0o555,
+            nlink: 2,
+            mtime: node.mtime,
+            ttl: TTL,
+            owner: None,
+        }
+    }
+
+    /// An entry inside an image, as shown: setuid and setgid dropped, devices,
+    /// fifos and sockets as empty files.
+    fn inner(e: &Entry, ino: Ino) -> Attr {
+        let (kind, size) = match e.kind {
+            EntryKind::Dir => (Kind::Dir, e.size),
+            EntryKind::File => (Kind::File, e.size),
+            EntryKind::Symlink(_) => (Kind::Symlink, e.size),
+            EntryKind::Special => (Kind::File, 0),
+        };
+        Attr {
+            ino,
+            kind,
+            size,
+            perm: e.mode & 0o1777,
+            nlink: e.nlink.max(1),
+            mtime: UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64),
+            ttl: TTL,
+            owner: Some((e.uid, e.gid)),
+        }
+    }
+}
+
+/// Where an inode number of the inside view leads.
+enum Place<'t> {
+    /// `/.inside` itself or its copy of a catalog directory.
+    Mirror(&'t Node),
+    /// A browsable image's root directory (the copy of its catalog file).
+    ImageRoot(&'t Node, u32),
+    /// Entry `id` of the image in slot `slot`.
+    Inner(u32, u64),
+}
+
+/// A file inside an image, open.
+pub struct InsideFile {
+    archive: Arc<dyn Archive>,
+    id: u64,
 }
 
 /// Totals for statfs.
@@ -99,10 +178,16 @@ pub struct Totals {
     pub inodes: u64,
 }
 
-/// A file open through the mount: its handle and its attributes at open.
+/// A file open through the mount: its handle (or, inside an image, its archive)
+/// and its attributes at open.
 struct OpenFile {
-    handle: Arc<Handle>,
+    body: Body,
     attr: Attr,
+}
+
+enum Body {
+    Image(Arc<Handle>),
+    Inside(Arc<InsideFile>),
 }
 
 /// Every open file and directory of one mount.
@@ -122,7 +207,9 @@ impl OpenTable {
     pub fn close_all(&self) -> usize {
         let files: Vec<OpenFile> = self.files.lock().drain().map(|(_, f)| f).collect();
         for f in &files {
-            f.handle.close();
+            if let Body::Image(h) = &f.body {
+                h.close();
+            }
         }
         files.len()
     }
@@ -133,12 +220,30 @@ pub struct FsCore {
     source: Arc<dyn TreeSource>,
     pool: HandlePool,
     open: Arc<OpenTable>,
+    /// The inside view (`--inside`), when on.
+    inside: Option<Images>,
+    /// (image, reason) pairs already logged: a broken image is told once, not on
+    /// every lookup the kernel retries.
+    warned: Mutex<HashSet<String>>,
 }
 
 impl FsCore {
     /// A file system over `source`, reading through `pool`, tracking opens in `open`.
     pub fn new(source: Arc<dyn TreeSource>, pool: HandlePool, open: Arc<OpenTable>) -> FsCore {
-        FsCore { source, pool, open }
+        FsCore {
+            source,
+            pool,
+            open,
+            inside: None,
+            warned: Mutex::default(),
+        }
+    }
+
+    /// Turns on the inside view: `/.inside/PATH/` shows the contents of each
+    /// browsable image at `/PATH`, read through the same pool.
+    pub fn with_inside(mut self) -> FsCore {
+        self.inside = Some(Images::new(self.pool.clone()));
+        self
     }
 
     /// The current tree.
@@ -149,6 +254,12 @@ impl FsCore {
     /// The entry `name` of directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
         let tree = self.tree();
+        if parent == ROOT && name == INSIDE_NAME && self.inside.is_some() {
+            return self.getattr(MIRROR | ROOT, None);
+        }
+        if parent & (MIRROR | INNER) != 0 {
+            return self.inside_lookup(&tree, parent, name);
+        }
         tree.lookup(parent, name)
             .map(Attr::of)
             .ok_or(FsError::NotFound)
@@ -160,7 +271,18 @@ impl FsCore {
         if let Some(f) = fh.and_then(|fh| self.open.files.lock().get(&fh).map(|f| f.attr.clone())) {
             return Ok(f);
         }
-        self.tree().get(ino).map(Attr::of).ok_or(FsError::NotFound)
+        let tree = self.tree();
+        if ino & (MIRROR | INNER) != 0 {
+            return match self.place(&tree, ino)? {
+                Place::Mirror(n) | Place::ImageRoot(n, _) => Ok(Attr::mirror(n, ino)),
+                Place::Inner(slot, id) => {
+                    let archive = self.archive(slot)?;
+                    let e = archive.entry(id).map_err(|e| self.inside_error(e))?;
+                    Ok(Attr::inner(&e, ino))
+                }
+            };
+        }
+        tree.get(ino).map(Attr::of).ok_or(FsError::NotFound)
     }
 
     /// Opens a file for reading, with no database work.
@@ -169,52 +291,106 @@ impl FsCore {
             return Err(FsError::ReadOnly);
         }
         let tree = self.tree();
-        let node = tree.get(ino).ok_or(FsError::NotFound)?;
-        let file = node.file().ok_or(FsError::IsDir)?;
-        let handle = self.pool.open(file, &node.path);
+        let (body, attr) = if ino & (MIRROR | INNER) != 0 {
+            let Place::Inner(slot, id) = self.place(&tree, ino)? else {
+                return Err(FsError::IsDir);
+            };
+            let archive = self.archive(slot)?;
+            let e = archive.entry(id).map_err(|e| self.inside_error(e))?;
+            let attr = Attr::inner(&e, ino);
+            match attr.kind {
+                Kind::Dir => return Err(FsError::IsDir),
+                // O_NOFOLLOW opens of links: there is nothing to read.
+                Kind::Symlink => return Err(FsError::NotFound),
+                Kind::File => {}
+            }
+            (Body::Inside(Arc::new(InsideFile { archive, id })), attr)
+        } else {
+            let node = tree.get(ino).ok_or(FsError::NotFound)?;
+            let file = node.file().ok_or(FsError::IsDir)?;
+            let handle = self.pool.open(file, &node.path);
+            (Body::Image(Arc::new(handle)), Attr::of(node))
+        };
         let fh = self.open.next_fh();
-        self.open.files.lock().insert(
-            fh,
-            OpenFile {
-                handle: Arc::new(handle),
-                attr: Attr::of(node),
-            },
-        );
-        debug!("open {} as fh {fh}", node.path);
+        self.open.files.lock().insert(fh, OpenFile { body, attr });
+        debug!("open inode {ino} as fh {fh}");
         Ok(fh)
     }
 
     /// The handle behind an open file, for a read done elsewhere.
     pub fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
-        self.open
-            .files
-            .lock()
-            .get(&fh)
-            .map(|f| f.handle.clone())
-            .ok_or(FsError::BadHandle)
+        match self.open.files.lock().get(&fh).map(|f| &f.body) {
+            Some(Body::Image(h)) => Ok(h.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// The file inside an image behind an open file, if it is one.
+    pub fn inside_file(&self, fh: u64) -> Option<Arc<InsideFile>> {
+        match self.open.files.lock().get(&fh).map(|f| &f.body) {
+            Some(Body::Inside(f)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` of a file inside an image
+    /// (decompressing: call it off the metadata threads).
+    pub fn read_inside(&self, f: &InsideFile, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let mut buf = vec![0; size as usize];
+        let n = f
+            .archive
+            .read(f.id, offset, &mut buf)
+            .map_err(|e| self.inside_error(e))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The target of a symbolic link inside an image.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
+        let tree = self.tree();
+        let Place::Inner(slot, id) = self.place(&tree, ino)? else {
+            return Err(FsError::Invalid);
+        };
+        let e = self
+            .archive(slot)?
+            .entry(id)
+            .map_err(|e| self.inside_error(e))?;
+        match e.kind {
+            EntryKind::Symlink(target) => Ok(target),
+            _ => Err(FsError::Invalid),
+        }
     }
 
     /// Closes an open file: its handle gives back any connection at once.
     pub fn release(&self, fh: u64) {
         let removed = self.open.files.lock().remove(&fh);
-        if let Some(f) = removed {
-            f.handle.close();
-            debug!("release fh {fh} ({})", f.handle.path());
+        if let Some(OpenFile {
+            body: Body::Image(h),
+            ..
+        }) = removed
+        {
+            h.close();
+            debug!("release fh {fh} ({})", h.path());
         }
     }
 
     /// Opens a directory for listing.
     pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         let tree = self.tree();
-        match tree.get(ino).map(|n| &n.kind) {
-            Some(NodeKind::Dir(_)) => {
-                let fh = self.open.next_fh();
-                self.open.dirs.lock().insert(fh, tree);
-                Ok(fh)
+        if ino & (MIRROR | INNER) != 0 {
+            if self.getattr(ino, None)?.kind != Kind::Dir {
+                return Err(FsError::NotDir);
             }
-            Some(NodeKind::File(_)) => Err(FsError::NotDir),
-            None => Err(FsError::NotFound),
+        } else {
+            match tree.get(ino).map(|n| &n.kind) {
+                Some(NodeKind::Dir(_)) => {}
+                Some(NodeKind::File(_)) => return Err(FsError::NotDir),
+                None => return Err(FsError::NotFound),
+            }
         }
+        let fh = self.open.next_fh();
+        self.open.dirs.lock().insert(fh, tree);
+        Ok(fh)
     }
 
     /// Lists directory `ino` from entry `offset` on, passing each entry's next
@@ -227,18 +403,154 @@ impl FsCore {
         mut add: impl FnMut(u64, &str, &Attr) -> bool,
     ) -> Result<(), FsError> {
         let tree = self.pass_tree(fh, offset);
+        if ino & (MIRROR | INNER) != 0 {
+            let list = self.inside_list(&tree, ino)?;
+            for (i, (name, attr)) in list.iter().enumerate().skip(offset as usize) {
+                if add(i as u64 + 1, name, attr) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         let node = tree.get(ino).ok_or(FsError::NotFound)?;
         let children = tree.children(ino).ok_or(FsError::NotDir)?;
         let parent = tree.get(node.parent).unwrap_or(node);
-        let list = [(".", node), ("..", parent)].into_iter().chain(children);
-        for (i, (name, node)) in list.enumerate().skip(offset as usize) {
-            if add(i as u64 + 1, name, &Attr::of(node)) {
+        let list = [(".", Attr::of(node)), ("..", Attr::of(parent))]
+            .into_iter()
+            .chain(children.into_iter().map(|(name, n)| (name, Attr::of(n))));
+        // The inside view is listed last in the root, so offsets of the tree's
+        // own entries are the same with and without it.
+        let inside = (ino == ROOT && self.inside.is_some())
+            .then(|| (INSIDE_NAME, Attr::mirror(node, MIRROR | ROOT)));
+        for (i, (name, attr)) in list.chain(inside).enumerate().skip(offset as usize) {
+            if add(i as u64 + 1, name, &attr) {
                 break;
             }
         }
         Ok(())
     }
 
+    /// The images' registry; NotFound when the inside view is off.
+    fn images(&self) -> Result<&Images, FsError> {
+        self.inside.as_ref().ok_or(FsError::NotFound)
+    }
+
+    /// The open archive of `slot`.
+    fn archive(&self, slot: u32) -> Result<Arc<dyn Archive>, FsError> {
+        match self.images()?.archive(slot) {
+            Some(Ok(a)) => Ok(a),
+            Some(Err(e)) => Err(self.inside_error(e)),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// Logs an image's error once per image and reason, and wraps it.
+    fn inside_error(&self, e: InsideError) -> FsError {
+        if self
+            .warned
+            .lock()
+            .insert(format!("{}\0{}", e.image, e.why()))
+        {
+            warn!("{e}");
+        }
+        FsError::Inside(e)
+    }
+
+    /// Where inode `ino` of the inside view leads, in `tree`.
+    fn place<'t>(&self, tree: &'t Tree, ino: Ino) -> Result<Place<'t>, FsError> {
+        let images = self.images()?;
+        if ino & INNER != 0 {
+            let slot = ((ino & !INNER) >> SLOT_SHIFT) as u32;
+            return Ok(Place::Inner(slot, ino & ID_MASK));
+        }
+        let node = tree.get(ino & !MIRROR).ok_or(FsError::NotFound)?;
+        match &node.kind {
+            NodeKind::Dir(_) => Ok(Place::Mirror(node)),
+            NodeKind::File(f) => images
+                .slot(&node.path, f)
+                .map(|slot| Place::ImageRoot(node, slot))
+                .ok_or(FsError::NotFound),
+        }
+    }
+
+    /// The inode number of entry `id` of the image in `slot`.
+    fn inner_ino(slot: u32, id: u64) -> Ino {
+        INNER | (slot as u64) << SLOT_SHIFT | (id & ID_MASK)
+    }
+
+    /// Is catalog node `n` shown under `/.inside` (a directory, or an image that
+    /// can be browsed)?
+    fn mirrored(n: &Node) -> bool {
+        match &n.kind {
+            NodeKind::Dir(_) => true,
+            NodeKind::File(f) => Format::of(&f.filetype).is_some(),
+        }
+    }
+
+    /// The entry `name` of inside-view directory `parent`.
+    fn inside_lookup(&self, tree: &Tree, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let (slot, dir) = match self.place(tree, parent)? {
+            Place::Mirror(n) => {
+                let child = tree.lookup(n.ino, name).ok_or(FsError::NotFound)?;
+                if !Self::mirrored(child) {
+                    return Err(FsError::NotFound);
+                }
+                return Ok(Attr::mirror(child, MIRROR | child.ino));
+            }
+            Place::ImageRoot(_, slot) => (slot, self.archive(slot)?.root()),
+            Place::Inner(slot, id) => (slot, id),
+        };
+        let archive = self.archive(slot)?;
+        let id = archive
+            .lookup(dir, name)
+            .map_err(|e| self.inside_error(e))?
+            .ok_or(FsError::NotFound)?;
+        let e = archive.entry(id).map_err(|e| self.inside_error(e))?;
+        Ok(Attr::inner(&e, Self::inner_ino(slot, id)))
+    }
+
+    /// The full listing of inside-view directory `ino`, `.` and `..` first.
+    fn inside_list(&self, tree: &Tree, ino: Ino) -> Result<Vec<(String, Attr)>, FsError> {
+        let here = self.getattr(ino, None)?;
+        if here.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = vec![(".".to_string(), here.clone())];
+        let (slot, dir) = match self.place(tree, ino)? {
+            Place::Mirror(n) => {
+                let parent = if n.ino == ROOT {
+                    tree.get(ROOT).map(Attr::of)
+                } else {
+                    tree.get(n.parent).map(|p| Attr::mirror(p, MIRROR | p.ino))
+                };
+                out.push(("..".into(), parent.unwrap_or(here)));
+                for (name, child) in tree.children(n.ino).unwrap_or_default() {
+                    if Self::mirrored(child) {
+                        out.push((name.to_string(), Attr::mirror(child, MIRROR | child.ino)));
+                    }
+                }
+                return Ok(out);
+            }
+            Place::ImageRoot(n, slot) => {
+                let parent = tree.get(n.parent).map(|p| Attr::mirror(p, MIRROR | p.ino));
+                out.push(("..".into(), parent.unwrap_or(here)));
+                (slot, self.archive(slot)?.root())
+            }
+            // Entries inside do not know their parent's number: `..` shows
+            // this directory's (the kernel resolves `..` itself).
+            Place::Inner(slot, id) => {
+                out.push(("..".into(), here));
+                (slot, id)
+            }
+        };
+        let archive = self.archive(slot)?;
+        let list = archive.list(dir).map_err(|e| self.inside_error(e))?;
+        for d in list.iter() {
+            let e = archive.entry(d.id).map_err(|e| self.inside_error(e))?;
+            out.push((d.name.clone(), Attr::inner(&e, Self::inner_ino(slot, d.id))));
+        }
+        Ok(out)
+    }
     /// The tree a listing pass reads. A pass starts (offset 0) from the current
     /// tree and keeps it for the rest of the pass, so one listing is consistent.
     /// Never an older tree at offset 0: the kernel caches the listing under the
@@ -271,16 +583,18 @@ impl FsCore {
 
     /// May `ino` be accessed so? Never for writing.
     pub fn access(&self, ino: Ino, write: bool) -> Result<(), FsError> {
-        if self.tree().get(ino).is_none() {
-            Err(FsError::NotFound)
-        } else if write {
+        if ino & (MIRROR | INNER) != 0 {
+            self.getattr(ino, None)?;
+        } else if self.tree().get(ino).is_none() {
+            return Err(FsError::NotFound);
+        }
+        if write {
             Err(FsError::ReadOnly)
         } else {
             Ok(())
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +722,154 @@ mod tests {
             libc::ENOTDIR
         );
         core.releasedir(fh);
+    }
+
+    /// A squashfs image of a small tree made here, and its FileInfo.
+    fn squashfs_image(dir: &std::path::Path, cache: &std::path::Path) -> FileInfo {
+        use sha2::Digest;
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"maas\n").unwrap();
+        std::fs::write(tree.join("usr/bin/su"), b"#!/bin/true\n").unwrap();
+        std::fs::set_permissions(
+            tree.join("usr/bin/su"),
+            std::fs::Permissions::from_mode(0o6755),
+        )
+        .unwrap();
+        symlink("usr/bin", tree.join("bin")).unwrap();
+        let fifo = std::ffi::CString::new(tree.join("etc/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let image = dir.join("image");
+        let st = std::process::Command::new("mksquashfs")
+            .arg(&tree)
+            .arg(&image)
+            .args(["-comp", "gzip", "-noappend", "-quiet", "-no-progress"])
+            .status()
+            .expect("mksquashfs (squashfs-tools) runs");
+        assert!(st.success());
+        let data = std::fs::read(&image).unwrap();
+        let sha256 = crate::digest::hex(&sha2::Sha256::digest(&data));
+        std::fs::write(cache.join(&sha256), &data).unwrap();
+        FileInfo {
+            oid: 1,
+            size: data.len() as u64,
+            sha256,
+            filetype: "squashfs".into(),
+        }
+    }
+
+    #[test]
+    fn the_inside_view_shows_image_contents_only_when_asked() {
+        if std::process::Command::new("mksquashfs")
+            .arg("-version")
+            .output()
+            .is_err()
+        {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "mksquashfs missing"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let good = squashfs_image(tmp.path(), &cache);
+        // A corrupt image: the good one cut short, cached under its own sha256.
+        let cut = {
+            use sha2::Digest;
+            let data = std::fs::read(cache.join(&good.sha256)).unwrap()[..200].to_vec();
+            let sha256 = crate::digest::hex(&sha2::Sha256::digest(&data));
+            std::fs::write(cache.join(&sha256), &data).unwrap();
+            FileInfo {
+                oid: 2,
+                size: 200,
+                sha256,
+                filetype: "squashfs".into(),
+            }
+        };
+        let disk = crate::handle::disk::DiskCache::open(&cache, 1 << 30).unwrap();
+        for f in [&good, &cut] {
+            // The cache verifies what it finds at start in the background.
+            let mut tries = 0;
+            while disk.lookup(&f.sha256, f.size).is_none() {
+                tries += 1;
+                assert!(tries < 500, "the disk cache never verified {}", f.sha256);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let files = [
+            ("/u/a/g/s/1/squashfs", good.clone()),
+            ("/u/a/g/s/1/boot-kernel", file("k", 3)),
+            ("/u/a/g/s/2/squashfs", cut),
+        ];
+        let source = Arc::new(Fixed(Mutex::new(Arc::new(Tree::from_files(&files)))));
+        // No server listens there: every byte comes from the disk cache.
+        let db = DbConfig::resolve(Some("host=/nonexistent/socket dbname=none user=none"))
+            .expect("conninfo parses");
+        let pool = HandlePool::new(&db, &PoolOptions::default()).with_disk(disk);
+        let plain = FsCore::new(source.clone(), pool.clone(), Arc::default());
+        assert!(matches!(
+            plain.lookup(ROOT, INSIDE_NAME),
+            Err(FsError::NotFound)
+        ));
+        let core = FsCore::new(source, pool, Arc::default()).with_inside();
+        let names = |core: &FsCore, ino: Ino| {
+            let fh = core.opendir(ino).unwrap();
+            let mut out = Vec::new();
+            core.readdir(fh, ino, 0, |_, name, a| {
+                out.push((name.to_string(), a.clone()));
+                false
+            })
+            .unwrap();
+            core.releasedir(fh);
+            out
+        };
+        let listed = |core: &FsCore, ino: Ino| -> Vec<String> {
+            names(core, ino)
+                .into_iter()
+                .map(|(n, _)| n)
+                .skip(2)
+                .collect()
+        };
+        assert_eq!(listed(&plain, ROOT), ["u"]);
+        assert_eq!(listed(&core, ROOT), ["u", INSIDE_NAME]);
+        let version = ino(&core, ".inside/u/a/g/s/1");
+        // Only browsable images are shown, as directories.
+        assert_eq!(listed(&core, version), ["squashfs"]);
+        let root = core.lookup(version, "squashfs").unwrap();
+        assert_eq!((root.kind, root.perm), (Kind::Dir, 0o555));
+        assert_eq!(listed(&core, root.ino), ["bin", "etc", "usr"]);
+        let su = core
+            .getattr(ino(&core, ".inside/u/a/g/s/1/squashfs/usr/bin/su"), None)
+            .unwrap();
+        assert_eq!((su.kind, su.perm, su.size), (Kind::File, 0o755, 12));
+        let bin = core.lookup(root.ino, "bin").unwrap();
+        assert_eq!(bin.kind, Kind::Symlink);
+        assert_eq!(core.readlink(bin.ino).unwrap(), b"usr/bin");
+        assert_eq!(core.readlink(root.ino).unwrap_err().errno(), libc::EINVAL);
+        let fifo = core
+            .getattr(ino(&core, ".inside/u/a/g/s/1/squashfs/etc/fifo"), None)
+            .unwrap();
+        assert_eq!((fifo.kind, fifo.size, fifo.perm), (Kind::File, 0, 0o644));
+        let host = ino(&core, ".inside/u/a/g/s/1/squashfs/etc/hostname");
+        let fh = core.open(host, false).unwrap();
+        let f = core.inside_file(fh).unwrap();
+        assert_eq!(core.read_inside(&f, 0, 100).unwrap(), b"maas\n");
+        assert_eq!(core.read_inside(&f, 2, 100).unwrap(), b"as\n");
+        core.release(fh);
+        // Numbers are stable: a second lookup gives the same inode.
+        assert_eq!(ino(&core, ".inside/u/a/g/s/1/squashfs/etc/hostname"), host);
+        // The cut image fails with EIO; the rest of the tree still answers.
+        let broken = ino(&core, ".inside/u/a/g/s/2/squashfs");
+        let e = core.lookup(broken, "etc").unwrap_err();
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains("/u/a/g/s/2/squashfs"), "{e}");
+        assert_eq!(core.opendir(broken).map(|_| ()).ok(), Some(()));
+        assert_eq!(listed(&core, root.ino).len(), 3);
     }
 }

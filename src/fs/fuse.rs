@@ -35,6 +35,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -134,6 +135,7 @@ impl BootFs {
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
+        let (uid, gid) = a.owner.unwrap_or((self.uid, self.gid));
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,
@@ -145,8 +147,8 @@ impl BootFs {
             kind: file_type(a.kind),
             perm: a.perm,
             nlink: a.nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,
@@ -378,6 +380,18 @@ impl Filesystem for BootFs {
         reply: ReplyData,
     ) {
         crate::metrics::fuse_op("read");
+        // Inside an image (--inside): decompression, always on a read thread.
+        if let Some(file) = self.core.inside_file(fh.0) {
+            let core = self.core.clone();
+            let job: ReadJob = Box::new(move || match core.read_inside(&file, offset, size) {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(&e)),
+            });
+            if let Err(job) = self.readers.submit(job) {
+                job();
+            }
+            return;
+        }
         let handle = match self.core.handle(fh.0) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(&e)),
@@ -395,6 +409,14 @@ impl Filesystem for BootFs {
         if let Err(job) = self.readers.submit(job) {
             // The read threads are gone (shutting down): read here rather than drop it.
             job();
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::metrics::fuse_op("readlink");
+        match self.core.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
