@@ -7,6 +7,7 @@ mod db;
 mod handle;
 mod hostile;
 mod http;
+mod inside;
 mod maas;
 mod mount;
 mod resume;
