@@ -172,7 +172,7 @@ struct MountArgs {
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
     allow_other: bool,
-    /// Show the contents of each browsable image (squashfs) at
+    /// Show the contents of each browsable image (squashfs, tarballs) at
     /// /.inside/OS/ARCH/SUBARCH/SERIES/VERSION/FILENAME/, read on demand.
     #[arg(long)]
     inside: bool,

@@ -325,3 +325,147 @@ fn a_corrupt_image_fails_with_eio_and_one_log_line_and_the_rest_works() {
         bytes(7, 100_000)
     );
 }
+
+/// What `tar -tv --numeric-owner` says of `tarball`, turned into what the mount
+/// promises: setuid and setgid dropped, fifos as empty files, a symlink's size its
+/// target's length, a hard link the entry it links to.
+fn tar_listing(tarball: &Path) -> Listing {
+    let out = Command::new("tar")
+        .args(["-tv", "--numeric-owner", "--full-time", "-f"])
+        .arg(tarball)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut map = Listing::new();
+    let mut links = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let rel = f[5]
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if rel.is_empty() {
+            continue;
+        }
+        let mut mode: Vec<char> = f[0].chars().collect();
+        let mut size = f[2].to_string();
+        let mut target = String::new();
+        match mode[0] {
+            'p' => {
+                mode[0] = '-';
+                size = "0".into();
+            }
+            'l' => {
+                target = f[7].to_string();
+                size = target.len().to_string();
+            }
+            'h' => {
+                links.push((rel, f[8].trim_start_matches("./").to_string()));
+                continue;
+            }
+            _ => {}
+        }
+        for i in [3, 6] {
+            mode[i] = match mode[i] {
+                's' => 'x',
+                'S' => '-',
+                c => c,
+            };
+        }
+        // --full-time gives seconds; find's %TM does not.
+        let time = &f[4][..5];
+        map.insert(
+            rel,
+            (
+                mode.into_iter().collect(),
+                f[1].to_string(),
+                size,
+                format!("{} {time}", f[3]),
+                target,
+            ),
+        );
+    }
+    for (rel, to) in links {
+        let t = map[&to].clone();
+        map.insert(rel, t);
+    }
+    map
+}
+
+#[test]
+fn tarballs_of_each_compression_match_tar_tv() {
+    if !fuse_or_skip("tarballs_of_each_compression_match_tar_tv") {
+        return;
+    }
+    let work = temp_dir("pgbt-inside-");
+    let tree = work.path().join("tree");
+    make_tree(&tree);
+    let src = SrcTree::new();
+    let mut images = Vec::new();
+    for (version, filetype, compress) in [
+        ("1", "root-tgz", "gzip"),
+        ("2", "root-tbz", "bzip2"),
+        ("3", "root-txz", "xz"),
+    ] {
+        let tarball = src.path().join(format!("{NOBLE}/{version}/{filetype}"));
+        fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&tree)
+            .args(["-I", compress, "-cf"])
+            .arg(&tarball)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        images.push((version, filetype, tarball));
+    }
+    // A cut tarball: EIO and one log line, the others unaffected.
+    let whole = fs::read(&images[0].2).unwrap();
+    src.add(&format!("{NOBLE}/4/root-tgz"), &whole[..whole.len() / 2]);
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+    let mnt = Mount::start(&db, &["--inside"]);
+
+    let mut want_sums = source_sums(&tree);
+    want_sums.insert("etc/initctl".into(), sha256_hex(b""));
+    for (version, filetype, tarball) in &images {
+        let root = mnt.path(&format!(".inside/{NOBLE}/{version}/{filetype}"));
+        let want = tar_listing(tarball);
+        let got = find_listing(&root);
+        assert_eq!(got.len(), want.len(), "{filetype}: entry count");
+        for (path, w) in &want {
+            assert_eq!(got.get(path), Some(w), "{filetype}: {path}");
+        }
+        let got_sums = source_sums(&root);
+        let differ: Vec<_> = want_sums
+            .iter()
+            .filter(|(p, sum)| got_sums.get(*p) != Some(sum))
+            .chain(got_sums.iter().filter(|(p, _)| !want_sums.contains_key(*p)))
+            .collect();
+        assert!(differ.is_empty(), "{filetype}: sha256 differs: {differ:?}");
+        let a = fs::metadata(root.join("etc/hostname")).unwrap();
+        let b = fs::metadata(root.join("etc/hostname.bak")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{filetype}");
+    }
+    let cut = mnt.path(&format!(".inside/{NOBLE}/4/root-tgz"));
+    let e = fs::read_dir(&cut)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let image = format!("/{NOBLE}/4/root-tgz");
+    let lines = mnt
+        .log()
+        .lines()
+        .filter(|l| l.contains(&image) && l.contains("corrupt or truncated"))
+        .count();
+    assert_eq!(lines, 1, "{}", mnt.log());
+    let root = mnt.path(&format!(".inside/{NOBLE}/1/root-tgz"));
+    assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"maas-node\n");
+}

@@ -804,7 +804,13 @@ mod tests {
         }
         let files = [
             ("/u/a/g/s/1/squashfs", good.clone()),
-            ("/u/a/g/s/1/boot-kernel", file("k", 3)),
+            (
+                "/u/a/g/s/1/boot-kernel",
+                FileInfo {
+                    filetype: "boot-kernel".into(),
+                    ..file("k", 3)
+                },
+            ),
             ("/u/a/g/s/2/squashfs", cut),
         ];
         let source = Arc::new(Fixed(Mutex::new(Arc::new(Tree::from_files(&files)))));

@@ -19,6 +19,7 @@ pub mod bytes;
 pub mod decompress;
 pub mod error;
 pub mod squashfs;
+pub mod tar;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -115,6 +116,8 @@ pub trait Archive: Send + Sync {
 pub enum Format {
     /// A squashfs file system (`squashfs`).
     Squashfs,
+    /// A compressed tarball.
+    Tar(tar::Compression),
 }
 
 impl Format {
@@ -123,6 +126,9 @@ impl Format {
     pub fn of(filetype: &str) -> Option<Format> {
         match filetype {
             "squashfs" => Some(Format::Squashfs),
+            "root-tgz" => Some(Format::Tar(tar::Compression::Gzip)),
+            "root-tbz" => Some(Format::Tar(tar::Compression::Bzip2)),
+            "root-txz" | "archive.tar.xz" => Some(Format::Tar(tar::Compression::Xz)),
             _ => None,
         }
     }
@@ -132,6 +138,7 @@ impl Format {
 pub fn open(format: Format, bytes: Arc<dyn Bytes>) -> Result<Arc<dyn Archive>, InsideError> {
     match format {
         Format::Squashfs => Ok(Arc::new(squashfs::Squashfs::open(bytes)?)),
+        Format::Tar(c) => Ok(Arc::new(tar::Tar::open(bytes, c)?)),
     }
 }
 
@@ -157,6 +164,9 @@ struct State {
     slots: HashMap<String, u32>,
     images: Vec<Arc<Image>>,
     open: LruCache<String, Arc<dyn Archive>>,
+    /// Contents found corrupt or unsupported, by sha256: never read again (a
+    /// failed read of the bytes is not kept: the database may come back).
+    broken: HashMap<String, InsideError>,
 }
 
 impl Images {
@@ -168,6 +178,7 @@ impl Images {
                 slots: HashMap::new(),
                 images: Vec::new(),
                 open: LruCache::new(NonZeroUsize::new(MAX_OPEN).unwrap_or(NonZeroUsize::MIN)),
+                broken: HashMap::new(),
             }),
         }
     }
@@ -200,16 +211,41 @@ impl Images {
     /// header only) if it is not open.
     pub fn archive(&self, slot: u32) -> Option<Result<Arc<dyn Archive>, InsideError>> {
         let image = self.image(slot)?;
-        if let Some(a) = self.state.lock().open.get(&image.file.sha256) {
-            return Some(Ok(a.clone()));
+        {
+            let mut st = self.state.lock();
+            if let Some(a) = st.open.get(&image.file.sha256) {
+                return Some(Ok(a.clone()));
+            }
+            if let Some(e) = st.broken.get(&image.file.sha256) {
+                return Some(Err(match &e.reason {
+                    Reason::Unsupported(why) => InsideError::unsupported(&image.path, why.clone()),
+                    Reason::Corrupt(why) => InsideError::corrupt(&image.path, why.clone()),
+                    Reason::Read(_) => InsideError::corrupt(&image.path, e.why()),
+                }));
+            }
         }
         let handle = self.pool.open(&image.file, &image.path);
         let opened = open(image.format, Arc::new(handle));
-        if let Ok(a) = &opened {
-            self.state
-                .lock()
-                .open
-                .put(image.file.sha256.clone(), a.clone());
+        let mut st = self.state.lock();
+        match &opened {
+            Ok(a) => {
+                st.open.put(image.file.sha256.clone(), a.clone());
+            }
+            Err(InsideError {
+                reason: Reason::Corrupt(why),
+                ..
+            }) => {
+                let e = InsideError::corrupt(&image.path, why.clone());
+                st.broken.insert(image.file.sha256.clone(), e);
+            }
+            Err(InsideError {
+                reason: Reason::Unsupported(why),
+                ..
+            }) => {
+                let e = InsideError::unsupported(&image.path, why.clone());
+                st.broken.insert(image.file.sha256.clone(), e);
+            }
+            Err(_) => {}
         }
         Some(opened)
     }
