@@ -56,7 +56,7 @@ const VALUE_OPTIONS: &[&str] = &[
 ];
 
 /// Options without a value that are flags.
-const FLAG_OPTIONS: &[&str] = &["allow_other", "inside"];
+const FLAG_OPTIONS: &[&str] = &["allow_other", "inside", "inside_private"];
 
 /// Options for mount(8), systemd or the kernel that pgbootfs has nothing to do
 /// with, or that it always applies (it is always read-only, nodev, nosuid,
@@ -290,7 +290,7 @@ pub fn parse(args: &[OsString]) -> Result<Request, HelperError> {
             _ if sloppy => log::warn!("ignoring unknown mount option {opt:?} (-s)"),
             _ => {
                 return Err(usage(format!(
-                    "unknown mount option {opt:?}; pgbootfs takes {}, allow_other, inside, foreground, log=, log_level=, pgservicefile=, pgpassfile=, pgsysconfdir=",
+                    "unknown mount option {opt:?}; pgbootfs takes {}, allow_other, inside, inside_private, foreground, log=, log_level=, pgservicefile=, pgpassfile=, pgsysconfdir=",
                     VALUE_OPTIONS
                         .iter()
                         .map(|k| format!("{k}="))

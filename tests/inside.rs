@@ -469,3 +469,149 @@ fn tarballs_of_each_compression_match_tar_tv() {
     let root = mnt.path(&format!(".inside/{NOBLE}/1/root-tgz"));
     assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"maas-node\n");
 }
+
+#[test]
+fn serve_inside_serves_files_and_listings_and_refuses_private_files_and_symlinks() {
+    use crate::common::http::Server;
+    if !have_mksquashfs() {
+        return;
+    }
+    let work = temp_dir("pgbt-inside-");
+    let tree = work.path().join("tree");
+    make_tree(&tree);
+    let src = SrcTree::new();
+    let image = src.path().join(format!("{NOBLE}/1/squashfs"));
+    fs::create_dir_all(image.parent().unwrap()).unwrap();
+    mksquashfs(&tree, &image, "xz");
+    let tgz = src.path().join(format!("{NOBLE}/1/root-tgz"));
+    sh(&format!(
+        "tar -C '{}' -czf '{}' .",
+        tree.display(),
+        tgz.display()
+    ));
+    src.add(&format!("{NOBLE}/2/squashfs"), &bytes(7, 100_000));
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+
+    let plain = Server::start(&db, &[]);
+    assert_eq!(
+        plain
+            .get(&format!("/.inside/{NOBLE}/1/squashfs/"), &[])
+            .status,
+        404
+    );
+    drop(plain);
+
+    let s = Server::start(&db, &["--inside"]);
+    // Only browsable images are listed, as directories.
+    let r = s.get(
+        &format!("/.inside/{NOBLE}/1/"),
+        &["Accept: application/json"],
+    );
+    assert_eq!(r.status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["root-tgz", "squashfs"]);
+    for filetype in ["squashfs", "root-tgz"] {
+        let at = format!("/.inside/{NOBLE}/1/{filetype}");
+        // A whole file by a real client.
+        let sum = sh(&format!(
+            "curl -sf '{}' | sha256sum",
+            s.url(&format!("{at}/usr/lib/big.so"))
+        ));
+        assert_eq!(
+            sum.split_whitespace().next(),
+            Some(sha256_hex(&bytes(3, 700_000)).as_str())
+        );
+        let part = sh(&format!(
+            "curl -sf -r 250001-350000 '{}' | sha256sum",
+            s.url(&format!("{at}/usr/lib/big.so"))
+        ));
+        assert_eq!(
+            part.split_whitespace().next(),
+            Some(sha256_hex(&bytes(3, 700_000)[250_001..350_001]).as_str()),
+            "{filetype}"
+        );
+        let r = s.get(&format!("{at}/etc/hostname"), &[]);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"maas-node\n"[..]));
+        let tag = r.header("etag").unwrap().to_string();
+        let again = s.get(
+            &format!("{at}/etc/hostname"),
+            &[&format!("If-None-Match: {tag}")],
+        );
+        assert_eq!(again.status, 304);
+        // The listing equals the source directory's names and kinds.
+        let r = s.get(&format!("{at}/etc/"), &["Accept: application/json"]);
+        let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let mut got: Vec<(String, String)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = fs::read_dir(tree.join("etc"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                let kind = if t.is_dir() {
+                    "dir"
+                } else if t.is_symlink() {
+                    "symlink"
+                } else {
+                    "file"
+                };
+                (e.file_name().into_string().unwrap(), kind.to_string())
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{filetype}");
+        let dangling = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "dangling")
+            .unwrap();
+        assert_eq!(dangling["target"], "../nowhere");
+        // Symlinks are never followed; private files are refused.
+        assert_eq!(s.get(&format!("{at}/bin/su"), &[]).status, 404);
+        assert_eq!(s.get(&format!("{at}/etc/absolute"), &[]).status, 404);
+        assert_eq!(s.get(&format!("{at}/etc/shadow"), &[]).status, 403);
+        let html = s.get(&format!("{at}/usr/"), &[]);
+        assert_eq!(html.status, 200);
+        assert!(
+            String::from_utf8_lossy(&html.body).contains("href=\""),
+            "html listing"
+        );
+    }
+    // A corrupt image: 422 and one log line; the rest still answers.
+    assert_eq!(
+        s.get(&format!("/.inside/{NOBLE}/2/squashfs/"), &[]).status,
+        422
+    );
+    assert!(
+        s.log().contains(&format!("/{NOBLE}/2/squashfs")),
+        "{}",
+        s.log()
+    );
+    drop(s);
+
+    let private = Server::start(&db, &["--inside", "--inside-private"]);
+    let r = private.get(&format!("/.inside/{NOBLE}/1/squashfs/etc/shadow"), &[]);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"root:*:19000:0:99999:7:::\n"[..])
+    );
+}
