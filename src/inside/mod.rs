@@ -167,6 +167,9 @@ struct State {
     /// Contents found corrupt or unsupported, by sha256: never read again (a
     /// failed read of the bytes is not kept: the database may come back).
     broken: HashMap<String, InsideError>,
+    /// One lock per content being opened: a tarball's first look decompresses
+    /// it whole, and the kernel's concurrent lookups must not each do it again.
+    opening: HashMap<String, Arc<Mutex<()>>>,
 }
 
 impl Images {
@@ -179,6 +182,7 @@ impl Images {
                 images: Vec::new(),
                 open: LruCache::new(NonZeroUsize::new(MAX_OPEN).unwrap_or(NonZeroUsize::MIN)),
                 broken: HashMap::new(),
+                opening: HashMap::new(),
             }),
         }
     }
@@ -211,17 +215,43 @@ impl Images {
     /// header only) if it is not open.
     pub fn archive(&self, slot: u32) -> Option<Result<Arc<dyn Archive>, InsideError>> {
         let image = self.image(slot)?;
+        let sha = image.file.sha256.clone();
+        let gate = self
+            .state
+            .lock()
+            .opening
+            .entry(sha.clone())
+            .or_default()
+            .clone();
+        let opened = {
+            let _one = gate.lock();
+            self.open_once(&image)
+        };
+        let mut st = self.state.lock();
+        if st
+            .opening
+            .get(&sha)
+            .is_some_and(|g| Arc::strong_count(g) <= 2)
+        {
+            st.opening.remove(&sha);
+        }
+        Some(opened)
+    }
+
+    /// The open archive of `image`, opening it if no one has; called with the
+    /// image's opening lock held.
+    fn open_once(&self, image: &Image) -> Result<Arc<dyn Archive>, InsideError> {
         {
             let mut st = self.state.lock();
             if let Some(a) = st.open.get(&image.file.sha256) {
-                return Some(Ok(a.clone()));
+                return Ok(a.clone());
             }
             if let Some(e) = st.broken.get(&image.file.sha256) {
-                return Some(Err(match &e.reason {
+                return Err(match &e.reason {
                     Reason::Unsupported(why) => InsideError::unsupported(&image.path, why.clone()),
                     Reason::Corrupt(why) => InsideError::corrupt(&image.path, why.clone()),
                     Reason::Read(_) => InsideError::corrupt(&image.path, e.why()),
-                }));
+                });
             }
         }
         let handle = self.pool.open(&image.file, &image.path);
@@ -247,6 +277,6 @@ impl Images {
             }
             Err(_) => {}
         }
-        Some(opened)
+        opened
     }
 }
