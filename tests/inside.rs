@@ -63,6 +63,36 @@ fn make_tree(dir: &Path) {
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 }
 
+/// Sets `user.NAME=value` on `path`; false where the file system refuses.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let n = std::ffi::CString::new(format!("user.{name}")).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        ) == 0
+    }
+}
+
+/// The value of xattr `name` of `path`, or the errno.
+fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
 fn mksquashfs(tree: &Path, out: &Path, comp: &str) {
     let st = Command::new("mksquashfs")
         .arg(tree)
@@ -183,6 +213,8 @@ fn squashfs_contents_match_unsquashfs_and_nothing_shows_without_inside() {
     let work = temp_dir("pgbt-inside-");
     let tree = work.path().join("tree");
     make_tree(&tree);
+    // Extended attributes, where /tmp keeps them (tmpfs since Linux 6.6).
+    let xattrs = set_xattr(&tree.join("etc/hostname"), "maas", b"region");
     let src = SrcTree::new();
     let mut images = Vec::new();
     for (version, comp) in [("20240101", "xz"), ("20240102", "gzip")] {
@@ -247,6 +279,16 @@ fn squashfs_contents_match_unsquashfs_and_nothing_shows_without_inside() {
         let a = fs::metadata(root.join("etc/hostname")).unwrap();
         let b = fs::metadata(root.join("etc/hostname.bak")).unwrap();
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{comp}");
+        if xattrs {
+            assert_eq!(
+                get_xattr(&root.join("etc/hostname"), "user.maas"),
+                Ok(b"region".to_vec())
+            );
+        }
+        assert_eq!(
+            get_xattr(&root.join("etc/empty"), "user.maas"),
+            Err(libc::ENODATA)
+        );
         assert_eq!(
             fs::read_link(root.join("etc/dangling")).unwrap(),
             Path::new("../nowhere")

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use super::error::FsError;
 use crate::catalog::{Catalog, Ino, Node, NodeKind, ROOT, Tree};
 use crate::handle::{Handle, HandlePool};
-use crate::inside::{Archive, Entry, EntryKind, Format, Images, InsideError};
+use crate::inside::{Archive, Entry, EntryKind, Format, Images, InsideError, Xattr};
 
 /// The name of the inside view in the root directory.
 pub const INSIDE_NAME: &str = ".inside";
@@ -359,6 +359,28 @@ impl FsCore {
             EntryKind::Symlink(target) => Ok(target),
             _ => Err(FsError::Invalid),
         }
+    }
+
+    /// The extended attributes of `ino`: None when the inside view is off (the
+    /// mount then answers ENOSYS, so the kernel stops asking for good); with it
+    /// on, the tree's own entries have none and entries inside images theirs.
+    pub fn xattrs(&self, ino: Ino) -> Result<Option<Vec<Xattr>>, FsError> {
+        if self.inside.is_none() {
+            return Ok(None);
+        }
+        if ino & INNER == 0 {
+            self.getattr(ino, None)?;
+            return Ok(Some(Vec::new()));
+        }
+        let tree = self.tree();
+        let Place::Inner(slot, id) = self.place(&tree, ino)? else {
+            return Ok(Some(Vec::new()));
+        };
+        let e = self
+            .archive(slot)?
+            .entry(id)
+            .map_err(|e| self.inside_error(e))?;
+        Ok(Some(e.xattrs))
     }
 
     /// Closes an open file: its handle gives back any connection at once.

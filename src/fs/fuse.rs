@@ -235,6 +235,18 @@ fn read_into_reply(handle: &Handle, offset: u64, size: u32, reply: ReplyData) {
     }
 }
 
+/// An xattr value or name list: its size when asked for 0 bytes, ERANGE when it
+/// does not fit.
+fn xattr_reply(bytes: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(bytes.len() as u32)
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(bytes)
+    }
+}
+
 /// Tells the kernel to drop what it cached of a refresh's changes: names that now
 /// lead elsewhere or nowhere, listings and attributes of changed directories, and
 /// attributes of changed files. Call it outside request handlers: an invalidation
@@ -461,23 +473,37 @@ impl Filesystem for BootFs {
         reply.ok();
     }
 
-    // No extended attributes. ENOSYS (not ENODATA) makes the kernel stop asking for
-    // the rest of the mount's life: `ls -l` otherwise costs two round trips per file.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    // No extended attributes in the tree itself. ENOSYS (not ENODATA) makes the
+    // kernel stop asking for the rest of the mount's life: `ls -l` otherwise costs
+    // two round trips per file. With --inside, entries inside images have theirs,
+    // so the tree answers ENODATA instead.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         crate::metrics::fuse_op("getxattr");
-        reply.error(Errno::ENOSYS);
+        let list = match self.core.xattrs(ino.0) {
+            Ok(Some(list)) => list,
+            Ok(None) => return reply.error(Errno::ENOSYS),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let name = name.as_encoded_bytes();
+        match list.iter().find(|(n, _)| n.as_slice() == name) {
+            None => reply.error(Errno::ENODATA),
+            Some((_, v)) => xattr_reply(v, size, reply),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         crate::metrics::fuse_op("listxattr");
-        reply.error(Errno::ENOSYS);
+        match self.core.xattrs(ino.0) {
+            Ok(Some(list)) => {
+                let names: Vec<u8> = list
+                    .iter()
+                    .flat_map(|(n, _)| n.iter().copied().chain([0]))
+                    .collect();
+                xattr_reply(&names, size, reply)
+            }
+            Ok(None) => reply.error(Errno::ENOSYS),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn ioctl(
