@@ -255,7 +255,17 @@ impl Images {
             }
         }
         let handle = self.pool.open(&image.file, &image.path);
-        let opened = open(image.format, Arc::new(handle));
+        let opened = match image.format {
+            // Metadata on a handle of its own that never streams ahead: a first
+            // `ls` then reads the chunks it needs, not megabytes past each.
+            Format::Squashfs => {
+                let meta = self.pool.open(&image.file, &image.path);
+                meta.set_random();
+                squashfs::Squashfs::open_split(Arc::new(meta), Arc::new(handle))
+                    .map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            format => open(format, Arc::new(handle)),
+        };
         let mut st = self.state.lock();
         match &opened {
             Ok(a) => {

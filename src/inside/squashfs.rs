@@ -73,7 +73,11 @@ struct Layout {
 
 /// A squashfs image, read on demand.
 pub struct Squashfs {
+    /// Where metadata is read (superblock, tables).
     bytes: Arc<dyn Bytes>,
+    /// Where data and fragment blocks are read: the same image, through a
+    /// reader that may stream ahead.
+    data: Arc<dyn Bytes>,
     sb: Super,
     codec: Codec,
     meta: Mutex<LruCache<u64, Arc<Meta>>>,
@@ -113,6 +117,14 @@ struct Cursor {
 impl Squashfs {
     /// Opens the image: reads and checks the superblock, nothing else.
     pub fn open(bytes: Arc<dyn Bytes>) -> Result<Squashfs, InsideError> {
+        Squashfs::open_split(bytes.clone(), bytes)
+    }
+
+    /// [`Squashfs::open`] with metadata read through `meta` (scattered small
+    /// reads) and file data through `data` (sequential runs), two readers of the
+    /// same image.
+    pub fn open_split(meta: Arc<dyn Bytes>, data: Arc<dyn Bytes>) -> Result<Squashfs, InsideError> {
+        let bytes = meta;
         let name = bytes.name().to_string();
         let bad = |why: String| InsideError::corrupt(&name, why);
         if bytes.size() < 96 {
@@ -180,6 +192,7 @@ impl Squashfs {
         }
         Ok(Squashfs {
             bytes,
+            data,
             sb,
             codec,
             meta: cache(META_CACHE),
@@ -533,7 +546,7 @@ impl Squashfs {
         if len > self.sb.block_size as usize {
             return Err(self.corrupt(format!("data block at {pos} claims {len} bytes")));
         }
-        let raw = self.bytes.read_vec(pos, len)?;
+        let raw = self.data.read_vec(pos, len)?;
         let data = if word & BLOCK_UNCOMPRESSED != 0 {
             raw
         } else {
