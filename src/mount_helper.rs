@@ -564,6 +564,19 @@ mod tests {
         );
         assert!(r.foreground);
         assert_eq!(r.log, Some(PathBuf::from("/tmp/l")));
+        // The inside view (issue 20) is a flag like allow_other.
+        let r = parse(&args(&[
+            "mount.fuse.pgbootfs",
+            "maas",
+            "/srv",
+            "-o",
+            "inside,inside_private",
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.mount_args,
+            args(&["mount", "/srv", "--inside", "--inside-private"])
+        );
         let r = parse(&args(&[
             "pgbootfs",
             "maas",
