@@ -4,6 +4,8 @@
 //! Layers, dependencies pointing down (doc/DEVELOPMENT.md has the diagram):
 //! - front ends: [`mount`] (with [`fs`]), [`http`], [`store`] (import, ls, verify,
 //!   remove); [`daemon`] is the start-up and shutdown that `mount` and `serve` share;
+//! - [`inside`]: the contents of images (squashfs, tarballs) read on demand
+//!   through handles, for `--inside`;
 //! - [`handle`]: every read of image bytes, over a shared chunk cache;
 //! - [`catalog`]: the metadata snapshot of the tree;
 //! - [`maas`]: all knowledge of MAAS's tables (per-version columns, the join, names,
@@ -22,6 +24,7 @@ pub mod fs;
 pub mod handle;
 pub mod http;
 pub mod image_storage;
+pub mod inside;
 pub mod maas;
 pub mod metrics;
 pub mod mount;

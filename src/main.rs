@@ -212,6 +212,10 @@ struct MountArgs {
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
     allow_other: bool,
+    /// Show the contents of each browsable image (squashfs, tarballs) at
+    /// /.inside/OS/ARCH/SUBARCH/SERIES/VERSION/FILENAME/, read on demand.
+    #[arg(long)]
+    inside: bool,
     /// Kernel read-ahead for the mount in KiB (root only; larger means bigger reads).
     #[arg(long, default_value_t = 2048, value_name = "KIB")]
     read_ahead_kb: u32,
@@ -236,6 +240,10 @@ struct ServeArgs {
     refresh: u64,
     #[command(flatten)]
     pool: PoolArgs,
+    /// Serve the contents of each browsable image (squashfs, tarballs) at
+    /// /.inside/OS/ARCH/SUBARCH/SERIES/VERSION/FILENAME/.
+    #[arg(long)]
+    inside: bool,
     #[command(flatten)]
     http_opts: HttpArgs,
 }
@@ -322,6 +330,10 @@ struct HttpArgs {
     /// access log, --allow-from and --http-per-client.
     #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = parse_net)]
     trusted_proxy: Vec<ipnet::IpNet>,
+    /// With --inside, also serve files that are not world-readable inside their
+    /// image (custom images can carry /etc/shadow and SSH host keys).
+    #[arg(long)]
+    inside_private: bool,
 }
 
 /// A network `ADDR/PREFIX`, or one address (a /32 or /128).
@@ -347,6 +359,8 @@ impl HttpArgs {
             allow_from: self.allow_from.clone(),
             trusted_proxies: self.trusted_proxy.clone(),
             metrics_only: false,
+            inside: false,
+            inside_private: self.inside_private,
         }
     }
 }
@@ -525,7 +539,11 @@ fn main() -> ExitCode {
                     read_threads: args.read_threads,
                     allow_other: args.allow_other,
                     read_ahead_kb: args.read_ahead_kb,
-                    http: args.http.map(|addr| args.http_opts.options(addr)),
+                    inside: args.inside,
+                    http: args.http.map(|addr| HttpOptions {
+                        inside: args.inside,
+                        ..args.http_opts.options(addr)
+                    }),
                     metrics: args.metrics.map(|addr| HttpOptions {
                         metrics_only: true,
                         ..args.http_opts.options(addr)
@@ -586,7 +604,10 @@ fn main() -> ExitCode {
                 .map_err(Box::<dyn std::error::Error>::from),
             Command::Serve(args) => {
                 let opts = ServeOptions {
-                    http: args.http_opts.options(args.listen),
+                    http: HttpOptions {
+                        inside: args.inside,
+                        ..args.http_opts.options(args.listen)
+                    },
                     refresh: Duration::from_secs(args.refresh.max(1)),
                     pool: args
                         .pool

@@ -42,6 +42,8 @@ pub struct MountOptions {
     pub http: Option<HttpOptions>,
     /// Serve only `/metrics` on a listener of its own.
     pub metrics: Option<HttpOptions>,
+    /// Show each browsable image's contents under `/.inside` (`--inside`).
+    pub inside: bool,
 }
 
 /// Why a mount could not start.
@@ -130,11 +132,14 @@ pub fn run(db: &DbConfig, opts: &MountOptions) -> Result<(), MountError> {
             .map_err(MountError::Metrics)?;
     }
     let open = Arc::new(OpenTable::default());
-    let core = FsCore::new(
+    let mut core = FsCore::new(
         services.catalog.clone(),
         services.pool.clone(),
         open.clone(),
     );
+    if opts.inside {
+        core = core.with_inside();
+    }
     // Files of the disk cache and of MAAS 3.5+'s image storage are read by the kernel.
     let passthrough = services.pool.disk().is_some() || services.catalog.image_storage().is_some();
     let fs = BootFs::new(Arc::new(core), opts.read_threads, passthrough)

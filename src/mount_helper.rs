@@ -57,7 +57,7 @@ const VALUE_OPTIONS: &[&str] = &[
 ];
 
 /// Options without a value that are flags.
-const FLAG_OPTIONS: &[&str] = &["allow_other"];
+const FLAG_OPTIONS: &[&str] = &["allow_other", "inside", "inside_private"];
 
 /// Options for mount(8), systemd or the kernel that pgbootfs has nothing to do
 /// with, or that it always applies (it is always read-only, nodev, nosuid,
@@ -291,7 +291,7 @@ pub fn parse(args: &[OsString]) -> Result<Request, HelperError> {
             _ if sloppy => log::warn!("ignoring unknown mount option {opt:?} (-s)"),
             _ => {
                 return Err(usage(format!(
-                    "unknown mount option {opt:?}; pgbootfs takes {}, allow_other, foreground, log=, log_level=, pgservicefile=, pgpassfile=, pgsysconfdir=",
+                    "unknown mount option {opt:?}; pgbootfs takes {}, allow_other, inside, inside_private, foreground, log=, log_level=, pgservicefile=, pgpassfile=, pgsysconfdir=",
                     VALUE_OPTIONS
                         .iter()
                         .map(|k| format!("{k}="))
@@ -565,6 +565,19 @@ mod tests {
         );
         assert!(r.foreground);
         assert_eq!(r.log, Some(PathBuf::from("/tmp/l")));
+        // The inside view (issue 20) is a flag like allow_other.
+        let r = parse(&args(&[
+            "mount.fuse.pgbootfs",
+            "maas",
+            "/srv",
+            "-o",
+            "inside,inside_private",
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.mount_args,
+            args(&["mount", "/srv", "--inside", "--inside-private"])
+        );
         let r = parse(&args(&[
             "pgbootfs",
             "maas",

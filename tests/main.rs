@@ -8,6 +8,7 @@ mod export;
 mod handle;
 mod hostile;
 mod http;
+mod inside;
 mod maas;
 mod maas35;
 mod mount;

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::handle::{ErrorClass, HandleError};
+use crate::inside::InsideError;
 
 /// Why a file system call failed.
 #[derive(Debug)]
@@ -20,6 +21,11 @@ pub enum FsError {
     BadHandle,
     /// Reading the image failed.
     Read(HandleError),
+    /// An image's contents could not be read (`--inside`): corrupt, truncated,
+    /// unsupported, or its bytes could not be had.
+    Inside(InsideError),
+    /// Not a symbolic link (readlink).
+    Invalid,
 }
 
 impl FsError {
@@ -31,11 +37,17 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
-            FsError::Read(e) => match e.class() {
-                ErrorClass::Busy => libc::EAGAIN,
-                ErrorClass::Unavailable | ErrorClass::Gone | ErrorClass::Broken => libc::EIO,
-            },
+            FsError::Read(e) => class_errno(e.class()),
+            FsError::Inside(e) => class_errno(e.class()),
+            FsError::Invalid => libc::EINVAL,
         }
+    }
+}
+
+fn class_errno(class: ErrorClass) -> i32 {
+    match class {
+        ErrorClass::Busy => libc::EAGAIN,
+        ErrorClass::Unavailable | ErrorClass::Gone | ErrorClass::Broken => libc::EIO,
     }
 }
 
@@ -48,6 +60,8 @@ impl fmt::Display for FsError {
             FsError::ReadOnly => f.write_str("read-only file system"),
             FsError::BadHandle => f.write_str("unknown file handle"),
             FsError::Read(e) => e.fmt(f),
+            FsError::Inside(e) => e.fmt(f),
+            FsError::Invalid => f.write_str("invalid argument"),
         }
     }
 }
@@ -56,6 +70,7 @@ impl std::error::Error for FsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             FsError::Read(e) => Some(e),
+            FsError::Inside(e) => Some(e),
             _ => None,
         }
     }

@@ -35,6 +35,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -134,6 +135,7 @@ impl BootFs {
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
+        let (uid, gid) = a.owner.unwrap_or((self.uid, self.gid));
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,
@@ -145,8 +147,8 @@ impl BootFs {
             kind: file_type(a.kind),
             perm: a.perm,
             nlink: a.nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,
@@ -230,6 +232,18 @@ fn read_into_reply(handle: &Handle, offset: u64, size: u32, reply: ReplyData) {
     });
     if let (Err(e), Some(r)) = (res, reply.take()) {
         r.error(errno(&FsError::Read(e)));
+    }
+}
+
+/// An xattr value or name list: its size when asked for 0 bytes, ERANGE when it
+/// does not fit.
+fn xattr_reply(bytes: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(bytes.len() as u32)
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(bytes)
     }
 }
 
@@ -378,6 +392,18 @@ impl Filesystem for BootFs {
         reply: ReplyData,
     ) {
         crate::metrics::fuse_op("read");
+        // Inside an image (--inside): decompression, always on a read thread.
+        if let Some(file) = self.core.inside_file(fh.0) {
+            let core = self.core.clone();
+            let job: ReadJob = Box::new(move || match core.read_inside(&file, offset, size) {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(&e)),
+            });
+            if let Err(job) = self.readers.submit(job) {
+                job();
+            }
+            return;
+        }
         let handle = match self.core.handle(fh.0) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(&e)),
@@ -395,6 +421,14 @@ impl Filesystem for BootFs {
         if let Err(job) = self.readers.submit(job) {
             // The read threads are gone (shutting down): read here rather than drop it.
             job();
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::metrics::fuse_op("readlink");
+        match self.core.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -439,23 +473,37 @@ impl Filesystem for BootFs {
         reply.ok();
     }
 
-    // No extended attributes. ENOSYS (not ENODATA) makes the kernel stop asking for
-    // the rest of the mount's life: `ls -l` otherwise costs two round trips per file.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    // No extended attributes in the tree itself. ENOSYS (not ENODATA) makes the
+    // kernel stop asking for the rest of the mount's life: `ls -l` otherwise costs
+    // two round trips per file. With --inside, entries inside images have theirs,
+    // so the tree answers ENODATA instead.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         crate::metrics::fuse_op("getxattr");
-        reply.error(Errno::ENOSYS);
+        let list = match self.core.xattrs(ino.0) {
+            Ok(Some(list)) => list,
+            Ok(None) => return reply.error(Errno::ENOSYS),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let name = name.as_encoded_bytes();
+        match list.iter().find(|(n, _)| n.as_slice() == name) {
+            None => reply.error(Errno::ENODATA),
+            Some((_, v)) => xattr_reply(v, size, reply),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         crate::metrics::fuse_op("listxattr");
-        reply.error(Errno::ENOSYS);
+        match self.core.xattrs(ino.0) {
+            Ok(Some(list)) => {
+                let names: Vec<u8> = list
+                    .iter()
+                    .flat_map(|(n, _)| n.iter().copied().chain([0]))
+                    .collect();
+                xattr_reply(&names, size, reply)
+            }
+            Ok(None) => reply.error(Errno::ENOSYS),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn ioctl(

@@ -104,6 +104,8 @@ struct Shared {
     started: AtomicBool,
     /// Milliseconds since `epoch` of the last read, for the idle sweeper.
     used: AtomicU64,
+    /// Set by [`Handle::set_random`]: misses never start a read-ahead stream.
+    random: AtomicBool,
     /// End of the last read: a miss just past it continues a sequential read.
     /// Outside the state lock, so a read from memory never waits for one that
     /// waits for the database.
@@ -186,6 +188,7 @@ impl HandlePool {
             path: path.to_string(),
             closed: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            random: AtomicBool::new(false),
             used: AtomicU64::new(0),
             last_end: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -229,6 +232,13 @@ impl Handle {
         *self.shared.prepared.lock() = Some((idx, source));
         self.shared.started.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Marks this handle's reads as scattered (an index walked, such as a
+    /// squashfs's metadata): a miss fetches its own chunk and never starts a
+    /// read-ahead stream, which would read megabytes past each small read.
+    pub fn set_random(&self) {
+        self.shared.random.store(true, Ordering::Relaxed);
     }
 
     /// Is this handle holding a database connection now?
@@ -415,7 +425,8 @@ impl Shared {
             }
             let off = idx * CHUNK;
             let last_end = self.last_end.load(Ordering::Relaxed);
-            let sequential = off >= last_end.saturating_sub(CHUNK)
+            let sequential = !self.random.load(Ordering::Relaxed)
+                && off >= last_end.saturating_sub(CHUNK)
                 && off <= last_end.saturating_add(STREAM_SKIP);
             match self.content.step(idx, sequential, WAIT_STEP) {
                 // Brought by a fetch or stream this reader waited for.

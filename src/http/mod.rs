@@ -14,6 +14,7 @@
 mod clients;
 pub mod conditional;
 mod conn;
+mod inside;
 mod listing;
 pub mod path;
 #[cfg(test)]
@@ -68,6 +69,10 @@ pub struct HttpOptions {
     pub trusted_proxies: Vec<IpNet>,
     /// Serve `/metrics` only (`mount --metrics ADDR`), 404 for everything else.
     pub metrics_only: bool,
+    /// Serve the contents of browsable images under `/.inside` (`--inside`).
+    pub inside: bool,
+    /// With `inside`, also files that are not world-readable in their image.
+    pub inside_private: bool,
 }
 
 /// A running HTTP server; its threads live as long as the process.
@@ -171,6 +176,7 @@ struct Ctx {
     send_timeout: Duration,
     hostname: Option<String>,
     metrics_only: bool,
+    inside: Option<inside::Inside>,
 }
 
 /// Binds, then starts the accept thread; each connection gets a thread of its own,
@@ -204,6 +210,10 @@ pub fn start(
         send_timeout: opts.send_timeout,
         hostname: request::hostname(),
         metrics_only: opts.metrics_only,
+        inside: opts.inside.then(|| inside::Inside {
+            images: crate::inside::Images::new(pool.with_timeout(opts.pool_wait)),
+            private: opts.inside_private,
+        }),
     });
     let accept_ctx = ctx.clone();
     std::thread::Builder::new()
@@ -579,6 +589,9 @@ fn route(ctx: &Ctx, rq: &Head) -> Reply {
         Target::Tree(parts, trailing) => (parts, trailing),
     };
     let (parts, trailing) = parts;
+    if let (Some(inside), Some(inside::PREFIX)) = (&ctx.inside, parts.first().map(String::as_str)) {
+        return inside::reply(inside, rq, &tree, &parts);
+    }
     let Some(node) = tree.resolve(parts.iter().map(String::as_str)) else {
         return Reply::text(404);
     };
@@ -638,7 +651,24 @@ fn path_depth(url: &str) -> usize {
 
 fn file_reply(ctx: &Ctx, rq: &Head, node: &Node, f: &FileInfo) -> Reply {
     let tag = conditional::etag(&f.sha256);
-    let modified = conditional::fmt_date(node.mtime);
+    let handle = || Box::new(ctx.pool.open(f, &node.path));
+    ranged(rq, tag, node.mtime, f.size, &|start, len| Body::File {
+        handle: handle(),
+        start,
+        len,
+    })
+}
+
+/// A file's reply, whole or in part, with its validators: `body` makes the
+/// bytes from `start`, `len` long, once the conditions and the range are decided.
+fn ranged(
+    rq: &Head,
+    tag: String,
+    mtime: SystemTime,
+    size: u64,
+    body: &dyn Fn(u64, u64) -> Body,
+) -> Reply {
+    let modified = conditional::fmt_date(mtime);
     // no-cache: a cache may keep the image but must revalidate it, which costs a
     // 304 and no bytes; heuristic freshness could serve an image replaced since.
     let validators = |r: Reply| {
@@ -654,7 +684,7 @@ fn file_reply(ctx: &Ctx, rq: &Head, node: &Node, f: &FileInfo) -> Reply {
     } else {
         rq.value("if-unmodified-since")
             .and_then(conditional::parse_date)
-            .is_none_or(|since| conditional::not_modified_since(node.mtime, since))
+            .is_none_or(|since| conditional::not_modified_since(mtime, since))
     };
     if !precondition {
         return validators(Reply::text(412));
@@ -665,47 +695,33 @@ fn file_reply(ctx: &Ctx, rq: &Head, node: &Node, f: &FileInfo) -> Reply {
     } else {
         rq.value("if-modified-since")
             .and_then(conditional::parse_date)
-            .is_some_and(|since| conditional::not_modified_since(node.mtime, since))
+            .is_some_and(|since| conditional::not_modified_since(mtime, since))
     };
     if not_modified {
         return validators(Reply::new(304, Body::None));
     }
     // Range is defined for GET only; a stale If-Range gets the whole file.
     let mut ask = match rq.value("range") {
-        Some(v) if rq.method == Method::Get => conditional::parse_range(v, f.size),
+        Some(v) if rq.method == Method::Get => conditional::parse_range(v, size),
         _ => RangeAsk::Full,
     };
     if ask != RangeAsk::Full
         && rq
             .value("if-range")
-            .is_some_and(|v| !conditional::if_range_holds(v, &tag, node.mtime))
+            .is_some_and(|v| !conditional::if_range_holds(v, &tag, mtime))
     {
         ask = RangeAsk::Full;
     }
-    let handle = || Box::new(ctx.pool.open(f, &node.path));
     let reply = match ask {
         RangeAsk::Unsatisfiable => {
-            Reply::text(416).header("Content-Range", format!("bytes */{}", f.size))
+            Reply::text(416).header("Content-Range", format!("bytes */{size}"))
         }
-        RangeAsk::Part(first, last) => Reply::new(
-            206,
-            Body::File {
-                handle: handle(),
-                start: first,
-                len: last - first + 1,
-            },
-        )
-        .header("Content-Range", format!("bytes {first}-{last}/{}", f.size))
-        .header("Content-Type", "application/octet-stream"),
-        RangeAsk::Full => Reply::new(
-            200,
-            Body::File {
-                handle: handle(),
-                start: 0,
-                len: f.size,
-            },
-        )
-        .header("Content-Type", "application/octet-stream"),
+        RangeAsk::Part(first, last) => Reply::new(206, body(first, last - first + 1))
+            .header("Content-Range", format!("bytes {first}-{last}/{size}"))
+            .header("Content-Type", "application/octet-stream"),
+        RangeAsk::Full => {
+            Reply::new(200, body(0, size)).header("Content-Type", "application/octet-stream")
+        }
     };
     validators(reply.header("Accept-Ranges", "bytes"))
 }

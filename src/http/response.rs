@@ -6,12 +6,14 @@
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use log::warn;
 use sha2::{Digest, Sha256};
 
 use crate::handle::{ErrorClass, Handle, READ_CHUNK};
+use crate::inside::Archive;
 
 use super::conditional;
 
@@ -36,6 +38,18 @@ pub(super) enum Body {
         start: u64,
         len: u64,
     },
+    /// `len` bytes of a file inside an image (`--inside`) from `start`.
+    Inside {
+        file: InsideBody,
+        start: u64,
+        len: u64,
+    },
+}
+
+/// A file inside an image, for a body.
+pub(super) struct InsideBody {
+    pub archive: Arc<dyn Archive>,
+    pub id: u64,
 }
 
 impl Reply {
@@ -124,7 +138,7 @@ impl Reply {
         match &self.body {
             Body::None => None,
             Body::Bytes(b) => Some(b.len() as u64),
-            Body::File { len, .. } => Some(*len),
+            Body::File { len, .. } | Body::Inside { len, .. } => Some(*len),
         }
     }
 }
@@ -138,6 +152,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
+        422 => "Unprocessable Content",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         412 => "Precondition Failed",
@@ -243,6 +258,7 @@ pub(super) fn send(w: &mut TcpStream, mut reply: Reply, head: bool, started: Ins
             handle.close();
             r
         }
+        Body::Inside { file, start, len } => copy_inside(&file, start, len, w),
     };
     let result = result.and_then(|n| w.flush().map(|_| n).map_err(|e| (n, e.to_string())));
     match result {
@@ -317,6 +333,34 @@ fn send_file(
             ));
         }
         crate::metrics::served(crate::metrics::Source::Disk, n as u64);
+    }
+    Ok(len)
+}
+
+/// Streams `len` bytes from `start` of a file inside an image, decompressing as
+/// it goes. Err carries the bytes sent and why it stopped.
+fn copy_inside(
+    file: &InsideBody,
+    start: u64,
+    len: u64,
+    w: &mut dyn Write,
+) -> Result<u64, (u64, String)> {
+    let mut buf = vec![0; READ_CHUNK as usize];
+    let mut sent = 0;
+    while sent < len {
+        let want = (len - sent).min(buf.len() as u64) as usize;
+        let n = match file.archive.read(file.id, start + sent, &mut buf[..want]) {
+            Ok(0) => return Err((sent, "inside: ended early".into())),
+            Ok(n) => n,
+            Err(e) => {
+                warn!("http: {e}");
+                return Err((sent, e.to_string()));
+            }
+        };
+        match write_counted(w, &buf[..n]) {
+            (_, Ok(())) => sent += n as u64,
+            (k, Err(e)) => return Err((sent + k as u64, format!("client: {e}"))),
+        }
     }
     Ok(len)
 }
