@@ -11,4 +11,5 @@ mod maas;
 mod mount;
 mod resume;
 mod service;
+mod snapshot;
 mod store;

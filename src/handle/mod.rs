@@ -38,6 +38,7 @@ mod fake;
 mod file;
 mod idle;
 mod lo;
+mod pin;
 pub mod pool;
 mod readahead;
 mod resume;
@@ -59,6 +60,7 @@ pub use error::{ErrorClass, HandleError, HandleErrorKind};
 use file::FileSource;
 use idle::Idle;
 use lo::LoSource;
+use pin::Pin;
 pub use pool::{HandlePool, PoolOptions, PoolStats};
 use readahead::{Outcome, Readahead};
 use resume::Target;
@@ -96,6 +98,10 @@ struct Shared {
     path: String,
     /// Set by close, checked by every read (also those from memory, which take no lock).
     closed: AtomicBool,
+    /// The reader holds its image's snapshot (a [`pin`]) or reads the disk
+    /// cache's file: from now on every byte is of the content it started with.
+    /// Checked by every read, so reads from memory take no lock once it is set.
+    pinned: AtomicBool,
     /// Set once the reader has had bytes (or HTTP has promised them): from then on
     /// a lost connection is a pause (see [`resume`]). A first read while the
     /// database is unreachable fails at once instead, as a new download should.
@@ -126,6 +132,8 @@ struct State {
     disk: Option<Box<dyn Session>>,
     /// Whether this handle already tried to start filling the disk cache.
     fill_tried: bool,
+    /// The image's snapshot, shared with its other readers (see [`pin`]).
+    pin: Option<Arc<Pin>>,
     /// When a set-up last found every connection busy: the kernel follows a failed
     /// read-ahead with a read of its own, which must not wait out the pool
     /// timeout a second time.
@@ -180,6 +188,7 @@ impl HandlePool {
             size: file.size,
             path: path.to_string(),
             closed: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
             started: AtomicBool::new(false),
             used: AtomicU64::new(0),
             last_end: AtomicU64::new(0),
@@ -276,7 +285,8 @@ impl Handle {
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Some(f(&[]));
         };
-        if sh.closed.load(Ordering::Relaxed) {
+        // A reader without its snapshot yet takes it on a read thread first.
+        if sh.closed.load(Ordering::Relaxed) || !sh.pinned.load(Ordering::Acquire) {
             return None;
         }
         let chunks = (first..=last)
@@ -294,10 +304,13 @@ impl Handle {
         })
     }
 
-    /// Ends the transaction and gives the connection back. Idempotent; later reads fail.
+    /// Ends the transaction and gives the connection back, and lets go of the
+    /// image's snapshot. Idempotent; later reads fail.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.release(&mut self.shared.state.lock());
+        let mut st = self.shared.state.lock();
+        self.shared.release(&mut st);
+        self.shared.unpin(&mut st);
     }
 }
 
@@ -378,6 +391,12 @@ impl Shared {
         if self.closed.load(Ordering::Relaxed) {
             return Err(self.error(HandleErrorKind::Failed));
         }
+        if !self.pinned.load(Ordering::Acquire) {
+            let mut st = self.state.lock();
+            if let Err(e) = self.pin(&mut st) {
+                return Err(self.fail(&mut st, e));
+            }
+        }
         if let Some(d) = self.content.get(idx) {
             return Ok((d, Source::Memory));
         }
@@ -426,16 +445,72 @@ impl Shared {
         }
     }
 
-    /// Chunk `idx` from the disk cache, if the content is there.
-    fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
-        if st.disk.is_none() && self.pool().share_by_sha256 {
-            let file = self
+    /// Fixes what this reader reads before its first byte: the disk cache's
+    /// file if the content is there (its descriptor keeps the bytes, and no
+    /// connection is needed), else the image's snapshot, joined or set up with
+    /// the content check (see [`pin`]). With every connection taken, a reader
+    /// whose bytes are in memory goes on without one rather than wait; it
+    /// tries again at its next read.
+    fn pin(&self, st: &mut State) -> Result<(), HandleError> {
+        if self.pinned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.open_disk(st) || st.pin.is_some() {
+            self.pinned.store(true, Ordering::Release);
+            return Ok(());
+        }
+        if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
+            return Ok(());
+        }
+        let pin = self.pool().pins.get(&self.key);
+        match pin.establish(self.target.source.as_ref(), self.pool().timeout()) {
+            Ok(()) => {
+                self.pool().outage_over();
+                st.pin = Some(pin);
+                self.pinned.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(kind) => {
+                let e = self.error(kind);
+                if e.class() != ErrorClass::Busy {
+                    return Err(e);
+                }
+                st.busy_at = Some(Instant::now());
+                debug!(
+                    "{}: no connection for a snapshot now; reading on without",
+                    self.path
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets go of the image's snapshot: the next read takes it again.
+    fn unpin(&self, st: &mut State) {
+        self.pinned.store(false, Ordering::Release);
+        st.pin = None;
+    }
+
+    /// Opens the disk cache's file of this content if it is there; true if open.
+    fn open_disk(&self, st: &mut State) -> bool {
+        if st.disk.is_none()
+            && self.pool().share_by_sha256
+            && let Some(file) = self
                 .pool()
                 .disk
-                .as_ref()?
-                .lookup(&self.target.sha256, self.size)?;
+                .as_ref()
+                .and_then(|d| d.lookup(&self.target.sha256, self.size))
+        {
             let source = FileSource::new(file, self.size, self.target.sha256.clone());
             st.disk = source.open(Duration::ZERO).ok();
+        }
+        st.disk.is_some()
+    }
+
+    /// Chunk `idx` from the disk cache, if the content is there.
+    fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
+        if !self.open_disk(st) {
+            return None;
         }
         let disk = st.disk.as_mut()?;
         let start = idx * CHUNK;
@@ -564,7 +639,7 @@ impl Shared {
             if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
                 return Err(self.error(HandleErrorKind::PoolExhausted(self.pool().timeout())));
             }
-            let conn = self.begin(st.setups).inspect_err(|e| {
+            let conn = self.begin(st).inspect_err(|e| {
                 if e.class() == ErrorClass::Busy {
                     st.busy_at = Some(Instant::now());
                 }
@@ -578,8 +653,23 @@ impl Shared {
         }
     }
 
-    fn begin(&self, setups: u32) -> Result<Box<dyn Session>, HandleError> {
-        let session = self.target.begin(self.pool().timeout())?;
+    /// A session in the reader's snapshot: from its pin, else (the disk cache's
+    /// file failed, or no connection was free for a pin) a new one, checked.
+    fn begin(&self, st: &mut State) -> Result<Box<dyn Session>, HandleError> {
+        let setups = st.setups;
+        if st.pin.is_none() && !self.pinned.load(Ordering::Acquire) {
+            self.pin(st)?;
+        }
+        let session = match &st.pin {
+            Some(pin) => {
+                let s = pin
+                    .session(self.target.source.as_ref(), self.pool().timeout())
+                    .map_err(|k| self.error(k))?;
+                self.pool().outage_over();
+                s
+            }
+            None => self.target.begin(self.pool().timeout())?,
+        };
         debug!(
             "{}: {} set up (time {})",
             self.path,
@@ -609,8 +699,8 @@ impl Shared {
                 return Err(err);
             }
             // The dead connection goes (it cannot end its transaction, so the pool
-            // discards it), and with it any stream.
-            self.release(st);
+            // discards it), and with it any stream and the snapshot it held.
+            self.discard(st);
             let lost = *lost.get_or_insert_with(Instant::now);
             let conn = self
                 .target
@@ -626,8 +716,23 @@ impl Shared {
     fn fail(&self, st: &mut State, err: HandleError) -> HandleError {
         error!("read failed: {err}");
         crate::metrics::database_error(err.class().label());
-        self.release(st);
+        match err.kind {
+            // Nothing went wrong on the session: it goes back whole.
+            HandleErrorKind::PoolExhausted(_)
+            | HandleErrorKind::Connect(_)
+            | HandleErrorKind::Changed
+            | HandleErrorKind::Failed => self.release(st),
+            _ => self.discard(st),
+        }
         err
+    }
+
+    /// Stops read-ahead and drops the session without ending it: after a
+    /// failure it cannot be trusted to go back to the pin or the pool (the
+    /// connection is discarded; a pin's own session takes its snapshot with it).
+    fn discard(&self, st: &mut State) {
+        let _ = self.take_stream(st);
+        drop(st.conn.take());
     }
 
     /// Stops read-ahead, ends the transaction and gives the connection back.
@@ -692,13 +797,14 @@ impl Idle for Shared {
         let Some(mut st) = self.state.try_lock() else {
             return;
         };
-        if st.conn.is_some() || st.stream.is_some() {
+        if st.conn.is_some() || st.stream.is_some() || st.pin.is_some() {
             debug!(
-                "{}: unused for {}s, giving back its connection",
+                "{}: unused for {}s, giving back its connection and snapshot",
                 self.path,
                 self.idle_for().as_secs()
             );
             self.release(&mut st);
+            self.unpin(&mut st);
         }
     }
 }
