@@ -2,10 +2,11 @@
 //! all read through [`Handle`].
 //!
 //! The rule (from MAAS's 2014 fix): a handle that reads from the database does so
-//! on its own pooled connection and its own `REPEATABLE READ READ ONLY`
-//! transaction, never the catalog's; set-up is lazy and idempotent, on the first
-//! read that needs the database; the transaction ends before the connection goes
-//! back to the pool. Between those, bytes come from the [`cache`] shared by every
+//! on a pooled connection inside a `REPEATABLE READ READ ONLY` transaction, never
+//! the catalog's; the transaction ends before the connection goes back to the
+//! pool. Before its first byte a handle takes its image's [`pin`]: one snapshot
+//! per image, shared by its handles, so a handle first served from memory still
+//! reads the content it started with after the image is replaced. Between those, bytes come from the [`cache`] shared by every
 //! handle of the pool, keyed by sha256: content is identified by its sha256, so
 //! bytes of that sha256 from any source are the snapshot's bytes.
 //!
@@ -26,7 +27,9 @@
 //! Locks, always taken in this order: a handle's `state` (held across its own
 //! database round trips: one handle is one reader, and its reads are serial
 //! anyway), then the cache's state lock (never held across I/O), then the
-//! cache's buffer list. `prepared` and the idle registry's lock are taken alone.
+//! cache's buffer list; a pin's state also comes after a handle's (never held
+//! across I/O, nor together with the cache's locks), and the pins' map is taken
+//! alone. `prepared` and the idle registry's lock are taken alone.
 //! The idle sweeper only ever `try_lock`s a handle's state, so it never waits
 //! behind a read.
 
