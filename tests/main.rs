@@ -13,3 +13,4 @@ mod resume;
 mod service;
 mod snapshot;
 mod store;
+mod storm;
