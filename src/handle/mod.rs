@@ -199,6 +199,13 @@ impl HandlePool {
             state: Mutex::new(State::default()),
             prepared: Mutex::new(None),
         });
+        // On the mount a reader's first bytes may come from the kernel's page
+        // cache and never reach us: a file opened while its image's snapshot is
+        // held joins it now, which needs no connection.
+        if let Some(pin) = self.pins.existing(&shared.key) {
+            shared.state.lock().pin = Some(pin);
+            shared.pinned.store(true, Ordering::Release);
+        }
         let weak: std::sync::Weak<dyn Idle> = Arc::downgrade(&shared) as _;
         self.watch(weak);
         Handle { shared }
@@ -395,9 +402,36 @@ impl Shared {
             return Err(self.error(HandleErrorKind::Failed));
         }
         if !self.pinned.load(Ordering::Acquire) {
+            let mem = self.content.get(idx);
             let mut st = self.state.lock();
-            if let Err(e) = self.pin(&mut st) {
-                return Err(self.fail(&mut st, e));
+            // Bytes in memory are not held up by a full pool: no wait for a
+            // connection then (a parked snapshot may still give way, see `pin`).
+            let wait = match mem {
+                Some(_) if self.pool().exhausted() => Duration::ZERO,
+                _ => self.pool().timeout(),
+            };
+            match (self.pin(&mut st, wait), mem) {
+                (Ok(()), Some(d)) => return Ok((d, Source::Memory)),
+                (Ok(()), None) => {}
+                // No snapshot can be had now (every connection busy, or the
+                // database down): bytes in memory are still served (SEMANTICS,
+                // Errors), and the next read tries again.
+                (Err(e), Some(d))
+                    if matches!(e.class(), ErrorClass::Busy | ErrorClass::Unavailable) =>
+                {
+                    debug!(
+                        "{}: served from memory without a snapshot ({})",
+                        self.path,
+                        e.class().label()
+                    );
+                    return Ok((d, Source::Memory));
+                }
+                (Err(e), _) => {
+                    if e.class() == ErrorClass::Busy {
+                        st.busy_at = Some(Instant::now());
+                    }
+                    return Err(self.fail(&mut st, e));
+                }
             }
         }
         if let Some(d) = self.content.get(idx) {
@@ -451,10 +485,8 @@ impl Shared {
     /// Fixes what this reader reads before its first byte: the disk cache's
     /// file if the content is there (its descriptor keeps the bytes, and no
     /// connection is needed), else the image's snapshot, joined or set up with
-    /// the content check (see [`pin`]). With every connection taken, a reader
-    /// whose bytes are in memory goes on without one rather than wait; it
-    /// tries again at its next read.
-    fn pin(&self, st: &mut State) -> Result<(), HandleError> {
+    /// the content check (see [`pin`]), waiting at most `wait` for a connection.
+    fn pin(&self, st: &mut State, wait: Duration) -> Result<(), HandleError> {
         if self.pinned.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -463,29 +495,15 @@ impl Shared {
             return Ok(());
         }
         if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
-            return Ok(());
+            return Err(self.error(HandleErrorKind::PoolExhausted(self.pool().timeout())));
         }
         let pin = self.pool().pins.get(&self.key);
-        match pin.establish(self.target.source.as_ref(), self.pool().timeout()) {
-            Ok(()) => {
-                self.pool().outage_over();
-                st.pin = Some(pin);
-                self.pinned.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(kind) => {
-                let e = self.error(kind);
-                if e.class() != ErrorClass::Busy {
-                    return Err(e);
-                }
-                st.busy_at = Some(Instant::now());
-                debug!(
-                    "{}: no connection for a snapshot now; reading on without",
-                    self.path
-                );
-                Ok(())
-            }
-        }
+        pin.establish(self.target.source.as_ref(), wait)
+            .map_err(|k| self.error(k))?;
+        self.pool().outage_over();
+        st.pin = Some(pin);
+        self.pinned.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Lets go of the image's snapshot: the next read takes it again.
@@ -661,7 +679,7 @@ impl Shared {
     fn begin(&self, st: &mut State) -> Result<Box<dyn Session>, HandleError> {
         let setups = st.setups;
         if st.pin.is_none() && !self.pinned.load(Ordering::Acquire) {
-            self.pin(st)?;
+            self.pin(st, self.pool().timeout())?;
         }
         let session = match &st.pin {
             Some(pin) => {

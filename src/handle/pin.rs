@@ -63,6 +63,17 @@ impl Pins {
         p
     }
 
+    /// The live pin of `key`, if one holds a snapshot (or is taking one): joining
+    /// it needs no connection.
+    pub(crate) fn existing(&self, key: &str) -> Option<Arc<Pin>> {
+        let p = self.map.lock().get(key).and_then(Weak::upgrade)?;
+        let live = {
+            let st = p.state.lock();
+            st.alive || st.starting
+        };
+        live.then_some(p)
+    }
+
     /// Ends the session of the pin parked longest, if any, so a reader waiting
     /// for a connection gets one; true if one was given up.
     pub(crate) fn preempt(&self) -> bool {

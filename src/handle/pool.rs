@@ -333,6 +333,12 @@ impl HandlePool {
         }
     }
 
+    /// Every connection is open and in use.
+    pub(crate) fn exhausted(&self) -> bool {
+        let state = self.pool.state();
+        state.idle_connections == 0 && state.connections >= self.pool.max_size()
+    }
+
     /// Most connections the pool opens.
     pub(crate) fn max_size(&self) -> u32 {
         self.pool.max_size()

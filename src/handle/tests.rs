@@ -404,3 +404,26 @@ fn a_pin_whose_session_was_lost_sets_up_again_with_the_content_check() {
         .expect_err("no snapshot left");
     assert!(matches!(err.kind, HandleErrorKind::Changed), "{err}");
 }
+
+#[test]
+fn bytes_in_memory_are_served_to_a_new_reader_while_the_server_is_unreachable() {
+    let data = content(4 * MIB);
+    let len = data.len() as u64;
+    let src = FakeSource::new(data.clone());
+    let p = pool(Duration::from_secs(5));
+    // Two readers side by side: every chunk is had by both, so it stays.
+    let a = open(&p, &src, len, "down");
+    let b = open(&p, &src, len, "down");
+    let mut buf = vec![0u8; 128 << 10];
+    let mut off = 0;
+    while off < len {
+        let n = a.read_into(off, &mut buf).expect("a");
+        b.read_into(off, &mut buf).expect("b");
+        off += n as u64;
+    }
+    drop((a, b));
+    src.fail_always(Fault::Unreachable);
+    let c = open(&p, &src, len, "down");
+    assert!(read_all(&c, 0, 128 << 10).expect("from memory") == data);
+    assert!(!c.holds_connection());
+}
