@@ -15,4 +15,6 @@ mod mount;
 mod ops;
 mod resume;
 mod service;
+mod snapshot;
 mod store;
+mod storm;

@@ -4,10 +4,10 @@
 //! failure paths (resume, reconnect timeout, idle release, the first read that
 //! cannot connect) run against it in milliseconds, with no cluster to SIGSTOP.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -40,6 +40,8 @@ pub(crate) struct Calls {
     pub(crate) ends: AtomicU32,
     pub(crate) reads: AtomicU32,
     pub(crate) windows: AtomicU32,
+    /// Sessions that imported an exported snapshot.
+    pub(crate) joins: AtomicU32,
 }
 
 #[derive(Default)]
@@ -57,6 +59,13 @@ pub(crate) struct FakeSource {
     data: Arc<Vec<u8>>,
     script: Mutex<Script>,
     pub(crate) calls: Arc<Calls>,
+    /// The content was replaced and its object unlinked: new sessions fail the
+    /// content check; sessions already open, and those importing a snapshot
+    /// exported before, still read the old bytes, as in PostgreSQL.
+    replaced: AtomicBool,
+    /// Snapshots exported by sessions still open.
+    exported: Mutex<HashSet<u64>>,
+    next_snapshot: AtomicU64,
 }
 
 impl FakeSource {
@@ -65,6 +74,9 @@ impl FakeSource {
             data: Arc::new(data),
             script: Mutex::default(),
             calls: Arc::default(),
+            replaced: AtomicBool::new(false),
+            exported: Mutex::default(),
+            next_snapshot: AtomicU64::new(1),
         })
     }
 
@@ -86,6 +98,12 @@ impl FakeSource {
     /// The first read that reaches byte `at` meets `fault` there.
     pub(crate) fn fail_at(&self, at: u64, fault: Fault) {
         self.script.lock().at.push((at, fault));
+    }
+
+    /// Replaces the content, as MAAS does after a sync: a new object, the old
+    /// one unlinked. Sessions set up from now on fail the content check.
+    pub(crate) fn replace(&self) {
+        self.replaced.store(true, Ordering::Relaxed);
     }
 
     /// The first pending fault in `start..end`, taken out of the script.
@@ -112,15 +130,66 @@ fn reset() -> io::Error {
 
 impl ByteSource for Arc<FakeSource> {
     fn open(&self, _wait: Duration) -> Result<Box<dyn Session>, HandleErrorKind> {
+        Ok(Box::new(self.session()?))
+    }
+
+    fn open_shared(
+        &self,
+        _wait: Duration,
+        export: bool,
+    ) -> Result<(Box<dyn Session>, Option<String>), HandleErrorKind> {
+        let mut s = self.session()?;
+        let mut name = None;
+        if export {
+            let id = self.next_snapshot.fetch_add(1, Ordering::Relaxed);
+            self.exported.lock().insert(id);
+            s.exported = Some(id);
+            name = Some(format!("{id:08X}-1"));
+        }
+        Ok((Box::new(s), name))
+    }
+
+    fn join(&self, id: &str, _wait: Duration) -> Result<Box<dyn Session>, HandleErrorKind> {
+        self.calls.joins.fetch_add(1, Ordering::Relaxed);
+        let live = id
+            .strip_suffix("-1")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .is_some_and(|n| self.exported.lock().contains(&n));
+        if !live {
+            return Err(HandleErrorKind::Server {
+                code: SqlState::INVALID_PARAMETER_VALUE,
+                message: format!("invalid snapshot identifier: \"{id}\""),
+            });
+        }
+        Ok(Box::new(FakeSession {
+            src: self.clone(),
+            exported: None,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        "fake source".into()
+    }
+}
+
+impl FakeSource {
+    /// A new session, after the scripted set-up faults and the content check.
+    fn session(self: &Arc<Self>) -> Result<FakeSession, HandleErrorKind> {
         self.calls.opens.fetch_add(1, Ordering::Relaxed);
         let fault = {
             let mut s = self.script.lock();
             s.always.clone().or_else(|| s.on_open.pop_front().flatten())
         };
         match fault {
-            None | Some(Fault::Stall(_) | Fault::Short) => {
-                Ok(Box::new(FakeSession { src: self.clone() }))
+            None | Some(Fault::Stall(_) | Fault::Short)
+                if self.replaced.load(Ordering::Relaxed) =>
+            {
+                Err(HandleErrorKind::Changed)
             }
+            None | Some(Fault::Stall(_) | Fault::Short) => Ok(FakeSession {
+                src: self.clone(),
+                exported: None,
+            }),
             Some(Fault::Sql(code)) => Err(sql(&code)),
             Some(Fault::Io) => Err(HandleErrorKind::Stream(reset())),
             Some(Fault::Changed) => Err(HandleErrorKind::Changed),
@@ -129,14 +198,20 @@ impl ByteSource for Arc<FakeSource> {
             )),
         }
     }
-
-    fn describe(&self) -> String {
-        "fake source".into()
-    }
 }
 
 struct FakeSession {
     src: Arc<FakeSource>,
+    /// The snapshot this session exported: importable until it ends.
+    exported: Option<u64>,
+}
+
+impl Drop for FakeSession {
+    fn drop(&mut self) {
+        if let Some(id) = self.exported.take() {
+            self.src.exported.lock().remove(&id);
+        }
+    }
 }
 
 impl Session for FakeSession {

@@ -28,20 +28,67 @@ pub(crate) struct LoSource {
 
 impl ByteSource for LoSource {
     fn open(&self, wait: Duration) -> Result<Box<dyn Session>, HandleErrorKind> {
+        Ok(self.begin(wait, None, false)?.0)
+    }
+
+    fn open_shared(
+        &self,
+        wait: Duration,
+        export: bool,
+    ) -> Result<(Box<dyn Session>, Option<String>), HandleErrorKind> {
+        self.begin(wait, None, export)
+    }
+
+    fn join(&self, id: &str, wait: Duration) -> Result<Box<dyn Session>, HandleErrorKind> {
+        Ok(self.begin(wait, Some(id), false)?.0)
+    }
+
+    fn describe(&self) -> String {
+        format!("large object {}", self.oid)
+    }
+}
+
+/// A snapshot name as `pg_export_snapshot` makes them (hex digits and dashes):
+/// anything else is not put into a statement.
+fn snapshot_name(id: &str) -> Option<&str> {
+    let ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    ok.then_some(id)
+}
+
+impl LoSource {
+    /// A session inside a new `REPEATABLE READ READ ONLY` transaction (or one
+    /// taking the exported snapshot `import`), after the content check; with
+    /// `export`, also the name of its snapshot for others to import.
+    fn begin(
+        &self,
+        wait: Duration,
+        import: Option<&str>,
+        mut export: bool,
+    ) -> Result<(Box<dyn Session>, Option<String>), HandleErrorKind> {
+        let begin = match import {
+            None => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_string(),
+            Some(id) => {
+                let Some(id) = snapshot_name(id) else {
+                    return Err(HandleErrorKind::Failed);
+                };
+                // SET TRANSACTION SNAPSHOT must come before any query of the transaction.
+                format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{id}'"
+                )
+            }
+        };
         // Idle pooled connections die together when the server restarts: each dead
         // one is discarded and the next tried, until a live or new one answers.
         let mut attempt = 0;
         loop {
             let mut conn = self.pool.get_within(&self.path, wait).map_err(|e| e.kind)?;
             conn.in_txn = true;
-            let res = conn
-                .client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .and_then(|_| {
-                    let open = conn.open.clone();
-                    conn.client
-                        .query_one(&open, &[&self.oid, &self.sha256, &(self.size as i64)])
-                });
+            let res = conn.client.batch_execute(&begin).and_then(|_| {
+                let open = conn.open.clone();
+                conn.client
+                    .query_one(&open, &[&self.oid, &self.sha256, &(self.size as i64)])
+            });
             let row = match res {
                 Ok(row) => row,
                 Err(e) if conn.client.is_closed() && attempt <= self.pool.max_size() => {
@@ -75,15 +122,26 @@ impl ByteSource for LoSource {
                     self.path, self.oid, self.size, self.size
                 );
             }
-            return Ok(Box::new(LoSession {
+            let mut snapshot = None;
+            if export {
+                match conn.client.query_one("SELECT pg_export_snapshot()", &[]) {
+                    Ok(row) => snapshot = Some(row.get::<_, String>(0)),
+                    Err(e) if conn.client.is_closed() => return Err(HandleErrorKind::Db(e)),
+                    Err(e) => {
+                        // The transaction is aborted: begin again without exporting.
+                        self.pool.pins.refuse(&e.to_string());
+                        end_txn(&mut conn);
+                        export = false;
+                        continue;
+                    }
+                }
+            }
+            let session = Box::new(LoSession {
                 conn,
                 oid: self.oid,
-            }));
+            });
+            return Ok((session, snapshot));
         }
-    }
-
-    fn describe(&self) -> String {
-        format!("large object {}", self.oid)
     }
 }
 

@@ -2,10 +2,11 @@
 //! all read through [`Handle`].
 //!
 //! The rule (from MAAS's 2014 fix): a handle that reads from the database does so
-//! on its own pooled connection and its own `REPEATABLE READ READ ONLY`
-//! transaction, never the catalog's; set-up is lazy and idempotent, on the first
-//! read that needs the database; the transaction ends before the connection goes
-//! back to the pool. Between those, bytes come from the [`cache`] shared by every
+//! on a pooled connection inside a `REPEATABLE READ READ ONLY` transaction, never
+//! the catalog's; the transaction ends before the connection goes back to the
+//! pool. Before its first byte a handle takes its image's [`pin`]: one snapshot
+//! per image, shared by its handles, so a handle first served from memory still
+//! reads the content it started with after the image is replaced. Between those, bytes come from the [`cache`] shared by every
 //! handle of the pool, keyed by sha256: content is identified by its sha256, so
 //! bytes of that sha256 from any source are the snapshot's bytes.
 //!
@@ -26,7 +27,9 @@
 //! Locks, always taken in this order: a handle's `state` (held across its own
 //! database round trips: one handle is one reader, and its reads are serial
 //! anyway), then the cache's state lock (never held across I/O), then the
-//! cache's buffer list. `prepared` and the idle registry's lock are taken alone.
+//! cache's buffer list; a pin's state also comes after a handle's (never held
+//! across I/O, nor together with the cache's locks), and the pins' map is taken
+//! alone. `prepared` and the idle registry's lock are taken alone.
 //! The idle sweeper only ever `try_lock`s a handle's state, so it never waits
 //! behind a read.
 
@@ -38,6 +41,7 @@ mod fake;
 mod file;
 mod idle;
 mod lo;
+mod pin;
 pub mod pool;
 mod readahead;
 mod resume;
@@ -61,6 +65,7 @@ use file::FileSource;
 use idle::Idle;
 pub use lo::CopyFields;
 use lo::LoSource;
+use pin::Pin;
 pub use pool::{HandlePool, PoolOptions, PoolStats};
 use readahead::{Outcome, Readahead};
 use resume::Target;
@@ -98,6 +103,10 @@ struct Shared {
     path: String,
     /// Set by close, checked by every read (also those from memory, which take no lock).
     closed: AtomicBool,
+    /// The reader holds its image's snapshot (a [`pin`]) or reads the disk
+    /// cache's file: from now on every byte is of the content it started with.
+    /// Checked by every read, so reads from memory take no lock once it is set.
+    pinned: AtomicBool,
     /// Set once the reader has had bytes (or HTTP has promised them): from then on
     /// a lost connection is a pause (see [`resume`]). A first read while the
     /// database is unreachable fails at once instead, as a new download should.
@@ -133,6 +142,8 @@ struct State {
     disk: Option<Box<dyn Session>>,
     /// Whether this handle already tried to start filling the disk cache.
     fill_tried: bool,
+    /// The image's snapshot, shared with its other readers (see [`pin`]).
+    pin: Option<Arc<Pin>>,
     /// When a set-up last found every connection busy: the kernel follows a failed
     /// read-ahead with a read of its own, which must not wait out the pool
     /// timeout a second time.
@@ -187,6 +198,7 @@ impl HandlePool {
             size: file.size,
             path: path.to_string(),
             closed: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
             started: AtomicBool::new(false),
             random: AtomicBool::new(false),
             used: AtomicU64::new(0),
@@ -199,6 +211,13 @@ impl HandlePool {
                 .as_deref()
                 .map(|p| storage::StorageFile::open(p, file.size)),
         });
+        // On the mount a reader's first bytes may come from the kernel's page
+        // cache and never reach us: a file opened while its image's snapshot is
+        // held joins it now, which needs no connection.
+        if let Some(pin) = self.pins.existing(&shared.key) {
+            shared.state.lock().pin = Some(pin);
+            shared.pinned.store(true, Ordering::Release);
+        }
         let weak: std::sync::Weak<dyn Idle> = Arc::downgrade(&shared) as _;
         self.watch(weak);
         Handle { shared }
@@ -309,8 +328,12 @@ impl Handle {
         let Some((first, last, end)) = sh.span(offset, len) else {
             return Some(f(&[]));
         };
-        // A storage file is read on the caller's read threads, never here.
-        if sh.closed.load(Ordering::Relaxed) || sh.storage.is_some() {
+        // A storage file is read on the caller's read threads, never here; a
+        // reader without its snapshot yet takes it on a read thread first.
+        if sh.closed.load(Ordering::Relaxed)
+            || sh.storage.is_some()
+            || !sh.pinned.load(Ordering::Acquire)
+        {
             return None;
         }
         let chunks = (first..=last)
@@ -328,10 +351,13 @@ impl Handle {
         })
     }
 
-    /// Ends the transaction and gives the connection back. Idempotent; later reads fail.
+    /// Ends the transaction and gives the connection back, and lets go of the
+    /// image's snapshot. Idempotent; later reads fail.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.release(&mut self.shared.state.lock());
+        let mut st = self.shared.state.lock();
+        self.shared.release(&mut st);
+        self.shared.unpin(&mut st);
     }
 }
 
@@ -412,6 +438,39 @@ impl Shared {
         if self.closed.load(Ordering::Relaxed) {
             return Err(self.error(HandleErrorKind::Failed));
         }
+        if !self.pinned.load(Ordering::Acquire) {
+            let mem = self.content.get(idx);
+            let mut st = self.state.lock();
+            // Bytes in memory are not held up by a full pool: no wait for a
+            // connection then (a parked snapshot may still give way, see `pin`).
+            let wait = match mem {
+                Some(_) if self.pool().exhausted() => Duration::ZERO,
+                _ => self.pool().timeout(),
+            };
+            match (self.pin(&mut st, wait), mem) {
+                (Ok(()), Some(d)) => return Ok((d, Source::Memory)),
+                (Ok(()), None) => {}
+                // No snapshot can be had now (every connection busy, or the
+                // database down): bytes in memory are still served (SEMANTICS,
+                // Errors), and the next read tries again.
+                (Err(e), Some(d))
+                    if matches!(e.class(), ErrorClass::Busy | ErrorClass::Unavailable) =>
+                {
+                    debug!(
+                        "{}: served from memory without a snapshot ({})",
+                        self.path,
+                        e.class().label()
+                    );
+                    return Ok((d, Source::Memory));
+                }
+                (Err(e), _) => {
+                    if e.class() == ErrorClass::Busy {
+                        st.busy_at = Some(Instant::now());
+                    }
+                    return Err(self.fail(&mut st, e));
+                }
+            }
+        }
         if let Some(d) = self.content.get(idx) {
             return Ok((d, Source::Memory));
         }
@@ -461,16 +520,56 @@ impl Shared {
         }
     }
 
-    /// Chunk `idx` from the disk cache, if the content is there.
-    fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
-        if st.disk.is_none() && self.pool().share_by_sha256 {
-            let file = self
+    /// Fixes what this reader reads before its first byte: the disk cache's
+    /// file if the content is there (its descriptor keeps the bytes, and no
+    /// connection is needed), else the image's snapshot, joined or set up with
+    /// the content check (see [`pin`]), waiting at most `wait` for a connection.
+    fn pin(&self, st: &mut State, wait: Duration) -> Result<(), HandleError> {
+        if self.pinned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.open_disk(st) || st.pin.is_some() {
+            self.pinned.store(true, Ordering::Release);
+            return Ok(());
+        }
+        if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
+            return Err(self.error(HandleErrorKind::PoolExhausted(self.pool().timeout())));
+        }
+        let pin = self.pool().pins.get(&self.key);
+        pin.establish(self.target.source.as_ref(), wait)
+            .map_err(|k| self.error(k))?;
+        self.pool().outage_over();
+        st.pin = Some(pin);
+        self.pinned.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Lets go of the image's snapshot: the next read takes it again.
+    fn unpin(&self, st: &mut State) {
+        self.pinned.store(false, Ordering::Release);
+        st.pin = None;
+    }
+
+    /// Opens the disk cache's file of this content if it is there; true if open.
+    fn open_disk(&self, st: &mut State) -> bool {
+        if st.disk.is_none()
+            && self.pool().share_by_sha256
+            && let Some(file) = self
                 .pool()
                 .disk
-                .as_ref()?
-                .lookup(&self.target.sha256, self.size)?;
+                .as_ref()
+                .and_then(|d| d.lookup(&self.target.sha256, self.size))
+        {
             let source = FileSource::new(file, self.size, self.target.sha256.clone());
             st.disk = source.open(Duration::ZERO).ok();
+        }
+        st.disk.is_some()
+    }
+
+    /// Chunk `idx` from the disk cache, if the content is there.
+    fn disk_chunk(&self, st: &mut State, idx: u64) -> Option<Arc<Vec<u8>>> {
+        if !self.open_disk(st) {
+            return None;
         }
         let disk = st.disk.as_mut()?;
         let start = idx * CHUNK;
@@ -600,7 +699,7 @@ impl Shared {
             if st.busy_at.is_some_and(|t| t.elapsed() < BUSY_GRACE) {
                 return Err(self.error(HandleErrorKind::PoolExhausted(self.pool().timeout())));
             }
-            let conn = self.begin(st.setups).inspect_err(|e| {
+            let conn = self.begin(st).inspect_err(|e| {
                 if e.class() == ErrorClass::Busy {
                     st.busy_at = Some(Instant::now());
                 }
@@ -614,8 +713,23 @@ impl Shared {
         }
     }
 
-    fn begin(&self, setups: u32) -> Result<Box<dyn Session>, HandleError> {
-        let session = self.target.begin(self.pool().timeout())?;
+    /// A session in the reader's snapshot: from its pin, else (the disk cache's
+    /// file failed, or no connection was free for a pin) a new one, checked.
+    fn begin(&self, st: &mut State) -> Result<Box<dyn Session>, HandleError> {
+        let setups = st.setups;
+        if st.pin.is_none() && !self.pinned.load(Ordering::Acquire) {
+            self.pin(st, self.pool().timeout())?;
+        }
+        let session = match &st.pin {
+            Some(pin) => {
+                let s = pin
+                    .session(self.target.source.as_ref(), self.pool().timeout())
+                    .map_err(|k| self.error(k))?;
+                self.pool().outage_over();
+                s
+            }
+            None => self.target.begin(self.pool().timeout())?,
+        };
         debug!(
             "{}: {} set up (time {})",
             self.path,
@@ -645,8 +759,8 @@ impl Shared {
                 return Err(err);
             }
             // The dead connection goes (it cannot end its transaction, so the pool
-            // discards it), and with it any stream.
-            self.release(st);
+            // discards it), and with it any stream and the snapshot it held.
+            self.discard(st);
             let lost = *lost.get_or_insert_with(Instant::now);
             let conn = self
                 .target
@@ -662,8 +776,23 @@ impl Shared {
     fn fail(&self, st: &mut State, err: HandleError) -> HandleError {
         error!("read failed: {err}");
         crate::metrics::database_error(err.class().label());
-        self.release(st);
+        match err.kind {
+            // Nothing went wrong on the session: it goes back whole.
+            HandleErrorKind::PoolExhausted(_)
+            | HandleErrorKind::Connect(_)
+            | HandleErrorKind::Changed
+            | HandleErrorKind::Failed => self.release(st),
+            _ => self.discard(st),
+        }
         err
+    }
+
+    /// Stops read-ahead and drops the session without ending it: after a
+    /// failure it cannot be trusted to go back to the pin or the pool (the
+    /// connection is discarded; a pin's own session takes its snapshot with it).
+    fn discard(&self, st: &mut State) {
+        let _ = self.take_stream(st);
+        drop(st.conn.take());
     }
 
     /// Stops read-ahead, ends the transaction and gives the connection back.
@@ -740,13 +869,14 @@ impl Idle for Shared {
         let Some(mut st) = self.state.try_lock() else {
             return;
         };
-        if st.conn.is_some() || st.stream.is_some() {
+        if st.conn.is_some() || st.stream.is_some() || st.pin.is_some() {
             debug!(
-                "{}: unused for {}s, giving back its connection",
+                "{}: unused for {}s, giving back its connection and snapshot",
                 self.path,
                 self.idle_for().as_secs()
             );
             self.release(&mut st);
+            self.unpin(&mut st);
         }
     }
 }

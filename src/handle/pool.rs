@@ -14,6 +14,7 @@ use super::cache::ChunkCache;
 use super::disk::DiskCache;
 use super::error::{HandleError, HandleErrorKind};
 use super::idle::{Idle, Registry};
+use super::pin::Pins;
 use crate::db::{DbConfig, DbError, Manager};
 use crate::maas::sql;
 
@@ -146,6 +147,8 @@ pub struct HandlePool {
     pub(crate) cache: Arc<ChunkCache>,
     pub(crate) disk: Option<Arc<DiskCache>>,
     registry: Arc<Registry>,
+    /// The snapshot of each image being read, shared by its readers.
+    pub(crate) pins: Arc<Pins>,
 }
 
 /// The last failure to open a new connection, as r2d2 reports it. While the
@@ -254,6 +257,7 @@ impl HandlePool {
             cache: Arc::new(ChunkCache::new(opts.cache_memory)),
             disk: None,
             registry: Arc::default(),
+            pins: Arc::default(),
         }
     }
 
@@ -329,6 +333,12 @@ impl HandlePool {
         }
     }
 
+    /// Every connection is open and in use.
+    pub(crate) fn exhausted(&self) -> bool {
+        let state = self.pool.state();
+        state.idle_connections == 0 && state.connections >= self.pool.max_size()
+    }
+
     /// Most connections the pool opens.
     pub(crate) fn max_size(&self) -> u32 {
         self.pool.max_size()
@@ -348,6 +358,12 @@ impl HandlePool {
         let waits = self.pool.state().idle_connections == 0
             && self.pool.state().connections >= self.pool.max_size();
         loop {
+            let state = self.pool.state();
+            if state.idle_connections == 0 && state.connections >= self.pool.max_size() {
+                // Every connection is taken: the snapshot of an image nobody is
+                // reading from the database now gives way (see `pin`).
+                self.pins.preempt();
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self.pool.get_timeout(left.min(POOL_POLL)) {
                 Ok(conn) => {

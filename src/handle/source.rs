@@ -27,6 +27,27 @@ pub(crate) trait ByteSource: Send + Sync {
 
     /// What the source reads, for log lines ("large object 16401").
     fn describe(&self) -> String;
+
+    /// [`ByteSource::open`], and when `export`, the name under which other
+    /// sessions can take the same snapshot ([`ByteSource::join`]) while this one
+    /// lasts: None where the source has no such thing (a local file's descriptor
+    /// needs none) or the server refused.
+    fn open_shared(
+        &self,
+        wait: Duration,
+        export: bool,
+    ) -> Result<(Box<dyn Session>, Option<String>), HandleErrorKind> {
+        let _ = export;
+        Ok((self.open(wait)?, None))
+    }
+
+    /// A session in the snapshot `id` that a session of [`ByteSource::open_shared`]
+    /// exported and still holds, with the content check in it. A server error if
+    /// that snapshot can no longer be had.
+    fn join(&self, id: &str, wait: Duration) -> Result<Box<dyn Session>, HandleErrorKind> {
+        let _ = id;
+        self.open(wait)
+    }
 }
 
 /// One consistent view of a content, from its set-up to [`Session::end`].

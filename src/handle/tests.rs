@@ -27,13 +27,18 @@ fn content(len: u64) -> Vec<u8> {
 
 /// A pool that never connects anywhere: every byte comes from fake sources.
 fn pool(reconnect: Duration) -> HandlePool {
+    pool_with(reconnect, 64 * MIB)
+}
+
+/// [`pool`] with a chunk cache of `cache_memory` bytes.
+fn pool_with(reconnect: Duration, cache_memory: u64) -> HandlePool {
     let db = DbConfig::resolve_with(Some("host=/nonexistent dbname=none user=none"), |_| None)
         .expect("a conninfo that parses");
     HandlePool::new(
         &db,
         &PoolOptions {
             reconnect_timeout: reconnect,
-            cache_memory: 64 * MIB,
+            cache_memory,
             ..PoolOptions::default()
         },
     )
@@ -271,4 +276,155 @@ fn the_verdict_table() {
     assert!(!v(&SqlState::INSUFFICIENT_PRIVILEGE).resumable);
     assert!(verdict(None, true).resumable);
     assert_eq!(verdict(None, false).class, ErrorClass::Broken);
+}
+
+/// Reads `h` at `from..to` in steps of `step`, as a reader between two seeks does.
+fn read_range(h: &Handle, from: u64, to: u64, step: usize) -> Result<Vec<u8>, super::HandleError> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; step];
+    let mut off = from;
+    while off < to {
+        let want = step.min((to - off) as usize);
+        let n = h.read_into(off, &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(out)
+}
+
+/// Reads, windows and set-ups the source has seen.
+fn source_calls(src: &FakeSource) -> u32 {
+    let c = &src.calls;
+    c.reads.load(Ordering::Relaxed) + c.windows.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_reader_served_from_memory_keeps_its_snapshot_when_the_image_is_replaced() {
+    let data = content(16 * MIB);
+    let len = data.len() as u64;
+    let src = FakeSource::new(data.clone());
+    // A small cache: the stream runs only a few MiB ahead, so the rest of the
+    // file must come from the source after the replacement.
+    let p = pool_with(Duration::from_secs(5), 4 * MIB);
+    let a = open(&p, &src, len, "replaced");
+    let b = open(&p, &src, len, "replaced");
+    assert!(read_range(&a, 0, MIB, 128 << 10).expect("a") == data[..MIB as usize]);
+    assert!(read_range(&b, 0, MIB, 128 << 10).expect("b from memory") == data[..MIB as usize]);
+    assert_eq!(
+        src.calls.opens.load(Ordering::Relaxed),
+        1,
+        "b set nothing up"
+    );
+    assert_eq!(p.pins.held(), 1, "one snapshot for both readers");
+
+    src.replace();
+    a.close();
+    let before = source_calls(&src);
+    let rest = read_range(&b, MIB, len, 128 << 10).expect("the rest, old bytes");
+    assert!(
+        rest == data[MIB as usize..],
+        "other bytes after the replacement"
+    );
+    assert!(
+        source_calls(&src) > before,
+        "the rest came from memory only"
+    );
+    assert_eq!(
+        src.calls.opens.load(Ordering::Relaxed),
+        1,
+        "the pin's session served b"
+    );
+    b.close();
+    assert_eq!(
+        src.calls.ends.load(Ordering::Relaxed),
+        1,
+        "the last reader ended the pin's session"
+    );
+    assert_eq!(p.pins.held(), 0);
+}
+
+#[test]
+fn a_second_reader_imports_the_snapshot_while_the_first_streams() {
+    let data = content(40 * MIB);
+    let len = data.len() as u64;
+    let src = FakeSource::new(data.clone());
+    let p = pool_with(Duration::from_secs(5), 4 * MIB);
+    let a = open(&p, &src, len, "joined");
+    let b = open(&p, &src, len, "joined");
+    read_range(&a, 0, MIB, 128 << 10).expect("a");
+    read_range(&b, 0, 128 << 10, 128 << 10).expect("b from memory");
+    src.replace();
+    // Far from its last read (no stream to follow): one chunk fetched, while
+    // a's stream holds the pin's session.
+    let at = 30 * MIB;
+    let got = read_range(&b, at, at + 4096, 4096).expect("b far ahead");
+    assert!(got == data[at as usize..at as usize + 4096]);
+    assert_eq!(src.calls.joins.load(Ordering::Relaxed), 1, "b imported");
+    assert_eq!(src.calls.opens.load(Ordering::Relaxed), 1);
+    assert!(read_all(&a, MIB, 128 << 10).expect("a to the end") == data[MIB as usize..]);
+}
+
+#[test]
+fn a_reader_that_starts_after_the_replacement_fails_at_its_first_byte() {
+    let data = content(4 * MIB);
+    let len = data.len() as u64;
+    let src = FakeSource::new(data.clone());
+    let p = pool(Duration::from_secs(5));
+    // Two readers of the whole file leave it in memory.
+    let a = open(&p, &src, len, "late");
+    let b = open(&p, &src, len, "late");
+    read_all(&a, 0, 128 << 10).expect("a");
+    read_all(&b, 0, 128 << 10).expect("b");
+    drop((a, b));
+    src.replace();
+    let c = open(&p, &src, len, "late");
+    let err = c
+        .read_into(0, &mut [0u8; 4096])
+        .expect_err("content replaced");
+    assert!(matches!(err.kind, HandleErrorKind::Changed), "{err}");
+}
+
+#[test]
+fn a_pin_whose_session_was_lost_sets_up_again_with_the_content_check() {
+    let data = content(16 * MIB);
+    let len = data.len() as u64;
+    let src = FakeSource::new(data.clone());
+    src.fail_at(3 * MIB, Fault::Io);
+    let p = pool_with(Duration::from_secs(5), 4 * MIB);
+    let a = open(&p, &src, len, "lost-pin");
+    // The stream loses the pin's session at 3 MiB and goes on in a new one.
+    assert!(read_all(&a, 0, 128 << 10).expect("a resumed") == data);
+    let b = open(&p, &src, len, "lost-pin");
+    src.replace();
+    // b's first byte needs a snapshot: the pin's died, and the content changed.
+    let err = b
+        .read_into(0, &mut [0u8; 4096])
+        .expect_err("no snapshot left");
+    assert!(matches!(err.kind, HandleErrorKind::Changed), "{err}");
+}
+
+#[test]
+fn bytes_in_memory_are_served_to_a_new_reader_while_the_server_is_unreachable() {
+    let data = content(4 * MIB);
+    let len = data.len() as u64;
+    let src = FakeSource::new(data.clone());
+    let p = pool(Duration::from_secs(5));
+    // Two readers side by side: every chunk is had by both, so it stays.
+    let a = open(&p, &src, len, "down");
+    let b = open(&p, &src, len, "down");
+    let mut buf = vec![0u8; 128 << 10];
+    let mut off = 0;
+    while off < len {
+        let n = a.read_into(off, &mut buf).expect("a");
+        b.read_into(off, &mut buf).expect("b");
+        off += n as u64;
+    }
+    drop((a, b));
+    src.fail_always(Fault::Unreachable);
+    let c = open(&p, &src, len, "down");
+    assert!(read_all(&c, 0, 128 << 10).expect("from memory") == data);
+    assert!(!c.holds_connection());
 }
