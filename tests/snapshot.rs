@@ -100,7 +100,14 @@ fn a_reader_served_from_memory_reads_the_old_bytes_after_replace_and_unlink() {
         srv.log()
     );
     drop((b, hb));
-    assert_eq!(txns, 2, "one snapshot per image, however many readers");
+    // Each image's snapshot is held (one pinned session per image, the mount's
+    // and serve's), and a reader that needed the database while the pinned
+    // session was lent to the other's stream may hold one more that imports the
+    // same snapshot: so 2, or 3 or 4 under load, never more.
+    assert!(
+        (2..=4).contains(&txns),
+        "{txns} handle sessions in a transaction for 2 images read by 2 readers each"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || handles_in_txn(&pg) == 0),
         "the snapshots outlived their readers"
