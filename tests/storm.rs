@@ -16,37 +16,6 @@ const DIR: &str = "ubuntu/amd64/generic/focal/1";
 /// Clients per storm, as in issue 21.
 const CLIENTS: usize = 150;
 
-/// Blocks of pg_largeobject the server has touched so far (read or hit). Idle
-/// backends flush their counters at most once a second, so pgbootfs's handle
-/// backends (idle after a storm) are ended first and the counters flushed.
-fn lo_blocks(c: &mut postgres::Client) -> i64 {
-    c.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'pgbootfs-handle'",
-        &[],
-    )
-    .unwrap();
-    let gone = wait_until(Duration::from_secs(10), || {
-        c.query_one(
-            "SELECT count(*) = 0 FROM pg_stat_activity \
-             WHERE application_name = 'pgbootfs-handle'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    });
-    assert!(gone, "handle backends still there");
-    let _ = c.batch_execute("SELECT pg_stat_force_next_flush()");
-    std::thread::sleep(Duration::from_millis(1500));
-    c.query_one(
-        "SELECT coalesce(heap_blks_read, 0) + coalesce(heap_blks_hit, 0) \
-         FROM pg_statio_all_tables WHERE relid = 'pg_largeobject'::regclass",
-        &[],
-    )
-    .unwrap()
-    .get(0)
-}
-
 /// Samples the handle connections every 20 ms while `busy` holds; the most seen.
 fn sample_max(pg: &Cluster, busy: Arc<AtomicBool>) -> std::thread::JoinHandle<i64> {
     let mut c = pg.client("postgres");

@@ -749,3 +749,38 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// Blocks of pg_largeobject the server has touched so far (read or hit).
+pub fn lo_blocks(c: &mut postgres::Client) -> i64 {
+    // A backend flushes its counters when idle at most once a second, and one
+    // that flushed less than a second before waits up to 10 s more; at exit it
+    // flushes at once. So the handle backends, idle now, are ended (pgbootfs
+    // discards dead pooled connections) and waited for.
+    c.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'pgbootfs-handle'",
+        &[],
+    )
+    .unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
+        c.query_one(
+            "SELECT count(*) = 0 FROM pg_stat_activity \
+             WHERE application_name = 'pgbootfs-handle'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
+    assert!(gone, "handle backends still there");
+    // This session's own counters (the plain read): flushed when it next goes idle
+    // (PostgreSQL 15 and later; before, within the sleep most of the time).
+    let _ = c.batch_execute("SELECT pg_stat_force_next_flush()");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.query_one(
+        "SELECT coalesce(heap_blks_read, 0) + coalesce(heap_blks_hit, 0) \
+         FROM pg_statio_all_tables WHERE relid = 'pg_largeobject'::regclass",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
