@@ -191,6 +191,28 @@ fn find_listing(dir: &Path) -> Listing {
         .collect()
 }
 
+/// The tree browsed at `root` has exactly the entries of `want` (as the format's
+/// own tool lists them) and the file contents of `want_sums`, and its hard link
+/// (etc/hostname and etc/hostname.bak) is one inode with two links.
+fn assert_browsed(root: &Path, want: &Listing, want_sums: &BTreeMap<String, String>, what: &str) {
+    let got = find_listing(root);
+    assert_eq!(got.len(), want.len(), "{what}: entry count");
+    for (path, w) in want {
+        assert_eq!(got.get(path), Some(w), "{what}: {path}");
+    }
+    // Every file's content, by a real reader.
+    let got_sums = source_sums(root);
+    let differ: Vec<_> = want_sums
+        .iter()
+        .filter(|(p, sum)| got_sums.get(*p) != Some(sum))
+        .chain(got_sums.iter().filter(|(p, _)| !want_sums.contains_key(*p)))
+        .collect();
+    assert!(differ.is_empty(), "{what}: sha256 differs: {differ:?}");
+    let a = fs::metadata(root.join("etc/hostname")).unwrap();
+    let b = fs::metadata(root.join("etc/hostname.bak")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{what}");
+}
+
 /// Every regular file below `tree`, relative, with its sha256.
 fn source_sums(tree: &Path) -> BTreeMap<String, String> {
     let out = sh(&format!(
@@ -261,24 +283,7 @@ fn squashfs_contents_match_unsquashfs_and_nothing_shows_without_inside() {
     want_sums.insert("etc/initctl".into(), sha256_hex(b""));
     for (version, comp, image) in &images {
         let root = mnt.path(&format!(".inside/{NOBLE}/{version}/squashfs"));
-        let want = unsquashfs_listing(image);
-        let got = find_listing(&root);
-        assert_eq!(got.len(), want.len(), "{comp}: entry count");
-        for (path, w) in &want {
-            assert_eq!(got.get(path), Some(w), "{comp}: {path}");
-        }
-        // Every file's content, by a real reader.
-        let got_sums = source_sums(&root);
-        let differ: Vec<_> = want_sums
-            .iter()
-            .filter(|(p, sum)| got_sums.get(*p) != Some(sum))
-            .chain(got_sums.iter().filter(|(p, _)| !want_sums.contains_key(*p)))
-            .collect();
-        assert!(differ.is_empty(), "{comp}: sha256 differs: {differ:?}");
-        // A hard link is one inode with two links.
-        let a = fs::metadata(root.join("etc/hostname")).unwrap();
-        let b = fs::metadata(root.join("etc/hostname.bak")).unwrap();
-        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{comp}");
+        assert_browsed(&root, &unsquashfs_listing(image), &want_sums, comp);
         if xattrs {
             assert_eq!(
                 get_xattr(&root.join("etc/hostname"), "user.maas"),
@@ -479,22 +484,7 @@ fn tarballs_of_each_compression_match_tar_tv() {
     want_sums.insert("etc/initctl".into(), sha256_hex(b""));
     for (version, filetype, tarball) in &images {
         let root = mnt.path(&format!(".inside/{NOBLE}/{version}/{filetype}"));
-        let want = tar_listing(tarball);
-        let got = find_listing(&root);
-        assert_eq!(got.len(), want.len(), "{filetype}: entry count");
-        for (path, w) in &want {
-            assert_eq!(got.get(path), Some(w), "{filetype}: {path}");
-        }
-        let got_sums = source_sums(&root);
-        let differ: Vec<_> = want_sums
-            .iter()
-            .filter(|(p, sum)| got_sums.get(*p) != Some(sum))
-            .chain(got_sums.iter().filter(|(p, _)| !want_sums.contains_key(*p)))
-            .collect();
-        assert!(differ.is_empty(), "{filetype}: sha256 differs: {differ:?}");
-        let a = fs::metadata(root.join("etc/hostname")).unwrap();
-        let b = fs::metadata(root.join("etc/hostname.bak")).unwrap();
-        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{filetype}");
+        assert_browsed(&root, &tar_listing(tarball), &want_sums, filetype);
     }
     let cut = mnt.path(&format!(".inside/{NOBLE}/4/root-tgz"));
     let e = fs::read_dir(&cut)

@@ -20,6 +20,8 @@ pub mod decompress;
 pub mod error;
 pub mod squashfs;
 pub mod tar;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

@@ -259,6 +259,29 @@ struct Node {
     children: Vec<Dirent>,
 }
 
+impl Node {
+    /// A directory the tarball has no entry of its own for (the root, or a
+    /// parent named only in its members' paths): 0755, root's, no time.
+    fn implicit_dir(id: u64) -> Node {
+        Node {
+            entry: Entry {
+                id,
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                size: 0,
+                nlink: 2,
+                xattrs: Vec::new(),
+            },
+            data: 0,
+            sparse: false,
+            children: Vec::new(),
+        }
+    }
+}
+
 /// A compressed tarball with its entry table and seek points.
 pub struct Tar {
     bytes: Arc<dyn Bytes>,
@@ -289,22 +312,7 @@ impl Tar {
         let mut t = Tar {
             bytes,
             compression,
-            nodes: vec![Node {
-                entry: Entry {
-                    id: 0,
-                    kind: EntryKind::Dir,
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    mtime: 0,
-                    size: 0,
-                    nlink: 2,
-                    xattrs: Vec::new(),
-                },
-                data: 0,
-                sparse: false,
-                children: Vec::new(),
-            }],
+            nodes: vec![Node::implicit_dir(0)],
             points: vec![(0, Point::Start)],
             decoder: Mutex::new(None),
             failed,
@@ -559,22 +567,7 @@ impl Tar {
                 Some(_) => return None,
                 None => {
                     let id = self.nodes.len() as u64;
-                    self.nodes.push(Node {
-                        entry: Entry {
-                            id,
-                            kind: EntryKind::Dir,
-                            mode: 0o755,
-                            uid: 0,
-                            gid: 0,
-                            mtime: 0,
-                            size: 0,
-                            nlink: 2,
-                            xattrs: Vec::new(),
-                        },
-                        data: 0,
-                        sparse: false,
-                        children: Vec::new(),
-                    });
+                    self.nodes.push(Node::implicit_dir(id));
                     self.link(at, &dirs[i], id, paths, &key);
                     id
                 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::inside::MemBytes;
+use crate::inside::testing::{self, walk};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::process::Command;
@@ -51,24 +52,9 @@ fn squash(dir: &Path, comp: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-fn walk(a: &dyn Archive, path: &str) -> u64 {
-    let mut at = a.root();
-    for part in path.split('/') {
-        at = a.lookup(at, part).unwrap().expect(part);
-    }
-    at
-}
-
+/// Every byte of entry `id` (see [`testing::read_all`]).
 fn read_all(a: &dyn Archive, id: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = vec![0; 50_000];
-    loop {
-        let n = a.read(id, out.len() as u64, &mut buf).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
+    testing::read_all(a, id, 50_000)
 }
 
 fn have_mksquashfs() -> bool {

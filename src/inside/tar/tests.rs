@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::inside::MemBytes;
+use crate::inside::testing::{self, walk};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
@@ -18,24 +19,9 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn walk(a: &dyn Archive, path: &str) -> u64 {
-    let mut at = a.root();
-    for part in path.split('/') {
-        at = a.lookup(at, part).unwrap().expect(part);
-    }
-    at
-}
-
+/// Every byte of entry `id` (see [`testing::read_all`]).
 fn read_all(a: &dyn Archive, id: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = vec![0; 100_000];
-    loop {
-        let n = a.read(id, out.len() as u64, &mut buf).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
+    testing::read_all(a, id, 100_000)
 }
 
 fn tar(dir: &Path, out: &Path, compress: &str) {
