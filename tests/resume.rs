@@ -36,18 +36,6 @@ fn files(n: usize, len: usize, seed: u64) -> (Cluster, Vec<Vec<u8>>, Vec<u32>) {
     (pg, data, oids)
 }
 
-/// Handle backends inside a transaction.
-fn handles_in_txn(pg: &Cluster) -> i64 {
-    pg.client("postgres")
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbootfs-handle' \
-             AND xact_start IS NOT NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 /// Reads `path` at about `rate` bytes a second; the sha256 of what it read and
 /// how many bytes, or the error with the bytes read before it.
 fn slow_read(path: PathBuf, rate: u64) -> JoinHandle<Result<(String, u64), (std::io::Error, u64)>> {

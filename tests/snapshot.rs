@@ -19,18 +19,6 @@ const DIR: &str = "ubuntu/amd64/generic/focal/1";
 /// of the file must come from the database after the replacement.
 const CACHE_MIB: &str = "4";
 
-/// Handle backends inside a transaction.
-fn handles_in_txn(pg: &Cluster) -> i64 {
-    pg.client("postgres")
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbootfs-handle' \
-             AND xact_start IS NOT NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 /// A GET of `path` on `srv` whose first `n` bytes (head and body) were read.
 fn download_started(srv: &Server, path: &str, n: usize) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(srv.addr).unwrap();

@@ -784,3 +784,15 @@ pub fn lo_blocks(c: &mut postgres::Client) -> i64 {
     .unwrap()
     .get(0)
 }
+
+/// Handle backends inside a transaction.
+pub fn handles_in_txn(pg: &Cluster) -> i64 {
+    pg.client("postgres")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbootfs-handle' \
+             AND xact_start IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
