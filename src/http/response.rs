@@ -313,6 +313,19 @@ fn send_file(
 ) -> Result<u64, (u64, String)> {
     let end = start + len;
     let mut off = start as libc::off_t;
+    // A download reads on to the end of its range: ask the kernel for its larger
+    // read-ahead on this descriptor, so a cold file is read in big requests ahead
+    // of the socket rather than as sendfile asks for pages. Advice only: a failure
+    // changes nothing but speed.
+    // SAFETY: the descriptor is borrowed and open; the call reads no memory of ours.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            start as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_SEQUENTIAL,
+        )
+    };
     while (off as u64) < end {
         // Linux sends at most about 2 GiB per call.
         let want = (end - off as u64).min(1 << 30) as usize;
