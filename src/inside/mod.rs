@@ -17,6 +17,7 @@
 
 pub mod bytes;
 pub mod decompress;
+pub mod disk;
 pub mod error;
 pub mod squashfs;
 pub mod tar;
@@ -120,6 +121,8 @@ pub enum Format {
     Squashfs,
     /// A compressed tarball.
     Tar(tar::Compression),
+    /// A raw disk image: its partitions' ext2/3/4 and FAT file systems.
+    Disk,
 }
 
 impl Format {
@@ -131,6 +134,7 @@ impl Format {
             "root-tgz" => Some(Format::Tar(tar::Compression::Gzip)),
             "root-tbz" => Some(Format::Tar(tar::Compression::Bzip2)),
             "root-txz" | "archive.tar.xz" => Some(Format::Tar(tar::Compression::Xz)),
+            "root-dd" | "root-dd.raw" => Some(Format::Disk),
             _ => None,
         }
     }
@@ -141,6 +145,7 @@ pub fn open(format: Format, bytes: Arc<dyn Bytes>) -> Result<Arc<dyn Archive>, I
     match format {
         Format::Squashfs => Ok(Arc::new(squashfs::Squashfs::open(bytes)?)),
         Format::Tar(c) => Ok(Arc::new(tar::Tar::open(bytes, c)?)),
+        Format::Disk => Ok(Arc::new(disk::Disk::open(bytes)?)),
     }
 }
 

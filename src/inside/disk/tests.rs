@@ -1,0 +1,440 @@
+//! The disk reader against disks made by sgdisk, sfdisk, mkfs.ext2/ext4 and
+//! mkfs.vfat + mcopy, and against damage.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use super::*;
+use crate::inside::MemBytes;
+use crate::inside::testing::{self, walk};
+
+fn have_tools() -> bool {
+    let ok = ["mkfs.ext4", "mkfs.vfat", "mcopy", "sgdisk", "sfdisk"]
+        .iter()
+        .all(|t| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    assert!(
+        ok || std::env::var("CI").as_deref() != Ok("true"),
+        "disk tools missing but CI=true (scripts/test installs e2fsprogs, dosfstools, mtools, gdisk, fdisk)"
+    );
+    if !ok {
+        eprintln!("\n*** SKIPPING: e2fsprogs, dosfstools, mtools, gdisk or fdisk missing ***\n");
+    }
+    ok
+}
+
+fn run(cmd: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pseudo-random bytes, not compressible.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// A tree for ext: small, large and sparse files, a nested directory, a
+/// symlink, a hard link and a setuid file.
+fn ext_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("etc/deep/er")).unwrap();
+    std::fs::write(dir.join("hello"), b"hello\n").unwrap();
+    std::fs::write(dir.join("etc/big"), noise(1, 1_500_000)).unwrap();
+    std::fs::write(dir.join("etc/deep/er/tiny"), b"x").unwrap();
+    let f = std::fs::File::create(dir.join("sparse")).unwrap();
+    f.set_len(5 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(2, 10_000), 3 << 20).unwrap();
+    std::fs::write(dir.join("suid"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(dir.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    symlink("../hello", dir.join("etc/link")).unwrap();
+    symlink("x".repeat(100), dir.join("long-link")).unwrap();
+    std::fs::hard_link(dir.join("hello"), dir.join("etc/hard")).unwrap();
+}
+
+/// A tree for FAT: long and short names, upper and lower case, nesting.
+fn fat_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("EFI/ubuntu")).unwrap();
+    std::fs::write(dir.join("EFI/ubuntu/grub.cfg"), b"search\n").unwrap();
+    std::fs::write(dir.join("EFI/ubuntu/shimx64.efi"), noise(3, 300_000)).unwrap();
+    std::fs::write(dir.join("A long file name.txt"), b"long\n").unwrap();
+    std::fs::write(dir.join("UPPER.TXT"), b"upper\n").unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+}
+
+fn mkfs_ext(tree: &Path, out: &Path, args: &str, mib: u32) {
+    run(&format!(
+        "mkfs.ext4 -q -F {args} -d '{}' '{}' {mib}M",
+        tree.display(),
+        out.display()
+    ));
+}
+
+fn mkfs_fat(tree: &Path, out: &Path, args: &str, kib: u32) {
+    run(&format!(
+        "rm -f '{o}' && mkfs.vfat -C {args} '{o}' {kib} >/dev/null && mcopy -s -m -i '{o}' '{t}'/* ::/",
+        o = out.display(),
+        t = tree.display()
+    ));
+}
+
+/// The partitions' first sectors and sizes, as sfdisk reads the table.
+fn sfdisk_parts(disk: &Path) -> Vec<(u32, u64, u64)> {
+    let out = Command::new("sfdisk").arg("-J").arg(disk).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let n: u32 = node
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (n, p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+fn put(disk: &Path, image: &Path, sector: u64) {
+    run(&format!(
+        "dd if='{}' of='{}' bs=512 seek={sector} conv=notrunc status=none",
+        image.display(),
+        disk.display()
+    ));
+}
+
+struct Made {
+    _dir: tempfile::TempDir,
+    gpt: Vec<u8>,
+    mbr: Vec<u8>,
+    ext4: Vec<u8>,
+    fat: Vec<u8>,
+}
+
+/// A GPT disk (p1 ext4, p2 FAT16 ESP, p3 unformatted) and an MBR disk (p1
+/// FAT12, p2 ext4, p5 a logical ext2 with 1 KiB blocks).
+fn make() -> Made {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (et, ft) = (d.join("ext"), d.join("fat"));
+    ext_tree(&et);
+    fat_tree(&ft);
+    let ext4 = d.join("ext4.img");
+    mkfs_ext(&et, &ext4, "", 24);
+    let ext2 = d.join("ext2.img");
+    mkfs_ext(&et, &ext2, "-t ext2 -b 1024", 12);
+    let fat = d.join("fat.img");
+    mkfs_fat(&ft, &fat, "-F 16", 20 << 10);
+    let fat12 = d.join("fat12.img");
+    mkfs_fat(&ft, &fat12, "-F 12", 2 << 10);
+
+    let gpt = d.join("gpt.img");
+    run(&format!(
+        "truncate -s 64M '{g}' && sgdisk -n 1:2048:+24M -t 1:8300 -n 2:0:+20M -t 2:ef00 -n 3:0:+1M '{g}' >/dev/null",
+        g = gpt.display()
+    ));
+    let parts = sfdisk_parts(&gpt);
+    put(&gpt, &ext4, parts[0].1);
+    put(&gpt, &fat, parts[1].1);
+
+    let mbr = d.join("mbr.img");
+    run(&format!(
+        "truncate -s 64M '{m}' && printf 'label: dos\\nsize=2M, type=1\\nsize=24M, type=83\\ntype=5\\nsize=12M, type=83\\n' | sfdisk -q '{m}'",
+        m = mbr.display()
+    ));
+    let parts = sfdisk_parts(&mbr);
+    assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3, 5]);
+    put(&mbr, &fat12, parts[0].1);
+    put(&mbr, &ext4, parts[1].1);
+    put(&mbr, &ext2, parts[3].1);
+    Made {
+        gpt: std::fs::read(&gpt).unwrap(),
+        mbr: std::fs::read(&mbr).unwrap(),
+        ext4: std::fs::read(&ext4).unwrap(),
+        fat: std::fs::read(&fat).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn open(data: &[u8]) -> Disk {
+    Disk::open(Arc::new(MemBytes {
+        name: "/t/root-dd".into(),
+        data: data.to_vec(),
+    }))
+    .unwrap()
+}
+
+fn names(a: &dyn Archive, id: u64) -> Vec<String> {
+    let mut v: Vec<String> = a.list(id).unwrap().iter().map(|d| d.name.clone()).collect();
+    v.sort();
+    v
+}
+
+fn read_all(a: &dyn Archive, id: u64) -> Vec<u8> {
+    testing::read_all(a, id, 70_001)
+}
+
+/// Asserts equal contents without printing megabytes.
+fn same(got: Vec<u8>, want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes, want {}; first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// The ext tree at `root` (a path from the archive's root, "" for the root).
+fn check_ext(a: &dyn Archive, root: &str) {
+    check_ext_but(a, root, true)
+}
+
+/// [`check_ext`], the sparse file left out if not `sparse`.
+fn check_ext_but(a: &dyn Archive, root: &str, sparse: bool) {
+    let at = |p: &str| walk(a, &format!("{root}{p}"));
+    let top = if root.is_empty() {
+        a.root()
+    } else {
+        walk(a, root.trim_end_matches('/'))
+    };
+    let mut want = vec!["etc", "hello", "long-link", "lost+found", "sparse", "suid"];
+    want.retain(|n| sparse || *n != "sparse");
+    assert_eq!(names(a, top), want);
+    same(read_all(a, at("hello")), b"hello\n", "hello");
+    same(read_all(a, at("etc/big")), &noise(1, 1_500_000), "etc/big");
+    same(
+        read_all(a, at("etc/deep/er/tiny")),
+        b"x",
+        "etc/deep/er/tiny",
+    );
+    if sparse {
+        let mut want = vec![0; 5 << 20];
+        want[3 << 20..(3 << 20) + 10_000].copy_from_slice(&noise(2, 10_000));
+        same(read_all(a, at("sparse")), &want, "sparse");
+    }
+    let suid = a.entry(at("suid")).unwrap();
+    assert_eq!((suid.mode, suid.kind.clone()), (0o4755, EntryKind::File));
+    let link = a.entry(at("etc/link")).unwrap();
+    assert_eq!(link.kind, EntryKind::Symlink(b"../hello".to_vec()));
+    assert_eq!(link.size, 8);
+    let long = a.entry(at("long-link")).unwrap();
+    assert_eq!(long.kind, EntryKind::Symlink(vec![b'x'; 100]));
+    let (h, hard) = (at("hello"), at("etc/hard"));
+    assert_eq!(h, hard, "a hard link is the same id");
+    assert_eq!(a.entry(h).unwrap().nlink, 2);
+    let etc = a.entry(at("etc")).unwrap();
+    assert_eq!(etc.kind, EntryKind::Dir);
+    assert!(
+        a.list(top)
+            .unwrap()
+            .iter()
+            .any(|d| d.name == "etc" && d.dir)
+    );
+}
+
+fn check_fat(a: &dyn Archive, root: &str) {
+    let at = |p: &str| walk(a, &format!("{root}{p}"));
+    let top = if root.is_empty() {
+        a.root()
+    } else {
+        walk(a, root.trim_end_matches('/'))
+    };
+    assert_eq!(
+        names(a, top),
+        ["A long file name.txt", "EFI", "UPPER.TXT", "empty"]
+    );
+    same(
+        read_all(a, at("EFI/ubuntu/shimx64.efi")),
+        &noise(3, 300_000),
+        "EFI/ubuntu/shimx64.efi",
+    );
+    same(
+        read_all(a, at("EFI/ubuntu/grub.cfg")),
+        b"search\n",
+        "EFI/ubuntu/grub.cfg",
+    );
+    same(
+        read_all(a, at("A long file name.txt")),
+        b"long\n",
+        "A long file name.txt",
+    );
+    same(read_all(a, at("empty")), b"", "empty");
+    let f = a.entry(at("UPPER.TXT")).unwrap();
+    assert_eq!((f.mode, f.uid, f.gid, f.size), (0o644, 0, 0, 6));
+    let d = a.entry(at("EFI")).unwrap();
+    assert_eq!((d.kind, d.mode), (EntryKind::Dir, 0o755));
+}
+
+#[test]
+fn gpt_and_mbr_disks_show_their_partitions_numbered_as_the_kernel_does() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let gpt = open(&m.gpt);
+    assert_eq!(names(&gpt, gpt.root()), ["p1", "p2", "p3"]);
+    let p = gpt.partitions();
+    assert_eq!((p[0].start, p[0].len), (2048 * 512, 24 << 20));
+    assert!(
+        p[1].kind.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "{}",
+        p[1].kind
+    );
+    check_ext(&gpt, "p1/");
+    check_fat(&gpt, "p2/");
+    // An unformatted partition is listed; listing it names it and the reason.
+    let p3 = walk(&gpt, "p3");
+    assert_eq!(gpt.entry(p3).unwrap().kind, EntryKind::Dir);
+    let e = gpt.list(p3).unwrap_err();
+    assert!(matches!(e.reason, Reason::Unsupported(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("/t/root-dd: unsupported: p3: no ext2/3/4 or FAT"),
+        "{e}"
+    );
+
+    let mbr = open(&m.mbr);
+    assert_eq!(names(&mbr, mbr.root()), ["p1", "p2", "p5"]);
+    check_fat(&mbr, "p1/");
+    check_ext(&mbr, "p2/");
+    check_ext(&mbr, "p5/");
+}
+
+#[test]
+fn a_disk_without_a_table_is_its_file_system() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let ext = open(&m.ext4);
+    check_ext(&ext, "");
+    let fat = open(&m.fat);
+    check_fat(&fat, "");
+    let e = Disk::open(Arc::new(MemBytes {
+        name: "/t/root-dd".into(),
+        data: noise(9, 100_000),
+    }))
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("no partition table"), "{e}");
+}
+
+#[test]
+fn inline_data_and_xattrs_read_as_stored() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("t");
+    ext_tree(&tree);
+    // mke2fs 1.47 with inline_data stores a trailing hole's file short.
+    std::fs::remove_file(tree.join("sparse")).unwrap();
+    for i in 0..40 {
+        std::fs::write(tree.join(format!("etc/deep/n{i}")), format!("{i}\n")).unwrap();
+    }
+    let img = dir.path().join("inline.img");
+    mkfs_ext(&tree, &img, "-O inline_data -I 256", 16);
+    // An xattr set with debugfs, so it does not depend on the build directory.
+    run(&format!(
+        "debugfs -w -R 'ea_set /hello user.maas region' '{}' 2>/dev/null",
+        img.display()
+    ));
+    let a = open(&std::fs::read(&img).unwrap());
+    check_ext_but(&a, "", false);
+    for i in 0..40 {
+        let f = walk(&a, &format!("etc/deep/n{i}"));
+        assert_eq!(read_all(&a, f), format!("{i}\n").as_bytes());
+    }
+    let x = a.entry(walk(&a, "hello")).unwrap().xattrs;
+    assert!(
+        x.contains(&(b"user.maas".to_vec(), b"region".to_vec())),
+        "{x:?}"
+    );
+}
+
+/// Walks everything below `id`, reading every file, ignoring errors; depth
+/// bounded, since a damaged directory may name its own ancestor.
+fn walk_all(a: &dyn Archive, id: u64, depth: u32) {
+    if depth > 6 {
+        return;
+    }
+    let Ok(list) = a.list(id) else { return };
+    for d in list.iter().take(200) {
+        match a.entry(d.id) {
+            Ok(e) if e.kind == EntryKind::Dir => walk_all(a, d.id, depth + 1),
+            Ok(e) if e.kind == EntryKind::File => {
+                let mut buf = vec![0; 1 << 20];
+                let _ = a.read(d.id, 0, &mut buf);
+                let _ = a.read(d.id, e.size.saturating_sub(100), &mut buf);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn damage_anywhere_in_the_metadata_is_an_error_never_a_panic_or_a_hang() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let mut x: u64 = 42;
+    let mut rnd = |n: usize| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as usize % n
+    };
+    let parts = open(&m.mbr).partitions();
+    for round in 0..100 {
+        let mut data = m.mbr.clone();
+        // Damage near the table or the start of a partition, where metadata is.
+        let p = &parts[round % parts.len()];
+        let base = if round % 10 == 0 { 0 } else { p.start as usize };
+        for _ in 0..8 {
+            let at = base + rnd(256 << 10);
+            data[at] ^= 1 << rnd(8);
+        }
+        if let Ok(d) = Disk::open(Arc::new(MemBytes {
+            name: "/t/root-dd".into(),
+            data,
+        })) {
+            walk_all(&d, d.root(), 0);
+        }
+    }
+    // Cut short 16 KiB into p2: the table reads, p1 is whole, p2's root
+    // directory (after its FATs) is past the end.
+    let p2 = open(&m.gpt).partitions()[1].start as usize;
+    let cut = open(&m.gpt[..p2 + (16 << 10)]);
+    let p2 = walk(&cut, "p2");
+    let e = cut.list(p2).unwrap_err();
+    assert!(e.to_string().contains("corrupt or truncated"), "{e}");
+    check_ext(&cut, "p1/");
+}
