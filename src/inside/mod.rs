@@ -271,6 +271,14 @@ impl Images {
                 squashfs::Squashfs::open_split(Arc::new(meta), Arc::new(handle))
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
+            // The same for a disk: tables, inodes, directories and FATs on a
+            // handle that never streams, files' contents on one that may.
+            Format::Disk => {
+                let meta = self.pool.open(&image.file, &image.path);
+                meta.set_random();
+                disk::Disk::open_split(Arc::new(meta), Arc::new(handle))
+                    .map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
             format => open(format, Arc::new(handle)),
         };
         let mut st = self.state.lock();

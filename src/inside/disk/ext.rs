@@ -159,7 +159,12 @@ impl Inode {
 
 /// An ext2/3/4 file system.
 pub struct Ext {
+    /// Where metadata is read: superblock, descriptors, inodes, directories,
+    /// extent and indirect blocks, symlinks, xattrs.
     bytes: Arc<dyn Bytes>,
+    /// Where regular files' contents are read: the same file system, through
+    /// a reader that may stream ahead.
+    data: Arc<dyn Bytes>,
     sb: Super,
     meta: BlockCache,
     maps: Mutex<LruCache<u32, Arc<Vec<Run>>>>,
@@ -175,6 +180,12 @@ fn cache<V>(n: usize) -> Mutex<LruCache<u32, V>> {
 impl Ext {
     /// Opens the file system on `bytes`: reads and checks its superblock.
     pub fn open(bytes: Arc<dyn Bytes>) -> Result<Ext, InsideError> {
+        Ext::open_split(bytes.clone(), bytes)
+    }
+
+    /// Opens the file system with its metadata read through `bytes` and its
+    /// files' contents through `data` (the same bytes).
+    pub fn open_split(bytes: Arc<dyn Bytes>, data: Arc<dyn Bytes>) -> Result<Ext, InsideError> {
         let bad =
             |why: String| InsideError::corrupt(bytes.name(), format!("ext superblock: {why}"));
         if bytes.size() < 2048 {
@@ -275,10 +286,10 @@ impl Ext {
                 bytes.name()
             );
         }
-        let keep = ((4 << 20) / block_size as usize).max(16);
         Ok(Ext {
-            meta: BlockCache::new(bytes.clone(), block_size as usize, keep),
+            meta: BlockCache::new(bytes.clone(), block_size as usize),
             bytes,
+            data,
             sb,
             maps: cache(LIST_CACHE),
             dirs: cache(LIST_CACHE),
@@ -605,7 +616,7 @@ impl Ext {
             let value = if inum != 0 {
                 let v = self.inode(inum)?;
                 let mut buf = vec![0; size as usize];
-                let n = self.read_inode(&v, 0, &mut buf)?;
+                let n = self.read_inode(&v, 0, &mut buf, false)?;
                 if n != buf.len() {
                     return Err(bad("value inode shorter than the value"));
                 }
@@ -658,8 +669,16 @@ impl Ext {
         Ok(data)
     }
 
-    /// Copies inode `i`'s bytes at `offset` into `buf`; how many.
-    fn read_inode(&self, i: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize, InsideError> {
+    /// Copies inode `i`'s bytes at `offset` into `buf` (through the contents'
+    /// reader if `content`, else the metadata's); how many.
+    fn read_inode(
+        &self,
+        i: &Inode,
+        offset: u64,
+        buf: &mut [u8],
+        content: bool,
+    ) -> Result<usize, InsideError> {
+        let via = if content { &self.data } else { &self.bytes };
         if offset >= i.size || buf.is_empty() {
             return Ok(0);
         }
@@ -701,7 +720,7 @@ impl Ext {
             };
             let take = ((upto - pos).min((n - done) as u64)) as usize;
             match fill {
-                Some(at) => self.bytes.read_exact_at(at, &mut buf[done..done + take])?,
+                Some(at) => via.read_exact_at(at, &mut buf[done..done + take])?,
                 None => buf[done..done + take].fill(0),
             }
             done += take;
@@ -767,7 +786,7 @@ impl Ext {
             }
             let mut block = vec![0; self.sb.block_size as usize];
             for b in 0..i.size / self.sb.block_size {
-                self.read_inode(&i, b * self.sb.block_size, &mut block)?;
+                self.read_inode(&i, b * self.sb.block_size, &mut block, false)?;
                 self.parse_dir(dir, &block, &mut names)?;
             }
         }
@@ -876,7 +895,7 @@ impl Archive for Ext {
                         .to_vec()
                 } else {
                     let mut t = vec![0; i.size as usize];
-                    let n = self.read_inode(&i, 0, &mut t)?;
+                    let n = self.read_inode(&i, 0, &mut t, false)?;
                     t.truncate(n);
                     t
                 };
@@ -914,6 +933,6 @@ impl Archive for Ext {
             return Err(self.corrupt(format!("inode {file} is not a regular file")));
         }
         self.readable(&i)?;
-        self.read_inode(&i, offset, buf)
+        self.read_inode(&i, offset, buf, true)
     }
 }

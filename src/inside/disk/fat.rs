@@ -151,7 +151,10 @@ struct Raw {
 
 /// A FAT file system.
 pub struct Fat {
+    /// Where metadata is read: boot sector, FAT, directories.
     bytes: Arc<dyn Bytes>,
+    /// Where files' contents are read (the same bytes, maybe streaming ahead).
+    data: Arc<dyn Bytes>,
     bpb: Bpb,
     /// FAT sectors.
     fat: BlockCache,
@@ -162,6 +165,12 @@ pub struct Fat {
 impl Fat {
     /// Opens the FAT file system on `bytes`: reads and checks its boot sector.
     pub fn open(bytes: Arc<dyn Bytes>) -> Result<Fat, InsideError> {
+        Fat::open_split(bytes.clone(), bytes)
+    }
+
+    /// Opens the file system with its metadata read through `bytes` and its
+    /// files' contents through `data` (the same bytes).
+    pub fn open_split(bytes: Arc<dyn Bytes>, data: Arc<dyn Bytes>) -> Result<Fat, InsideError> {
         if bytes.size() < 512 {
             return Err(InsideError::corrupt(bytes.name(), "FAT: no boot sector"));
         }
@@ -169,8 +178,9 @@ impl Fat {
         let bpb = bpb(&s)
             .ok_or_else(|| InsideError::corrupt(bytes.name(), "FAT boot sector is not valid"))?;
         Ok(Fat {
-            fat: BlockCache::new(bytes.clone(), bpb.sector as usize, 64),
+            fat: BlockCache::new(bytes.clone(), bpb.sector as usize),
             bytes,
+            data,
             bpb,
             chains: cache(LIST_CACHE),
             dirs: cache(LIST_CACHE),
@@ -534,7 +544,7 @@ impl Archive for Fat {
             let avail = (k as u64 + run as u64) * cs - pos;
             let take = avail.min((n - done) as u64) as usize;
             let at = self.cluster_at(chain[k]) + pos % cs;
-            self.bytes.read_exact_at(at, &mut buf[done..done + take])?;
+            self.data.read_exact_at(at, &mut buf[done..done + take])?;
             done += take;
         }
         Ok(n)
