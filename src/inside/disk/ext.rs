@@ -417,11 +417,11 @@ impl Ext {
             return Ok(m.clone());
         }
         let blocks = i.size.div_ceil(self.sb.block_size);
-        // Extents, tree blocks and indirect blocks looked at: no more than the
-        // blocks the inode says it has (or its size spans), so a corrupt tree
-        // that names a block many times ends.
+        // Extents, tree blocks, indirect blocks and data pointers looked at: no
+        // more than the blocks the inode says it has (i_blocks counts them all),
+        // so a corrupt tree that names a block many times ends.
         let allocated = i.blocks / (self.sb.block_size / 512);
-        let mut budget = blocks.max(allocated).min(self.sb.blocks_count) + 64;
+        let mut budget = allocated.min(self.sb.blocks_count) + 64;
         let mut runs = Vec::new();
         if i.flags & FL_EXTENTS != 0 {
             self.extents(i, &i.block, MAX_DEPTH + 1, &mut runs, &mut budget)?;
@@ -559,6 +559,14 @@ impl Ext {
             }
             let p = u64::from(le32(&b, k * 4));
             if level == 1 {
+                if p != 0 {
+                    *budget = budget.checked_sub(1).ok_or_else(|| {
+                        self.corrupt(format!(
+                            "inode {}: more data blocks than the file has blocks",
+                            i.number
+                        ))
+                    })?;
+                }
                 push_block(runs, *logical, p);
                 *logical += 1;
             } else {
@@ -615,6 +623,11 @@ impl Ext {
             let name = e[16..16 + name_len].to_vec();
             let value = if inum != 0 {
                 let v = self.inode(inum)?;
+                // A value's inode has its bytes in blocks: one with inline data
+                // would send this reader back into xattrs, maybe its own.
+                if v.flags & FL_INLINE_DATA != 0 || inum == i.number {
+                    return Err(bad("value inode with inline data"));
+                }
                 let mut buf = vec![0; size as usize];
                 let n = self.read_inode(&v, 0, &mut buf, false)?;
                 if n != buf.len() {
@@ -709,13 +722,13 @@ impl Ext {
             let k = map.partition_point(|r| r.logical + r.len <= lblock);
             let (fill, upto) = match map.get(k) {
                 Some(r) if r.logical <= lblock => {
-                    let end = (r.logical + r.len) * bs;
+                    let end = (r.logical + r.len).saturating_mul(bs);
                     (
                         (!r.zero).then(|| (r.physical + (lblock - r.logical)) * bs + pos % bs),
                         end,
                     )
                 }
-                Some(r) => (None, r.logical * bs),
+                Some(r) => (None, r.logical.saturating_mul(bs)),
                 None => (None, u64::MAX),
             };
             let take = ((upto - pos).min((n - done) as u64)) as usize;

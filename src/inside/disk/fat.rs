@@ -244,9 +244,17 @@ impl Fat {
             return Ok(c.clone());
         }
         let mut out = vec![self.check_cluster(first, 0)?];
+        // A chain that comes back to a cluster would repeat data (or, for a
+        // directory, entries) up to the length bound: an error instead.
+        let mut seen = std::collections::HashSet::from([first]);
         while (out.len() as u64) < max {
             let last = out[out.len() - 1];
             match self.next(last)? {
+                Some(c) if !seen.insert(c) => {
+                    return Err(self.corrupt(format!(
+                        "the cluster chain from {first} loops back to cluster {c}"
+                    )));
+                }
                 Some(c) => out.push(c),
                 None => break,
             }

@@ -438,3 +438,34 @@ fn damage_anywhere_in_the_metadata_is_an_error_never_a_panic_or_a_hang() {
     assert!(e.to_string().contains("corrupt or truncated"), "{e}");
     check_ext(&cut, "p1/");
 }
+
+#[test]
+fn a_looping_cluster_chain_is_an_error_not_a_repeat() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let le16 = |d: &[u8], at: usize| usize::from(u16::from_le_bytes([d[at], d[at + 1]]));
+    let fat_start = le16(&m.fat, 14) * le16(&m.fat, 11);
+    // Points cluster `c`'s FAT16 entry at itself.
+    let looped = |id: u64| {
+        let mut data = m.fat.clone();
+        let e = id as usize * 32;
+        let c = le16(&data, e + 26);
+        data[fat_start + 2 * c..fat_start + 2 * c + 2].copy_from_slice(&(c as u16).to_le_bytes());
+        Disk::open(Arc::new(MemBytes {
+            name: "/t/root-dd".into(),
+            data,
+        }))
+        .unwrap()
+    };
+    let good = open(&m.fat);
+    let efi = walk(&good, "EFI/ubuntu");
+    let e = looped(efi).list(efi).unwrap_err();
+    assert!(e.to_string().contains("loops back"), "{e}");
+    let shim = walk(&good, "EFI/ubuntu/shimx64.efi");
+    let bad = looped(shim);
+    let e = bad.read(shim, 0, &mut [0; 4096]).unwrap_err();
+    assert!(e.to_string().contains("loops back"), "{e}");
+    assert!(matches!(e.reason, Reason::Corrupt(_)));
+}
