@@ -170,7 +170,7 @@ fn make_images() -> Images {
         w.join("mbr.img"),
     );
     run(&format!(
-        "mkfs.ext4 -q -F -d '{}' '{}' 24M",
+        "mkfs.ext4 -q -F -b 4096 -d '{}' '{}' 24M",
         et.display(),
         ext4.display()
     ));

@@ -18,6 +18,7 @@
 //! verified (every length and offset is checked instead), and encrypted
 //! directories and files fail with an "unsupported" error.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -157,6 +158,13 @@ impl Inode {
     }
 }
 
+/// A directory's names, in stored order and by name (a lookup in a directory
+/// of thousands of entries is one hash, not a scan: `ls -l` looks up each).
+struct Listed {
+    list: Arc<Vec<Dirent>>,
+    by_name: HashMap<String, u64>,
+}
+
 /// An ext2/3/4 file system.
 pub struct Ext {
     /// Where metadata is read: superblock, descriptors, inodes, directories,
@@ -168,7 +176,7 @@ pub struct Ext {
     sb: Super,
     meta: BlockCache,
     maps: Mutex<LruCache<u32, Arc<Vec<Run>>>>,
-    dirs: Mutex<LruCache<u32, Arc<Vec<Dirent>>>>,
+    dirs: Mutex<LruCache<u32, Arc<Listed>>>,
 }
 
 fn cache<V>(n: usize) -> Mutex<LruCache<u32, V>> {
@@ -777,7 +785,7 @@ impl Ext {
         Ok(())
     }
 
-    fn listing(&self, dir: u32) -> Result<Arc<Vec<Dirent>>, InsideError> {
+    fn listing(&self, dir: u32) -> Result<Arc<Listed>, InsideError> {
         if let Some(l) = self.dirs.lock().get(&dir) {
             return Ok(l.clone());
         }
@@ -817,9 +825,17 @@ impl Ext {
                 dir: is_dir,
             });
         }
-        let list = Arc::new(list);
-        self.dirs.lock().put(dir, list.clone());
-        Ok(list)
+        // The first of a repeated name wins, as a scan would find it.
+        let mut by_name = HashMap::with_capacity(list.len());
+        for d in &list {
+            by_name.entry(d.name.clone()).or_insert(d.id);
+        }
+        let listed = Arc::new(Listed {
+            list: Arc::new(list),
+            by_name,
+        });
+        self.dirs.lock().put(dir, listed.clone());
+        Ok(listed)
     }
 
     fn id(&self, id: u64) -> Result<u32, InsideError> {
@@ -937,7 +953,11 @@ impl Archive for Ext {
     }
 
     fn list(&self, dir: u64) -> Result<Arc<Vec<Dirent>>, InsideError> {
-        self.listing(self.id(dir)?)
+        Ok(self.listing(self.id(dir)?)?.list.clone())
+    }
+
+    fn lookup(&self, dir: u64, name: &str) -> Result<Option<u64>, InsideError> {
+        Ok(self.listing(self.id(dir)?)?.by_name.get(name).copied())
     }
 
     fn read(&self, file: u64, offset: u64, buf: &mut [u8]) -> Result<usize, InsideError> {
