@@ -404,7 +404,7 @@ fn walk_all(a: &dyn Archive, id: u64, depth: u32) -> usize {
 }
 
 /// A disk that is mostly metadata: an MBR with a 4 MiB ext4 (1 KiB blocks, no
-/// journal) and a 1 MiB FAT12 of hundreds of small files in nested directories
+/// journal) and twice (a primary and a logical partition) a 1 MiB FAT12 of hundreds of small files in nested directories
 /// (the FAT without symlinks: mcopy does not copy dangling ones).
 fn metadata_disk() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -428,12 +428,13 @@ fn metadata_disk() -> Vec<u8> {
     mkfs_ext(&tree, &ext, "-O ^has_journal", 4);
     mkfs_fat(&tree.join("d1"), &fat, "-F 12", 1 << 10);
     run(&format!(
-        "truncate -s 8M '{m}' && printf 'label: dos\nsize=4M, type=83\nsize=1M, type=1\n' | sfdisk -q '{m}'",
+        "truncate -s 8M '{m}' && printf 'label: dos\nsize=4M, type=83\nsize=1M, type=1\ntype=5\nsize=1M, type=1\n' | sfdisk -q '{m}'",
         m = disk.display()
     ));
     let starts = sfdisk_parts(&disk);
     put(&disk, &ext, starts[0].1);
     put(&disk, &fat, starts[1].1);
+    put(&disk, &fat, starts[3].1);
     std::fs::read(&disk).unwrap()
 }
 
@@ -444,7 +445,7 @@ fn damage_anywhere_in_the_metadata_is_an_error_never_a_panic_or_a_hang() {
     }
     let disk = metadata_disk();
     let whole = open(&disk);
-    assert_eq!(names(&whole, whole.root()), ["p1", "p2"]);
+    assert_eq!(names(&whole, whole.root()), ["p1", "p2", "p5"]);
     assert_eq!(walk_all(&whole, whole.root(), 0), 0);
     // Where the bytes are not zero: the tables, superblocks, descriptors,
     // inodes, extents, directories and FATs, not the files or empty space.
@@ -521,4 +522,86 @@ fn a_looping_cluster_chain_is_an_error_not_a_repeat() {
     let e = bad.read(shim, 0, &mut [0; 4096]).unwrap_err();
     assert!(e.to_string().contains("loops back"), "{e}");
     assert!(matches!(e.reason, Reason::Corrupt(_)));
+}
+
+/// A GPT written here (sfdisk and sgdisk make 512-byte sectors on a file):
+/// `parts` as (first, last) LBAs of Linux partitions, with `sector`-byte
+/// sectors, a primary and a backup header.
+fn gpt_by_hand(disk: &mut [u8], sector: usize, parts: &[(u64, u64)]) {
+    let lbas = (disk.len() / sector) as u64;
+    let mut entries = vec![0u8; 128 * 128];
+    // Linux filesystem data, 0FC63DAF-8483-4772-8E79-3D69D8477DE4, as stored.
+    let linux = [
+        0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d,
+        0xe4,
+    ];
+    for (i, (first, last)) in parts.iter().enumerate() {
+        let e = &mut entries[i * 128..];
+        e[..16].copy_from_slice(&linux);
+        e[16] = i as u8 + 1;
+        e[32..40].copy_from_slice(&first.to_le_bytes());
+        e[40..48].copy_from_slice(&last.to_le_bytes());
+    }
+    let array_lbas = (entries.len() / sector).max(1) as u64;
+    let header = |me: u64, other: u64, array: u64| {
+        let mut h = vec![0u8; 92];
+        h[..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&me.to_le_bytes());
+        h[32..40].copy_from_slice(&other.to_le_bytes());
+        h[40..48].copy_from_slice(&(2 + array_lbas).to_le_bytes());
+        h[48..56].copy_from_slice(&(lbas - 2 - array_lbas).to_le_bytes());
+        h[72..80].copy_from_slice(&array.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        let crc = crc32fast::hash(&h);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+    let last = lbas - 1;
+    let backup_array = last - array_lbas;
+    for (me, other, array) in [(1, last, 2), (last, 1, backup_array)] {
+        let at = me as usize * sector;
+        disk[at..at + 92].copy_from_slice(&header(me, other, array));
+        let at = array as usize * sector;
+        disk[at..at + entries.len()].copy_from_slice(&entries);
+    }
+    // The protective MBR.
+    disk[446 + 4] = 0xee;
+    disk[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+    disk[446 + 12..446 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+    disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+}
+
+#[test]
+fn a_gpt_with_4096_byte_sectors_and_a_damaged_primary_header_reads() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let mut disk = vec![0u8; 32 << 20];
+    // p1 at LBA 256 (1 MiB), the FAT16 image; p2 empty.
+    let lbas = m.fat.len() as u64 / 4096;
+    gpt_by_hand(&mut disk, 4096, &[(256, 256 + lbas - 1), (6000, 6100)]);
+    disk[1 << 20..(1 << 20) + m.fat.len()].copy_from_slice(&m.fat);
+    let d = open(&disk);
+    assert_eq!(names(&d, d.root()), ["p1", "p2"]);
+    assert_eq!(d.partitions()[0].start, 1 << 20);
+    check_fat(&d, "p1/");
+    // The primary header damaged: the backup one is used.
+    disk[4096 + 40] ^= 1;
+    let d = open(&disk);
+    check_fat(&d, "p1/");
+    // Both damaged: an error naming the GPT.
+    let last = disk.len() - 4096;
+    disk[last + 40] ^= 1;
+    let e = Disk::open(Arc::new(MemBytes {
+        name: "/t/root-dd".into(),
+        data: disk,
+    }))
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("GPT header"), "{e}");
 }
