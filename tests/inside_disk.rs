@@ -84,6 +84,13 @@ fn ext_tree(dir: &Path) {
     let fifo = std::ffi::CString::new(dir.join("etc/initctl").to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    // Owners other than root, where the test may give them (mkfs.ext4 -d keeps
+    // the source's).
+    if is_root() {
+        for (rel, uid, gid) in [("etc/hostname", 1000, 1001), ("var/lib", 33, 33)] {
+            std::os::unix::fs::lchown(dir.join(rel), Some(uid), Some(gid)).unwrap();
+        }
+    }
 }
 
 /// The FAT tree: an ESP's kind of content, long and short names.

@@ -359,6 +359,28 @@ fn inline_data_and_xattrs_read_as_stored() {
     for i in 0..40 {
         std::fs::write(tree.join(format!("etc/deep/n{i}")), format!("{i}\n")).unwrap();
     }
+    // A POSIX ACL (user 1234 may read), in the xattr form, where the build
+    // directory keeps ACLs: mkfs.ext4 stores it in ext4's compact form.
+    let acl: Vec<u8> = [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ]
+    .iter()
+    .fold(2u32.to_le_bytes().to_vec(), |mut v, (tag, perm, id)| {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+        v
+    });
+    let acl_set = {
+        let p = std::ffi::CString::new(tree.join("etc/big").to_str().unwrap()).unwrap();
+        let n = c"system.posix_acl_access";
+        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+        unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), acl.as_ptr().cast(), acl.len(), 0) == 0 }
+    };
     let img = dir.path().join("inline.img");
     mkfs_ext(&tree, &img, "-O inline_data -I 256", 16);
     // An xattr set with debugfs, so it does not depend on the build directory.
@@ -371,6 +393,15 @@ fn inline_data_and_xattrs_read_as_stored() {
     for i in 0..40 {
         let f = walk(&a, &format!("etc/deep/n{i}"));
         assert_eq!(read_all(&a, f), format!("{i}\n").as_bytes());
+    }
+    if acl_set {
+        let x = a.entry(walk(&a, "etc/big")).unwrap().xattrs;
+        assert!(
+            x.contains(&(b"system.posix_acl_access".to_vec(), acl.clone())),
+            "{x:?}"
+        );
+    } else {
+        eprintln!("no POSIX ACLs where the test builds: the ACL is not checked");
     }
     let x = a.entry(walk(&a, "hello")).unwrap().xattrs;
     assert!(
