@@ -127,7 +127,7 @@ pub enum Format {
 
 impl Format {
     /// The format of MAAS file type `filetype`; None for what cannot be browsed
-    /// (kernels, initrds and disk images for now).
+    /// (kernels, initrds and compressed disk images for now).
     pub fn of(filetype: &str) -> Option<Format> {
         match filetype {
             "squashfs" => Some(Format::Squashfs),
