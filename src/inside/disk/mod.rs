@@ -166,6 +166,30 @@ pub fn detect(bytes: &dyn Bytes) -> Result<Option<FsKind>, InsideError> {
     Ok(None)
 }
 
+/// What else a partition may hold, by its signature (libblkid's offsets), for
+/// a message that says what it is: XFS roots (RHEL, CentOS), swap, LVM, LUKS.
+fn identify(bytes: &dyn Bytes) -> Option<&'static str> {
+    let magics: [(u64, &[u8], &'static str); 9] = [
+        (0, b"XFSB", "an XFS file system"),
+        (0x10040, b"_BHRfS_M", "a btrfs file system"),
+        (3, b"NTFS    ", "an NTFS file system"),
+        (0, b"hsqs", "a squashfs"),
+        (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+        (512, b"LABELONE", "an LVM physical volume"),
+        (4086, b"SWAPSPACE2", "swap"),
+        (4086, b"SWAP-SPACE", "swap"),
+        (0x8001, b"CD001", "an ISO 9660 file system"),
+    ];
+    magics.iter().find_map(|(at, magic, what)| {
+        let end = at + magic.len() as u64;
+        (end <= bytes.size())
+            .then(|| bytes.read_vec(*at, magic.len()).ok())
+            .flatten()
+            .filter(|b| b == magic)
+            .map(|_| *what)
+    })
+}
+
 /// Opens the file system `kind`: metadata through `meta`, contents through
 /// `data` (two views of the same bytes).
 fn open_fs(
@@ -242,9 +266,12 @@ impl Disk {
             },
         };
         let Some(parts) = parts else {
+            let found = identify(bytes.as_ref()).map_or(String::new(), |what| format!(" ({what})"));
             return Err(InsideError::unsupported(
                 bytes.name(),
-                "no partition table (GPT or MBR) and no ext2/3/4 or FAT file system at its start",
+                format!(
+                    "no partition table (GPT or MBR) and no ext2/3/4 or FAT file system at its start{found}"
+                ),
             ));
         };
         let layout = Layout::Table(
@@ -299,7 +326,13 @@ impl Disk {
             Ok(Some(kind)) => open_fs(kind, meta, slice(&self.data)),
             Ok(None) => Err(InsideError::unsupported(
                 self.bytes.name(),
-                format!("no ext2/3/4 or FAT file system found ({})", p.entry.kind),
+                match identify(meta.as_ref()) {
+                    Some(what) => format!(
+                        "{what}, which is not read (ext2/3/4 and FAT are; {})",
+                        p.entry.kind
+                    ),
+                    None => format!("no ext2/3/4 or FAT file system found ({})", p.entry.kind),
+                },
             )),
             Err(e) => Err(e),
         }

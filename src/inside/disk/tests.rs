@@ -617,10 +617,19 @@ fn a_gpt_with_4096_byte_sectors_and_a_damaged_primary_header_reads() {
     let lbas = m.fat.len() as u64 / 4096;
     gpt_by_hand(&mut disk, 4096, &[(256, 256 + lbas - 1), (6000, 6100)]);
     disk[1 << 20..(1 << 20) + m.fat.len()].copy_from_slice(&m.fat);
+    // p2 starts as an XFS root does: named in the error, not read.
+    disk[6000 * 4096..6000 * 4096 + 4].copy_from_slice(b"XFSB");
     let d = open(&disk);
     assert_eq!(names(&d, d.root()), ["p1", "p2"]);
     assert_eq!(d.partitions()[0].start, 1 << 20);
     check_fat(&d, "p1/");
+    let e = d.list(walk(&d, "p2")).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "p2: an XFS file system, which is not read (ext2/3/4 and FAT are; GPT type 0FC63DAF"
+        ),
+        "{e}"
+    );
     // The primary header damaged: the backup one is used.
     disk[4096 + 40] ^= 1;
     let d = open(&disk);
