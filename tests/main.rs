@@ -9,6 +9,7 @@ mod handle;
 mod hostile;
 mod http;
 mod inside;
+mod inside_disk;
 mod maas;
 mod maas35;
 mod mount;

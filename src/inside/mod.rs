@@ -17,6 +17,7 @@
 
 pub mod bytes;
 pub mod decompress;
+pub mod disk;
 pub mod error;
 pub mod squashfs;
 pub mod tar;
@@ -120,17 +121,20 @@ pub enum Format {
     Squashfs,
     /// A compressed tarball.
     Tar(tar::Compression),
+    /// A raw disk image: its partitions' ext2/3/4 and FAT file systems.
+    Disk,
 }
 
 impl Format {
     /// The format of MAAS file type `filetype`; None for what cannot be browsed
-    /// (kernels, initrds and disk images for now).
+    /// (kernels, initrds and compressed disk images for now).
     pub fn of(filetype: &str) -> Option<Format> {
         match filetype {
             "squashfs" => Some(Format::Squashfs),
             "root-tgz" => Some(Format::Tar(tar::Compression::Gzip)),
             "root-tbz" => Some(Format::Tar(tar::Compression::Bzip2)),
             "root-txz" | "archive.tar.xz" => Some(Format::Tar(tar::Compression::Xz)),
+            "root-dd" | "root-dd.raw" => Some(Format::Disk),
             _ => None,
         }
     }
@@ -141,6 +145,7 @@ pub fn open(format: Format, bytes: Arc<dyn Bytes>) -> Result<Arc<dyn Archive>, I
     match format {
         Format::Squashfs => Ok(Arc::new(squashfs::Squashfs::open(bytes)?)),
         Format::Tar(c) => Ok(Arc::new(tar::Tar::open(bytes, c)?)),
+        Format::Disk => Ok(Arc::new(disk::Disk::open(bytes)?)),
     }
 }
 
@@ -264,6 +269,14 @@ impl Images {
                 let meta = self.pool.open(&image.file, &image.path);
                 meta.set_random();
                 squashfs::Squashfs::open_split(Arc::new(meta), Arc::new(handle))
+                    .map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            // The same for a disk: tables, inodes, directories and FATs on a
+            // handle that never streams, files' contents on one that may.
+            Format::Disk => {
+                let meta = self.pool.open(&image.file, &image.path);
+                meta.set_random();
+                disk::Disk::open_split(Arc::new(meta), Arc::new(handle))
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             format => open(format, Arc::new(handle)),
