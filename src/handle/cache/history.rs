@@ -13,17 +13,19 @@
 //! After every step:
 //! - the lists' counts agree with their contents ([`super::tests::check`]);
 //! - memory within the budget: chunks and buffers kept for reuse within what the
-//!   budget leaves after the running streams' own buffers, or the floor the
-//!   running streams need, whichever is more (doc/SEMANTICS.md, Resources);
+//!   budget leaves after the own buffers of the streams that have begun a
+//!   window, or the floor the streams need, whichever is more (doc/SEMANTICS.md,
+//!   Resources);
 //! - every byte served is the image's;
 //! - the rule of doc/SEMANTICS.md ("exactly when a second database read of a chunk
 //!   can happen"): a chunk that leaves memory while a live reader of its image
 //!   has not passed it (its last read ended before the chunk's end) fails the
 //!   test unless those chunks, with the others live readers have not passed, were
-//!   more than the budget leaves for chunks; and each chunk is read from the
-//!   source at most once more than the excused events allow: an eviction allowed
-//!   by the rule, the rest of a stopped stream's window, a failed fetch, a window
-//!   over a chunk already in memory;
+//!   more than the budget leaves for chunks (checked at every eviction, also one
+//!   within a step); and each chunk is read from the source at most once more
+//!   than the excused events allow: an eviction allowed by the rule, the rest of
+//!   a stopped stream's window, a failed fetch, a window over a chunk already in
+//!   memory or in another stream's window;
 //! - once every reader has closed, no claim, stream front or waiter is left.
 
 use std::collections::{HashMap, HashSet};
