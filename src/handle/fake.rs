@@ -4,7 +4,7 @@
 //! failure paths (resume, reconnect timeout, idle release, the first read that
 //! cannot connect) run against it in milliseconds, with no cluster to SIGSTOP.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use postgres::error::SqlState;
 
+use super::cache::CHUNK;
 use super::error::HandleErrorKind;
 use super::source::{ByteSource, Session};
 
@@ -42,6 +43,26 @@ pub(crate) struct Calls {
     pub(crate) windows: AtomicU32,
     /// Sessions that imported an exported snapshot.
     pub(crate) joins: AtomicU32,
+    /// Requests that asked the server for each chunk (by chunk number), as a
+    /// database would read it: a window counts every chunk it spans when it is
+    /// asked for, read to its end or not (the server produces a `COPY` window's
+    /// rows whether or not the stream takes them), a read every chunk it spans
+    /// even if it fails.
+    pub(crate) chunks: Mutex<HashMap<u64, u32>>,
+}
+
+impl Calls {
+    fn count(&self, start: u64, end: u64) {
+        let mut chunks = self.chunks.lock();
+        for idx in start / CHUNK..end.div_ceil(CHUNK) {
+            *chunks.entry(idx).or_default() += 1;
+        }
+    }
+
+    /// How many requests asked for chunk `idx`.
+    pub(crate) fn chunk_reads(&self, idx: u64) -> u32 {
+        self.chunks.lock().get(&idx).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Default)]
@@ -70,8 +91,14 @@ pub(crate) struct FakeSource {
 
 impl FakeSource {
     pub(crate) fn new(data: Vec<u8>) -> Arc<FakeSource> {
+        FakeSource::sharing(Arc::new(data))
+    }
+
+    /// [`FakeSource::new`] on bytes shared with other sources (each with its own
+    /// counts and script).
+    pub(crate) fn sharing(data: Arc<Vec<u8>>) -> Arc<FakeSource> {
         Arc::new(FakeSource {
-            data: Arc::new(data),
+            data,
             script: Mutex::default(),
             calls: Arc::default(),
             replaced: AtomicBool::new(false),
@@ -218,6 +245,7 @@ impl Session for FakeSession {
     fn read(&mut self, start: u64, len: u64, out: &mut Vec<u8>) -> Result<(), HandleErrorKind> {
         self.src.calls.reads.fetch_add(1, Ordering::Relaxed);
         let end = start + len;
+        self.src.calls.count(start, end);
         let data = &self.src.data;
         match self.src.take_fault(start, end) {
             None => {}
@@ -244,6 +272,7 @@ impl Session for FakeSession {
 
     fn window(&mut self, start: u64, end: u64) -> Result<Box<dyn BufRead + '_>, HandleErrorKind> {
         self.src.calls.windows.fetch_add(1, Ordering::Relaxed);
+        self.src.calls.count(start, end);
         let fault = self.src.take_fault(start, end);
         if let Some((at, Fault::Sql(code))) = &fault
             && *at == start

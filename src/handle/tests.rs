@@ -428,3 +428,25 @@ fn bytes_in_memory_are_served_to_a_new_reader_while_the_server_is_unreachable() 
     assert!(read_all(&c, 0, 128 << 10).expect("from memory") == data);
     assert!(!c.holds_connection());
 }
+
+/// Issue 21, on real handles and their read-ahead threads: a reader that read
+/// its first MiB and paused (a slow consumer: a socket not drained, a process
+/// writing to disk) while another read the whole image finds the rest in
+/// memory, and the source is asked for every chunk once.
+#[test]
+fn a_slow_reader_behind_a_fast_one_costs_the_source_nothing_more() {
+    let size = 24 * MIB + 5;
+    let data = content(size);
+    let src = FakeSource::new(data.clone());
+    let p = pool_with(Duration::from_secs(5), 64 * MIB);
+    let slow = open(&p, &src, size, "slow-and-fast");
+    let fast = open(&p, &src, size, "slow-and-fast");
+    let first = read_range(&slow, 0, MIB, 128 << 10).expect("the slow reader's first MiB");
+    assert!(first[..] == data[..MIB as usize]);
+    assert!(read_all(&fast, 0, 128 << 10).expect("the fast reader") == data);
+    let rest = read_all(&slow, MIB, 128 << 10).expect("the slow reader's rest");
+    assert!(rest[..] == data[MIB as usize..]);
+    for idx in 0..size.div_ceil(CHUNK) {
+        assert_eq!(src.calls.chunk_reads(idx), 1, "chunk {idx}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Chunk buffers kept ready and reused.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::sync::{Condvar, Mutex};
@@ -14,16 +15,17 @@ use super::CHUNK;
 /// buffers are reused.
 pub(super) struct Buffers {
     pub(super) free: Mutex<Vec<Vec<u8>>>,
+    /// How many may be kept now, set by the cache after every change (see
+    /// [`Buffers::set_room`]): kept buffers are memory like chunks, within the
+    /// budget.
+    room: AtomicUsize,
     wanted: Condvar,
     #[cfg_attr(feature = "shuttle", allow(dead_code))]
     started: std::sync::Once,
 }
 
-/// Buffers kept ready: 8 MiB.
-const READY: usize = 16;
-
-/// Evicted buffers kept for reuse: 32 MiB.
-const KEEP: usize = 64;
+/// Most buffers kept ready, made ahead or left by evicted chunks: 8 MiB.
+pub(super) const READY: usize = 16;
 
 impl Buffers {
     pub(super) fn take(self: &Arc<Self>) -> Vec<u8> {
@@ -41,7 +43,7 @@ impl Buffers {
         });
         let mut free = self.free.lock();
         let buf = free.pop();
-        if free.len() < READY / 2 {
+        if free.len() < self.room() / 2 {
             self.wanted.notify_one();
         }
         drop(free);
@@ -50,7 +52,7 @@ impl Buffers {
 
     pub(super) fn give(&self, mut buf: Vec<u8>) {
         let mut free = self.free.lock();
-        if free.len() < KEEP && buf.capacity() >= CHUNK as usize {
+        if free.len() < self.room() && buf.capacity() >= CHUNK as usize {
             buf.clear();
             free.push(buf);
         }
@@ -61,7 +63,7 @@ impl Buffers {
     fn keep_ready(me: &std::sync::Weak<Buffers>) {
         loop {
             let Some(b) = me.upgrade() else { return };
-            let missing = READY.saturating_sub(b.free.lock().len());
+            let missing = b.room().saturating_sub(b.free.lock().len());
             for _ in 0..missing {
                 // Writing every page faults it in here, not in the read-ahead thread
                 // (vec![0; n] would not: calloc hands out untouched zero pages).
@@ -71,7 +73,7 @@ impl Buffers {
                 b.give(v);
             }
             let mut free = b.free.lock();
-            if free.len() >= READY {
+            if free.len() >= b.room() {
                 b.wanted.wait_for(&mut free, Duration::from_secs(1));
             }
         }
@@ -82,12 +84,35 @@ impl Buffers {
     pub(super) fn new() -> Buffers {
         Buffers {
             free: Mutex::new(Vec::new()),
+            room: AtomicUsize::new(READY),
             wanted: Condvar::new(),
             started: std::sync::Once::new(),
         }
     }
 
+    /// No helper thread: buffers are made on demand, so that what is kept
+    /// changes only with what the cache takes and gives (the property tests
+    /// replay a history exactly).
+    #[cfg(test)]
+    pub(super) fn on_demand(&self) {
+        self.started.call_once(|| {});
+    }
+
+    fn room(&self) -> usize {
+        self.room.load(Ordering::Relaxed).min(READY)
+    }
+
+    /// At most `n` buffers may be kept from now on: those beyond go back to the
+    /// allocator.
+    pub(super) fn set_room(&self, n: usize) {
+        self.room.store(n, Ordering::Relaxed);
+        let mut free = self.free.lock();
+        let keep = free.len().min(self.room());
+        free.truncate(keep);
+    }
+
     /// Buffers kept for reuse now.
+    #[cfg(test)]
     pub(super) fn kept(&self) -> usize {
         self.free.lock().len()
     }

@@ -3,7 +3,7 @@
 //! near a front wait for it and push it on). Plain data, no locking and no
 //! knowledge of which chunks are held: the cache calls it under its one mutex.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::sync::Condvar;
@@ -25,6 +25,11 @@ pub(super) struct Entry {
     /// its own readers. (One condition for all had every waiting reader wake and
     /// take the lock at every chunk, which slowed the stream delivering them.)
     pub(super) waiting: HashMap<u64, Arc<Condvar>>,
+    /// Where each open reader's last read ended (0 before its first), by reader
+    /// id; background views have none.
+    at: HashMap<u64, u64>,
+    /// The same offsets, counted, for the least of them.
+    places: BTreeMap<u64, usize>,
 }
 
 /// A running stream's position: the next offset it delivers, and the furthest
@@ -49,7 +54,34 @@ impl Entry {
             fetching: HashSet::new(),
             streams: Vec::new(),
             waiting: HashMap::new(),
+            at: HashMap::new(),
+            places: BTreeMap::new(),
         }
+    }
+
+    /// Reader `reader`'s last read ended at `end` (a new reader is at 0).
+    pub(super) fn reader_at(&mut self, reader: u64, end: u64) {
+        self.reader_left(reader);
+        self.at.insert(reader, end);
+        *self.places.entry(end).or_default() += 1;
+    }
+
+    /// Reader `reader` closed.
+    pub(super) fn reader_left(&mut self, reader: u64) {
+        if let Some(old) = self.at.remove(&reader)
+            && let Some(n) = self.places.get_mut(&old)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.places.remove(&old);
+            }
+        }
+    }
+
+    /// The first chunk some open reader has not passed (the one holding the
+    /// least offset where a reader's last read ended); None without readers.
+    pub(super) fn first_not_passed(&self) -> Option<u64> {
+        self.places.keys().next().map(|at| at / super::CHUNK)
     }
 
     /// Is chunk `idx` (at `off`) on its way: being fetched, or within a stream's

@@ -11,7 +11,12 @@
 //! - `done`: had by one reader that has finished them; kept for a share of the
 //!   budget, for a reader close behind, and evicted first.
 //! - `shared`: had by a second reader, or wanted again soon after eviction (its
-//!   key still among the ghosts, 2Q's "A1out"); least recently used first out.
+//!   key still among the ghosts, 2Q's "A1out"), or finished by one reader while
+//!   another open reader of its content has not passed it; least recently used
+//!   first out.
+//!
+//! Whatever its list, a chunk an open reader has not passed yet (the cache
+//! says which, [`Lists::trim`]) is evicted only when nothing else is left.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -32,6 +37,9 @@ pub(super) struct Lists {
     pub(super) bytes: u64,
     /// Where evicted chunks' buffers go for reuse.
     buffers: Arc<Buffers>,
+    /// Every eviction, in order, for the property tests to check each one.
+    #[cfg(test)]
+    pub(super) evicted: Vec<Key>,
 }
 
 /// How much the lists may hold: all of them, and the finished chunks of lone
@@ -107,6 +115,8 @@ impl Lists {
             },
             bytes: 0,
             buffers,
+            #[cfg(test)]
+            evicted: Vec::new(),
         }
     }
 
@@ -224,31 +234,47 @@ impl Lists {
         }
     }
 
-    /// Evicts until the lists fit `limits`. Finished chunks go first, then shared
-    /// ones, then ones still being read, unread ones last.
-    pub(super) fn trim(&mut self, limits: Limits) {
+    /// Evicts until the lists fit `limits`. Chunks `ahead` says an open reader
+    /// has not passed yet go last, whatever their list: the finished ones among
+    /// them move to `shared` (that reader will have them), and the others are
+    /// evicted only when nothing else is left. Among the rest, finished chunks go
+    /// first, then shared ones, then ones still being read, unread ones last.
+    pub(super) fn trim(&mut self, limits: Limits, ahead: &dyn Fn(&Key) -> bool) {
         loop {
             let over_all = self.bytes > limits.all;
             if !over_all && self.done_bytes <= limits.done {
                 break;
             }
-            let old = if let Some((k, (d, _))) = self.done.pop_lru() {
+            if let Some((k, (d, _))) = self.done.pop_lru() {
                 self.done_bytes -= d.len() as u64;
-                Some((k, d))
-            } else if !over_all {
-                None
-            } else if let Some(e) = self.shared.pop_lru() {
-                Some(e)
-            } else if let Some((k, e)) = self.reading.pop_lru() {
-                Some((k, e.data))
-            } else {
-                self.unread.pop_lru().map(|(k, u)| (k, u.data))
-            };
+                if ahead(&k) {
+                    self.shared.put(k, d);
+                } else {
+                    self.evict(k, d);
+                }
+                continue;
+            }
+            if !over_all {
+                break;
+            }
+            let passed = |k: &Key| !ahead(k);
+            let old = pop_lru_if(&mut self.shared, passed)
+                .or_else(|| pop_lru_if(&mut self.reading, passed).map(|(k, e)| (k, e.data)))
+                .or_else(|| pop_lru_if(&mut self.unread, passed).map(|(k, u)| (k, u.data)))
+                .or_else(|| self.shared.pop_lru())
+                .or_else(|| self.reading.pop_lru().map(|(k, e)| (k, e.data)))
+                .or_else(|| self.unread.pop_lru().map(|(k, u)| (k, u.data)));
             let Some((k, old)) = old else { break };
-            self.bytes -= old.len() as u64;
-            self.ghosts.add(k);
-            self.recycle(old);
+            self.evict(k, old);
         }
+    }
+
+    fn evict(&mut self, k: Key, old: Arc<Vec<u8>>) {
+        #[cfg(test)]
+        self.evicted.push(k.clone());
+        self.bytes -= old.len() as u64;
+        self.ghosts.add(k);
+        self.recycle(old);
     }
 
     /// The last handle on `content` went: what streams delivered ahead of its
@@ -289,4 +315,21 @@ impl Lists {
             self.buffers.give(buf);
         }
     }
+}
+
+/// Pops the least recently used entry of `list` whose key `evictable` says may
+/// go: a walk from the old end, past the chunks readers still need (a slow
+/// reader's are old: the fast one used them long ago), so at most a budget's
+/// worth of keys, and only when the budget is full.
+fn pop_lru_if<V>(
+    list: &mut LruCache<Key, V>,
+    evictable: impl Fn(&Key) -> bool,
+) -> Option<(Key, V)> {
+    let key = list
+        .iter()
+        .rev()
+        .map(|(k, _)| k)
+        .find(|k| evictable(k))?
+        .clone();
+    list.pop_entry(&key)
 }

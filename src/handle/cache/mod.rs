@@ -15,6 +15,10 @@
 //!   whole budget with fresh memory; one had by a second reader, or fetched again
 //!   soon after it was evicted, is kept in the "shared" list, least recently used
 //!   first out (the 2Q policy: a scan does not flush what several readers use).
+//! - Whatever its list, a chunk that an open reader of its content has not passed
+//!   yet (at or after the offset where that reader's last read ended) goes only
+//!   when nothing else is left: readers of one image share its reads whatever
+//!   their speed, while the chunks between the slowest and the fastest fit.
 //!   Fresh memory is the cost being avoided: writing a chunk into memory the
 //!   process never touched costs 5 to 20 times a copy into a reused buffer here
 //!   (page faults, and the hypervisor backing the pages), and on a cold read it
@@ -180,6 +184,15 @@ impl ChunkCache {
         }
     }
 
+    /// How many buffers are kept ready beside the chunks: a 16th of the budget,
+    /// at most [`buffers::READY`]. A fixed share, counted against the budget
+    /// whether or not they are there: counting the buffers kept at each moment
+    /// instead let every eviction's buffer shrink the chunks' room, and below
+    /// the streams' floor they were over the budget.
+    fn spare(&self) -> u64 {
+        (buffers::READY as u64).min(self.budget / CHUNK / 16)
+    }
+
     /// Bytes of chunks held now.
     pub fn bytes(&self) -> u64 {
         self.state.lock().lists.bytes
@@ -202,6 +215,9 @@ impl ChunkCache {
             .map_or_else(|| Arc::from(sha256), |(k, _)| k.clone());
         let entry = st.contents.entry(key.clone()).or_insert_with(Entry::new);
         entry.handles += 1;
+        if !background {
+            entry.reader_at(reader, 0);
+        }
         Content {
             cv: entry.cv.clone(),
             cache: self.clone(),
@@ -250,6 +266,9 @@ impl Content {
     /// first.
     pub(crate) fn served(&self, offset: u64, end: u64) {
         let mut st = self.lock();
+        if self.reader != BACKGROUND {
+            self.entry(&mut st).reader_at(self.reader, end);
+        }
         if st.lists.served(&self.key, self.reader, offset, end) {
             self.trim(&mut st);
         }
@@ -337,7 +356,40 @@ impl Content {
                 .max(st.readers as u64 * 2 * CHUNK)
                 .max(4 * CHUNK),
         };
-        st.lists.trim(limits);
+        // A chunk an open reader of its content has not passed yet is evicted
+        // only when the others are gone: doc/SEMANTICS.md, "exactly when a
+        // second database read of a chunk can happen". The first such chunk of
+        // each content being read, looked up by pointer first (a list's key
+        // shares its content's string while the content is open).
+        let firsts: Vec<(Arc<str>, u64)> = st
+            .contents
+            .iter()
+            .filter_map(|(k, e)| e.first_not_passed().map(|f| (k.clone(), f)))
+            .collect();
+        st.lists.trim(limits, &|(content, idx): &Key| {
+            firsts
+                .iter()
+                .any(|(k, first)| idx >= first && (Arc::ptr_eq(k, content) || k == content))
+        });
+        // Buffers kept for reuse get what the budget leaves beside the chunks,
+        // and none when the running streams' floor is all there is.
+        let total = self
+            .cache
+            .budget
+            .saturating_sub(st.streams as u64 * (CHUNK + STREAM_OUTSIDE))
+            .max(Self::floor(st));
+        let room = (total.saturating_sub(st.lists.bytes) / CHUNK).min(self.cache.spare());
+        self.cache
+            .buffers
+            .set_room(usize::try_from(room).unwrap_or(0));
+    }
+
+    /// The least the chunks may always have, whatever the budget: what the
+    /// running streams need ahead of their readers (a chunk evicted before its
+    /// reader got it is fetched again, and a small budget with many streams would
+    /// then thrash).
+    fn floor(st: &State) -> u64 {
+        (st.streams as u64 * 2 * MIN_AHEAD).max(4 * CHUNK)
     }
 
     /// An empty buffer with room for a chunk, ready to be written.
@@ -361,13 +413,19 @@ impl Content {
             if stop() {
                 return None;
             }
-            let (room, ahead) = self.room_now(&mut st, id)?;
-            if room >= want.min(ahead / 2).max(CHUNK) {
-                return Some(room.min(want));
+            if let Some(granted) = self.grant(&mut st, id, want)? {
+                return Some(granted);
             }
             let cv = self.cv.clone();
             cv.wait_for(&mut st, Duration::from_millis(50));
         }
+    }
+
+    /// What [`Content::room_for`] grants stream `id` now: None once it was ended,
+    /// Some(None) while it must wait for room.
+    fn grant(&self, st: &mut State, id: u64, want: u64) -> Option<Option<u64>> {
+        let (room, ahead) = self.room_now(st, id)?;
+        Some((room >= want.min(ahead / 2).max(CHUNK)).then(|| room.min(want)))
     }
 
     /// How far each stream may run ahead of its fastest reader: half of what the
@@ -381,14 +439,14 @@ impl Content {
     /// What the budget leaves for chunks: buffers kept for reuse, chunks being
     /// filled by streams and the streams' own buffers count against it too (the
     /// budget bounds what reading costs in memory, not just the cache). Never below
-    /// what the running streams need ahead of their readers: a chunk evicted
-    /// before its reader got it is fetched again, and a small budget with many
-    /// streams would then thrash.
+    /// [`Content::floor`].
     fn chunk_room(&self, st: &State) -> u64 {
-        let reserved = (self.cache.buffers.kept() + st.streams) as u64 * CHUNK
-            + st.streams as u64 * STREAM_OUTSIDE;
-        let floor = (st.streams as u64 * 2 * MIN_AHEAD).max(4 * CHUNK);
-        self.cache.budget.saturating_sub(reserved).max(floor)
+        let reserved =
+            (self.cache.spare() + st.streams as u64) * CHUNK + st.streams as u64 * STREAM_OUTSIDE;
+        self.cache
+            .budget
+            .saturating_sub(reserved)
+            .max(Self::floor(st))
     }
 
     /// How many bytes stream `id` may deliver now, and how far it may run ahead of
@@ -421,8 +479,10 @@ impl Drop for Content {
         if self.reader != BACKGROUND {
             st.readers -= 1;
         }
+        let reader = self.reader;
         let gone = st.contents.get_mut(&self.key).is_some_and(|e| {
             e.handles -= 1;
+            e.reader_left(reader);
             e.unused()
         });
         if gone {
@@ -436,6 +496,8 @@ impl Drop for Content {
     }
 }
 
+#[cfg(test)]
+mod history;
 #[cfg(all(test, feature = "shuttle"))]
 mod interleavings;
 #[cfg(test)]

@@ -187,14 +187,20 @@ fn a_second_reader_keeps_chunks_in_memory() {
     let budget = 256 * CHUNK;
     let cache = Arc::new(ChunkCache::new(budget));
     let a = cache.content("aa", 1000 * CHUNK, false);
-    let b = cache.content("aa", 1000 * CHUNK, false);
+    let mut b = Some(cache.content("aa", 1000 * CHUNK, false));
     let filler = cache.content("aa", 1000 * CHUNK, true);
     for i in 0..50 {
         fetch(&a, i).insert(chunk(1));
         a.served(i * CHUNK, (i + 1) * CHUNK);
         assert!(filler.get(i).is_some());
         if i < 10 {
-            assert!(b.get(i).is_some());
+            let r = b.as_ref().expect("b reads the first 10 chunks");
+            assert!(r.get(i).is_some());
+            r.served(i * CHUNK, (i + 1) * CHUNK);
+        }
+        if i == 9 {
+            // b stops there (while open, it had not passed the chunks after).
+            b = None;
         }
     }
     // Chunks 0..10 were had by two readers (the filler does not count): kept.
@@ -236,7 +242,7 @@ fn entries_go_when_their_last_reader_does() {
 }
 
 /// The byte counts agree with the lists, and no key is in two lists.
-fn check(cache: &ChunkCache) {
+pub(super) fn check(cache: &ChunkCache) {
     let st = cache.state.lock();
     let sum = |it: &mut dyn Iterator<Item = u64>| it.sum::<u64>();
     let unread = sum(&mut st.lists.unread.iter().map(|(_, u)| u.data.len() as u64));
@@ -325,5 +331,85 @@ proptest::proptest! {
         drop(views);
         check(&cache);
         proptest::prop_assert_eq!(cache.state.lock().readers, 0);
+    }
+}
+
+/// A chunk built in one of the cache's buffers, as fetches and streams build
+/// them (so that evicted buffers are reused, not piled up).
+fn filled(c: &Content, v: u8) -> Arc<Vec<u8>> {
+    let mut b = c.buffer();
+    b.resize(CHUNK as usize, v);
+    Arc::new(b)
+}
+
+/// Issue 21: a reader behind another (a slow consumer, or one that has not
+/// started yet) finds in memory every chunk it has not passed while they fit
+/// the budget. They used to go with the fast reader's finished chunks, a 32nd
+/// of the budget, and the slow one read them from the database again. Found
+/// by `history::long_histories_of_mixed_readers`.
+#[test]
+fn a_reader_behind_finds_what_it_has_not_passed() {
+    let cache = Arc::new(ChunkCache::new(64 * CHUNK));
+    cache.buffers.on_demand();
+    let a = cache.content("aa", 40 * CHUNK, false);
+    let b = cache.content("aa", 40 * CHUNK, false);
+    for i in 0..40 {
+        fetch(&a, i).insert(filled(&a, i as u8));
+        a.served(i * CHUNK, (i + 1) * CHUNK);
+    }
+    for i in 0..40 {
+        let d = b
+            .get(i)
+            .unwrap_or_else(|| panic!("chunk {i} left before b had it"));
+        assert_eq!(d[0], i as u8);
+        b.served(i * CHUNK, (i + 1) * CHUNK);
+    }
+}
+
+/// Under the budget's pressure, chunks every open reader has passed go before
+/// those one has not, however recently they were used: the slow reader's own
+/// last chunks are the most recently used, and least needed. Found by
+/// `history::long_histories_of_mixed_readers`.
+#[test]
+fn passed_chunks_go_before_those_a_reader_still_needs() {
+    let cache = Arc::new(ChunkCache::new(24 * CHUNK));
+    cache.buffers.on_demand();
+    let a = cache.content("aa", 40 * CHUNK, false);
+    let b = cache.content("aa", 40 * CHUNK, false);
+    for i in 0..10 {
+        fetch(&a, i).insert(filled(&a, i as u8));
+        a.served(i * CHUNK, (i + 1) * CHUNK);
+    }
+    for i in 0..8 {
+        assert!(b.get(i).is_some());
+        b.served(i * CHUNK, (i + 1) * CHUNK);
+    }
+    // 26 chunks read, 24 of room: what goes is among those b has passed.
+    for i in 10..26 {
+        fetch(&a, i).insert(filled(&a, i as u8));
+        a.served(i * CHUNK, (i + 1) * CHUNK);
+    }
+    for i in 8..26 {
+        assert!(b.get(i).is_some(), "chunk {i}, not passed by b, left");
+        b.served(i * CHUNK, (i + 1) * CHUNK);
+    }
+}
+
+/// Buffers kept for reuse are memory too: with chunks, within the budget.
+/// Evicting a chunk used to keep its buffer whatever the budget (up to 32 MiB
+/// of them), so memory did not go down. Found by
+/// `history::long_histories_of_mixed_readers`.
+#[test]
+fn kept_buffers_count_against_the_budget() {
+    let budget = 8 * CHUNK;
+    let cache = Arc::new(ChunkCache::new(budget));
+    cache.buffers.on_demand();
+    let a = cache.content("aa", 100 * CHUNK, false);
+    for i in 0..40 {
+        // Fresh chunks, as from a stream whose buffers were all in use.
+        fetch(&a, i).insert(chunk(1));
+        a.served(i * CHUNK, (i + 1) * CHUNK);
+        let held = cache.bytes() + cache.buffers.kept() as u64 * CHUNK;
+        assert!(held <= budget, "chunk {i}: {held} bytes held");
     }
 }
