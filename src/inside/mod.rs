@@ -18,7 +18,9 @@
 pub mod bytes;
 pub mod decompress;
 pub mod error;
+pub mod index;
 pub mod squashfs;
+pub mod stream;
 pub mod tar;
 #[cfg(test)]
 mod testing;
