@@ -647,3 +647,106 @@ fn serve_inside_serves_files_and_listings_and_refuses_private_files_and_symlinks
         (200, &b"root:*:19000:0:99999:7:::\n"[..])
     );
 }
+
+#[test]
+fn a_tarball_index_in_the_cache_dir_is_reused_after_a_restart() {
+    if !fuse_or_skip("a_tarball_index_in_the_cache_dir_is_reused") {
+        return;
+    }
+    let work = temp_dir("pgbt-inside-");
+    let tree = work.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    // Incompressible, so the image is as large as its contents: 40 MiB, ten
+    // seek points apart.
+    let big = bytes(41, 40 << 20);
+    fs::write(tree.join("big"), &big).unwrap();
+    fs::write(tree.join("etc/hostname"), b"maas-node\n").unwrap();
+    fs::write(tree.join("zz-late"), b"last in the tarball\n").unwrap();
+    let src = SrcTree::new();
+    let tgz = src.path().join(format!("{NOBLE}/1/root-tgz"));
+    fs::create_dir_all(tgz.parent().unwrap()).unwrap();
+    sh(&format!(
+        "tar -C '{}' -czf '{}' big etc zz-late",
+        tree.display(),
+        tgz.display()
+    ));
+    let image = fs::read(&tgz).unwrap();
+    let sha = sha256_hex(&image);
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+    let mut c = pg.client("postgres");
+    let cache = work.path().join("cache");
+    // --cache-size 1 (MiB): the image itself is never cached on disk, so every
+    // byte the daemons need comes from the database and is counted.
+    let args = [
+        "--inside",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--cache-size",
+        "1",
+    ];
+    let root = format!(".inside/{NOBLE}/1/root-tgz");
+    // What a daemon reads from pg_largeobject to list the root, read the last
+    // entry and 64 KiB from the middle of the big one.
+    let look = |mnt: &Mount| {
+        let names: Vec<_> = fs::read_dir(mnt.path(&root))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["big", "etc", "zz-late"]);
+        assert_eq!(
+            fs::read(mnt.path(&format!("{root}/zz-late"))).unwrap(),
+            b"last in the tarball\n"
+        );
+        let f = fs::File::open(mnt.path(&format!("{root}/big"))).unwrap();
+        let mut buf = vec![0; 65536];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 21 << 20).unwrap();
+        assert!(buf == big[21 << 20..(21 << 20) + 65536], "big at 21 MiB");
+    };
+
+    let before = lo_blocks(&mut c);
+    let mnt = Mount::start(&db, &args);
+    look(&mnt);
+    let first = lo_blocks(&mut c) - before;
+    let index = cache.join("inside").join(format!("{sha}.idx"));
+    assert!(index.is_file(), "no index file at {}", index.display());
+    assert!(mnt.log().contains("index written"), "{}", mnt.log());
+    drop(mnt);
+    // The first daemon read the whole image: 2 KiB per large-object page, at
+    // most four pages per 8 KiB heap block.
+    let image_blocks = (image.len() / 8192) as i64;
+    assert!(first >= image_blocks, "first daemon: {first} blocks");
+
+    let before = lo_blocks(&mut c);
+    let mnt = Mount::start(&db, &args);
+    look(&mnt);
+    let second = lo_blocks(&mut c) - before;
+    assert!(!mnt.log().contains("index written"), "{}", mnt.log());
+    drop(mnt);
+    // From two seek points: at most about two spacings (4 MiB each) of the
+    // image's 40 MiB, where the first daemon read all of it.
+    eprintln!("pg_largeobject blocks: first daemon {first}, after the restart {second}");
+    assert!(
+        second * 4 < first,
+        "second daemon read {second} blocks, the first {first}"
+    );
+
+    // A damaged index file: one line, ignored, rebuilt; the contents unchanged.
+    let mut bad = fs::read(&index).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    fs::write(&index, &bad).unwrap();
+    let mnt = Mount::start(&db, &args);
+    look(&mnt);
+    let log = mnt.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("ignored and rebuilt") && l.contains(&sha))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(log.contains("index written"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -161,6 +161,9 @@ pub struct Image {
 /// archives by content, the most recently used [`MAX_OPEN`] kept.
 pub struct Images {
     pool: HandlePool,
+    /// Where tarballs' and initrds' indexes are kept (`--cache-dir`/inside),
+    /// when the pool has a disk cache.
+    index_dir: Option<index::IndexDir>,
     state: Mutex<State>,
 }
 
@@ -179,8 +182,10 @@ struct State {
 impl Images {
     /// Images whose bytes are read through `pool`.
     pub fn new(pool: HandlePool) -> Images {
+        let index_dir = pool.disk().map(|d| index::IndexDir::new(d.dir()));
         Images {
             pool,
+            index_dir,
             state: Mutex::new(State {
                 slots: HashMap::new(),
                 images: Vec::new(),
@@ -268,7 +273,19 @@ impl Images {
                 squashfs::Squashfs::open_split(Arc::new(meta), Arc::new(handle))
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
-            format => open(format, Arc::new(handle)),
+            Format::Tar(c) => {
+                let persist = self.index_dir.as_ref().map(|dir| tar::Persist {
+                    dir,
+                    sha256: &image.file.sha256,
+                });
+                let handle = Arc::new(handle);
+                let opened = tar::Tar::open_with(handle.clone(), c, persist);
+                // The pass streams through the image; what follows are runs of
+                // at most a seek point's spacing, which a read-ahead stream
+                // (up to 32 MiB ahead) would mostly read for nothing.
+                handle.set_random();
+                opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
         };
         let mut st = self.state.lock();
         match &opened {
