@@ -16,6 +16,7 @@
 //!   kept while used (at most [`MAX_OPEN`]), with a stable slot per image.
 
 pub mod bytes;
+pub mod cpio;
 pub mod decompress;
 pub mod error;
 pub mod index;
@@ -122,17 +123,20 @@ pub enum Format {
     Squashfs,
     /// A compressed tarball.
     Tar(tar::Compression),
+    /// An initrd: concatenated cpio archives, some compressed (`boot-initrd`).
+    Initrd,
 }
 
 impl Format {
     /// The format of MAAS file type `filetype`; None for what cannot be browsed
-    /// (kernels, initrds and disk images for now).
+    /// (kernels and disk images for now).
     pub fn of(filetype: &str) -> Option<Format> {
         match filetype {
             "squashfs" => Some(Format::Squashfs),
             "root-tgz" => Some(Format::Tar(tar::Compression::Gzip)),
             "root-tbz" => Some(Format::Tar(tar::Compression::Bzip2)),
             "root-txz" | "archive.tar.xz" => Some(Format::Tar(tar::Compression::Xz)),
+            "boot-initrd" => Some(Format::Initrd),
             _ => None,
         }
     }
@@ -143,6 +147,7 @@ pub fn open(format: Format, bytes: Arc<dyn Bytes>) -> Result<Arc<dyn Archive>, I
     match format {
         Format::Squashfs => Ok(Arc::new(squashfs::Squashfs::open(bytes)?)),
         Format::Tar(c) => Ok(Arc::new(tar::Tar::open(bytes, c)?)),
+        Format::Initrd => Ok(Arc::new(cpio::Initrd::open(bytes)?)),
     }
 }
 
@@ -283,6 +288,16 @@ impl Images {
                 // The pass streams through the image; what follows are runs of
                 // at most a seek point's spacing, which a read-ahead stream
                 // (up to 32 MiB ahead) would mostly read for nothing.
+                handle.set_random();
+                opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            Format::Initrd => {
+                let persist = self.index_dir.as_ref().map(|dir| cpio::Persist {
+                    dir,
+                    sha256: &image.file.sha256,
+                });
+                let handle = Arc::new(handle);
+                let opened = cpio::Initrd::open_with(handle.clone(), persist);
                 handle.set_random();
                 opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
             }

@@ -1066,4 +1066,4 @@ impl Stream {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
