@@ -163,15 +163,36 @@ impl Table {
         self.link(parent, name, id, parts);
     }
 
-    /// Adds `parts` as one more name of entry `id` (a hard link). Nothing if the
-    /// path is taken or its parent is not a directory.
+    /// Adds `parts` as one more name of entry `id` (a hard link). A
+    /// non-directory already at that path is replaced, as unpacking removes it
+    /// before linking; nothing happens if a directory is there or a parent is not
+    /// a directory.
     pub fn hard_link(&mut self, parts: &[String], id: u64) {
-        if self.paths.contains_key(parts) || id as usize >= self.nodes.len() {
+        if id as usize >= self.nodes.len() {
             return;
         }
-        if let Some((name, parent)) = self.parent(parts) {
-            self.nodes[id as usize].entry.nlink += 1;
-            self.link(parent, name, id, parts);
+        let Some((name, parent)) = self.parent(parts) else {
+            return;
+        };
+        match self.paths.get(parts).copied() {
+            None => {
+                self.nodes[id as usize].entry.nlink += 1;
+                self.link(parent, name, id, parts);
+            }
+            Some(old) if old != id && self.nodes[old as usize].entry.kind != EntryKind::Dir => {
+                let old_node = &mut self.nodes[old as usize].entry;
+                old_node.nlink = old_node.nlink.saturating_sub(1);
+                self.nodes[id as usize].entry.nlink += 1;
+                if let Some(d) = self.nodes[parent as usize]
+                    .children
+                    .iter_mut()
+                    .find(|d| d.name == name)
+                {
+                    d.id = id;
+                }
+                self.paths.insert(parts.to_vec(), id);
+            }
+            Some(_) => {}
         }
     }
 

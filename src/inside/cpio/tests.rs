@@ -75,6 +75,8 @@ fn every_codec_after_an_early_archive_merges_into_one_tree() {
         E("kernel/x86/microcode/AuthenticAMD.bin", REG, 4, 1, &amd),
         E("etc", DIR, 5, 2, b""),
         E("etc/hostname", REG, 6, 1, b"early\n"),
+        // Replaced by a hard link of the main archive.
+        E("etc/b", REG, 7, 1, b"old\n"),
     ]);
     let big = noise(2, 10 << 20);
     let main = newc(&[
