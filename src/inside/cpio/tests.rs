@@ -179,3 +179,67 @@ fn what_is_not_an_initrd_is_a_clear_error() {
     let a = Initrd::open(mem("/x", padded)).unwrap();
     assert_eq!(testing::read_all(&a, walk(&a, "a"), 10), b"x");
 }
+
+/// Bytes that count what is read through them.
+struct Counting {
+    inner: MemBytes,
+    read: std::sync::atomic::AtomicU64,
+}
+
+impl Bytes for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), InsideError> {
+        self.read
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_exact_at(offset, buf)
+    }
+}
+
+#[test]
+fn an_index_file_spares_the_second_open_its_pass() {
+    let big = noise(3, 6 << 20);
+    let mut image = newc(&[E("early", REG, 1, 1, b"x")]);
+    image.extend_from_slice(&compress(
+        "gzip -1",
+        &newc(&[E("a", DIR, 2, 2, b""), E("a/big", REG, 3, 1, &big)]),
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = IndexDir::new(tmp.path());
+    let sha = "ab".repeat(32);
+    let open = || {
+        let bytes = Arc::new(Counting {
+            inner: MemBytes {
+                name: "/initrd".into(),
+                data: image.clone(),
+            },
+            read: Default::default(),
+        });
+        let a = Initrd::open_with(
+            bytes.clone(),
+            Some(Persist {
+                dir: &dir,
+                sha256: &sha,
+            }),
+        )
+        .unwrap();
+        (a, bytes)
+    };
+    let (a, first) = open();
+    assert!(first.read.load(std::sync::atomic::Ordering::Relaxed) >= image.len() as u64);
+    assert!(tmp.path().join(format!("inside/{sha}.idx")).is_file());
+    let (b, second) = open();
+    assert_eq!(second.read.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(a.nodes, b.nodes);
+    let mut buf = vec![0; 1000];
+    let id = walk(&b, "a/big");
+    assert_eq!(b.read(id, 5 << 20, &mut buf).unwrap(), 1000);
+    assert!(buf == big[5 << 20..(5 << 20) + 1000]);
+    // Reading near the end decompressed from a seek point, not the start.
+    let n = second.read.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n < (3 << 20), "{n} bytes read for 1000 at 5 MiB");
+}
