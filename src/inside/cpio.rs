@@ -336,6 +336,7 @@ impl Initrd {
                         codec: s.codec(),
                         start: s.start(),
                         end: s.end(),
+                        out: None,
                         points: s.points().to_vec(),
                     })
                     .collect(),

@@ -252,6 +252,8 @@ pub struct StreamIndex {
     pub start: u64,
     /// Image offset past its last byte, if known.
     pub end: Option<u64>,
+    /// Its uncompressed length, if known.
+    pub out: Option<u64>,
     /// Seek points by uncompressed offset.
     pub points: Vec<(u64, Point)>,
 }
@@ -384,6 +386,8 @@ impl Index {
             w.u64(s.start);
             w.u8(s.end.is_some() as u8);
             w.u64(s.end.unwrap_or(0));
+            w.u8(s.out.is_some() as u8);
+            w.u64(s.out.unwrap_or(0));
             w.u64(s.points.len() as u64);
             for (at, p) in &s.points {
                 w.u64(*at);
@@ -490,13 +494,15 @@ impl Index {
                 children,
             });
         }
-        let ns = r.count(26)?;
+        let ns = r.count(35)?;
         let mut streams = Vec::with_capacity(ns);
         for i in 0..ns {
             let codec = Codec::from_id(r.u8()?).ok_or(format!("stream {i}: unknown codec"))?;
             let start = r.u64()?;
             let has_end = r.u8()? != 0;
             let end = r.u64()?;
+            let has_out = r.u8()? != 0;
+            let out = r.u64()?;
             let np = r.count(9)?;
             let mut points = Vec::with_capacity(np);
             for _ in 0..np {
@@ -524,6 +530,7 @@ impl Index {
                 codec,
                 start,
                 end: has_end.then_some(end),
+                out: has_out.then_some(out),
                 points,
             });
         }
@@ -586,6 +593,45 @@ impl IndexDir {
         self.dir.join(format!("{sha256}.idx"))
     }
 
+    fn part(&self) -> PathBuf {
+        self.dir.join(format!(
+            ".part-{}-{}",
+            std::process::id(),
+            NEXT_TMP.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// The decompressed copy of image `sha256`, if one was made, and its size.
+    pub fn open_unpacked(&self, sha256: &str) -> Option<(fs::File, u64)> {
+        let f = fs::File::open(self.dir.join(format!("{sha256}.raw"))).ok()?;
+        let size = f.metadata().ok()?.len();
+        Some((f, size))
+    }
+
+    /// Makes the decompressed copy of image `sha256`: `fill` writes it into a
+    /// temporary file, which is renamed once it is whole.
+    pub fn store_unpacked(
+        &self,
+        sha256: &str,
+        fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+    ) -> std::io::Result<(fs::File, u64)> {
+        let tmp = self.part();
+        let path = self.dir.join(format!("{sha256}.raw"));
+        let r = fs::create_dir_all(&self.dir)
+            .and_then(|_| fs::File::create_new(&tmp))
+            .and_then(|mut f| {
+                fill(&mut f)?;
+                f.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                let size = f.metadata()?.len();
+                Ok((fs::File::open(&path)?, size))
+            });
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
     /// The index of `sha256` for `format`, if a good one is there. A bad one is
     /// logged once and removed, so it is rebuilt.
     pub fn load(&self, sha256: &str, format: &str, image: &str) -> Option<Index> {
@@ -619,11 +665,7 @@ impl IndexDir {
     /// costs only the next start's pass: logged, not returned.
     pub fn store(&self, sha256: &str, format: &str, index: &Index, image: &str) {
         let data = index.encode(format);
-        let tmp = self.dir.join(format!(
-            ".part-{}-{}",
-            std::process::id(),
-            NEXT_TMP.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.part();
         let path = self.path(sha256);
         let r = fs::create_dir_all(&self.dir)
             .and_then(|_| {

@@ -88,6 +88,7 @@ impl Tar {
                     codec,
                     start: 0,
                     end: t.stream.end(),
+                    out: None,
                     points: t.stream.points().to_vec(),
                 }],
             };

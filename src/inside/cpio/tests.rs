@@ -4,7 +4,7 @@
 use super::*;
 use crate::inside::MemBytes;
 use crate::inside::stream::tests::compress;
-use crate::inside::testing::{self, walk};
+use crate::inside::testing::{self, Counting, walk};
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -178,26 +178,6 @@ fn what_is_not_an_initrd_is_a_clear_error() {
     padded.extend_from_slice(&[0; 4096]);
     let a = Initrd::open(mem("/x", padded)).unwrap();
     assert_eq!(testing::read_all(&a, walk(&a, "a"), 10), b"x");
-}
-
-/// Bytes that count what is read through them.
-struct Counting {
-    inner: MemBytes,
-    read: std::sync::atomic::AtomicU64,
-}
-
-impl Bytes for Counting {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), InsideError> {
-        self.read
-            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.inner.read_exact_at(offset, buf)
-    }
 }
 
 #[test]

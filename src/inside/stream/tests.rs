@@ -102,6 +102,7 @@ fn gzip_points_survive_an_index_file_and_damage_is_an_error() {
             codec: Codec::Gzip,
             start: 0,
             end: s.end(),
+            out: None,
             points: s.points().to_vec(),
         }],
     };
@@ -158,4 +159,95 @@ fn gzip_points_survive_an_index_file_and_damage_is_an_error() {
             }
         }
     }
+}
+
+#[test]
+fn whole_compressed_images_read_at_random_with_and_without_a_cache_dir() {
+    use crate::inside::index::IndexDir;
+    use crate::inside::testing::Counting;
+    let want = text(5, 20 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = IndexDir::new(tmp.path());
+    let check = |b: &dyn Bytes, what: &str| {
+        assert_eq!(b.size(), want.len() as u64, "{what}");
+        for at in [(19 << 20) + 5, 3, 10 << 20, want.len() - 100] {
+            let got = b.read_vec(at as u64, 100).unwrap();
+            assert!(got == want[at..at + 100], "{what} at {at}");
+        }
+        assert!(
+            b.read_vec(want.len() as u64 - 10, 11).is_err(),
+            "{what}: past the end"
+        );
+    };
+    // Multi-block xz: by its blocks, nothing decompressed up front.
+    let z = compress("xz -0 -T2 --block-size=1MiB", &want);
+    let img = Counting::new("/dd.xz", z.clone());
+    let b = random_access(img.clone(), Codec::Xz, None).unwrap();
+    assert!(img.read() < 4096, "opening read {}", img.read());
+    check(&*b, "xz blocks");
+    // gzip: one pass, then the index file; the second open reads nothing.
+    let z = compress("gzip -1", &want);
+    let sha = "cd".repeat(32);
+    for round in 0..2 {
+        let img = Counting::new("/dd.gz", z.clone());
+        let persist = Persist {
+            dir: &dir,
+            sha256: &sha,
+        };
+        let b = random_access(img.clone(), Codec::Gzip, Some(persist)).unwrap();
+        if round == 1 {
+            assert_eq!(img.read(), 0, "the index file was not used");
+        }
+        check(&*b, "gzip");
+    }
+    // Single-block xz and bzip2: into memory up to the bound, else refused
+    // without --cache-dir; with it, decompressed once into a file.
+    for (cmd, codec) in [("xz -0", Codec::Xz), ("bzip2 -1", Codec::Bzip2)] {
+        let z = compress(cmd, &want);
+        let b = random_access(
+            Arc::new(MemBytes {
+                name: "/dd".into(),
+                data: z.clone(),
+            }),
+            codec,
+            None,
+        )
+        .unwrap();
+        check(&*b, cmd);
+        let sha = format!("{:064x}", codec.id());
+        for round in 0..2 {
+            let img = Counting::new("/dd", z.clone());
+            let persist = Persist {
+                dir: &dir,
+                sha256: &sha,
+            };
+            let b = random_access(img.clone(), codec, Some(persist)).unwrap();
+            if round == 1 {
+                // xz: only its index is looked at, to see it has one block.
+                assert!(img.read() < 4096, "{cmd}: the copy was not used");
+            }
+            check(&*b, cmd);
+        }
+        assert!(tmp.path().join(format!("inside/{sha}.raw")).is_file());
+    }
+    let zeros = compress("xz -0", &vec![0; (MAX_IN_MEMORY + 1) as usize]);
+    let e = random_access(mem(zeros), Codec::Xz, None).err().unwrap();
+    assert!(e.to_string().contains("--cache-dir"), "{e}");
+    assert!(
+        matches!(e.reason, crate::inside::Reason::Unsupported(_)),
+        "{e}"
+    );
+    // Damaged: an error, and no copy left behind.
+    let mut bad = compress("bzip2 -1", &want);
+    bad.truncate(bad.len() / 2);
+    let sha = "ef".repeat(32);
+    let persist = Persist {
+        dir: &dir,
+        sha256: &sha,
+    };
+    let e = random_access(mem(bad), Codec::Bzip2, Some(persist))
+        .err()
+        .unwrap();
+    assert!(matches!(e.reason, crate::inside::Reason::Corrupt(_)), "{e}");
+    assert!(!tmp.path().join(format!("inside/{sha}.raw")).exists());
 }
