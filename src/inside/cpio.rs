@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use super::bytes::Bytes;
 use super::error::InsideError;
-use super::index::{Index, IndexDir, Node, StreamIndex, Table, split_path};
+use super::index::{Index, Node, Persist, StreamIndex, Table, split_path};
 use super::stream::{Codec, Stream};
 use super::{Archive, Dirent, Entry, EntryKind};
 
@@ -35,14 +35,6 @@ const MAX_NAME: u64 = 4096;
 const MAX_TARGET: u64 = 4096;
 /// The index file's name for this format.
 const FORMAT: &str = "initrd";
-
-/// Where an image's index file is kept: the directory and the image's sha256.
-pub struct Persist<'a> {
-    /// `--cache-dir`/inside.
-    pub dir: &'a IndexDir,
-    /// The image's content.
-    pub sha256: &'a str,
-}
 
 /// A reader with a position and one byte of look-ahead, over a stream's
 /// uncompressed bytes.

@@ -561,6 +561,15 @@ impl Index {
     }
 }
 
+/// Where an image's index file (or decompressed copy) is kept: the directory
+/// and the image's sha256.
+pub struct Persist<'a> {
+    /// `--cache-dir`/inside.
+    pub dir: &'a IndexDir,
+    /// The image's content.
+    pub sha256: &'a str,
+}
+
 /// Where index files live: `--cache-dir`/inside.
 #[derive(Debug, Clone)]
 pub struct IndexDir {

@@ -279,7 +279,7 @@ impl Images {
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             Format::Tar(c) => {
-                let persist = self.index_dir.as_ref().map(|dir| tar::Persist {
+                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
                     dir,
                     sha256: &image.file.sha256,
                 });
@@ -292,7 +292,7 @@ impl Images {
                 opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             Format::Initrd => {
-                let persist = self.index_dir.as_ref().map(|dir| cpio::Persist {
+                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
                     dir,
                     sha256: &image.file.sha256,
                 });

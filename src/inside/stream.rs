@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 
 use super::bytes::Bytes;
 use super::error::InsideError;
+use super::index::Persist;
 
 /// Output between two gzip seek points, at least.
 pub const SPACING: u64 = 4 << 20;
@@ -1131,14 +1132,6 @@ impl Bytes for FileBytes {
             )
         })
     }
-}
-
-/// Where a whole-image stream's index or decompressed copy is kept.
-pub struct Persist<'a> {
-    /// `--cache-dir`/inside.
-    pub dir: &'a super::index::IndexDir,
-    /// The image's content.
-    pub sha256: &'a str,
 }
 
 /// The image `bytes`, compressed with `codec` as a whole (`root-dd.xz`,

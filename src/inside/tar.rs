@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::bytes::Bytes;
 use super::error::{InsideError, Reason};
-use super::index::{Index, IndexDir, Node, StreamIndex, Table, split_path};
+use super::index::{Index, Node, Persist, StreamIndex, Table, split_path};
 use super::stream::{Codec, Stream};
 use super::{Archive, Dirent, Entry, EntryKind, Xattr};
 
@@ -34,14 +34,6 @@ impl Compression {
             Compression::Xz => Codec::Xz,
         }
     }
-}
-
-/// Where an image's index file is kept: the directory and the image's sha256.
-pub struct Persist<'a> {
-    /// `--cache-dir`/inside.
-    pub dir: &'a IndexDir,
-    /// The image's content.
-    pub sha256: &'a str,
 }
 
 /// A compressed tarball with its entry table and seek points.

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::inside::MemBytes;
+use crate::inside::index::IndexDir;
 use crate::inside::stream::tests::compress;
 use crate::inside::testing::{self, Counting, walk};
 
