@@ -1,5 +1,5 @@
-//! Looking inside images: the contents of a squashfs (and, next, tarballs, disk
-//! images and initrds) as a tree of entries, read on demand from the image's
+//! Looking inside images: the contents of a squashfs, a tarball or an initrd
+//! (and, next, disk images) as a tree of entries, read on demand from the image's
 //! bytes through a [`Handle`](crate::handle::Handle), so through the memory
 //! cache, the disk cache or the large object like every other reader.
 //!
@@ -12,6 +12,9 @@
 //!   any offset.
 //! - [`bytes`]: random access to the image's bytes ([`Bytes`]).
 //! - [`squashfs`]: the lazy squashfs reader, [`decompress`] its codecs.
+//! - [`tar`] and [`cpio`] (initrds): one pass over a compressed stream
+//!   ([`stream`]) builds an entry table and seek points ([`index`]), kept in
+//!   `--cache-dir` when there is one.
 //! - [`Images`]: the images a front end has looked into, each opened once and
 //!   kept while used (at most [`MAX_OPEN`]), with a stable slot per image.
 
@@ -38,8 +41,10 @@ use crate::handle::HandlePool;
 pub use bytes::{Bytes, MemBytes};
 pub use error::{InsideError, Reason};
 
-/// Images kept open (with their decompressed-block caches, at most about 12 MiB
-/// each: 2 MiB of metadata, 8 blocks of at most 1 MiB and parsed listings).
+/// Images kept open (squashfs: their decompressed-block caches, at most about
+/// 12 MiB each: 2 MiB of metadata, 8 blocks of at most 1 MiB and parsed
+/// listings; tarballs and initrds: their entry tables and at most 32 MiB of seek
+/// points each, see [`stream`]).
 pub const MAX_OPEN: usize = 8;
 
 /// What an entry is.
