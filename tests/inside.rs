@@ -922,9 +922,42 @@ fn initrds_of_each_compression_match_what_cpio_extracts() {
     assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"maas-node\n");
     drop(mnt);
 
-    let s = Server::start(&db, &["--inside"]);
+    // Over HTTP, every file and every directory's listing (private files too).
+    let s = Server::start(&db, &["--inside", "--inside-private"]);
+    let mut dirs: Vec<String> = want
+        .iter()
+        .filter(|(_, w)| w.0.starts_with('d'))
+        .map(|(p, _)| format!("{p}/"))
+        .collect();
+    dirs.push(String::new());
     for i in 1..=compressors.len() {
         let at = format!("/.inside/{NOBLE}/{i}/boot-initrd");
+        for (path, sum) in &want_sums {
+            if path == "etc/initctl" {
+                continue;
+            }
+            let r = s.get(&format!("{at}/{path}"), &[]);
+            assert_eq!(r.status, 200, "{at}/{path}");
+            assert_eq!(&sha256_hex(&r.body), sum, "{at}/{path}");
+        }
+        for dir in &dirs {
+            let r = s.get(&format!("{at}/{dir}"), &["Accept: application/json"]);
+            assert_eq!(r.status, 200, "{at}/{dir}");
+            let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let mut got: Vec<String> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect();
+            got.sort();
+            let mut names: Vec<String> = fs::read_dir(want_dir.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(got, names, "{at}/{dir}");
+        }
         let sum = sh(&format!(
             "curl -sf '{}' | sha256sum",
             s.url(&format!("{at}/usr/lib/firmware/blob"))
