@@ -414,6 +414,12 @@ impl Index {
                         w.u8(3);
                         w.u64(*input);
                     }
+                    Point::Bzip2Block { bit, eos, crc } => {
+                        w.u8(4);
+                        w.u64(*bit);
+                        w.u64(*eos);
+                        w.u32(*crc);
+                    }
                 }
             }
         }
@@ -522,6 +528,11 @@ impl Index {
                         Point::XzBlock { input, header }
                     }
                     3 => Point::Lz4Block { input: r.u64()? },
+                    4 => Point::Bzip2Block {
+                        bit: r.u64()?,
+                        eos: r.u64()?,
+                        crc: r.u32()?,
+                    },
                     t => return Err(format!("stream {i}: seek point of kind {t}")),
                 };
                 points.push((at, p));

@@ -14,8 +14,10 @@
 //! - xz: the start of each block, from the stream's own index, when it has
 //!   several (`xz -T0`, pixz); a single-block stream is read from its start;
 //! - lz4 (the kernel's legacy format, `lz4 -l`): every block, each independent;
-//! - zstd, bzip2, lzma: from the stream's start (bzip2's blocks start at bit
-//!   offsets; zstd frames would need the seekable format, which initrds don't use).
+//! - bzip2: a block every [`SPACING`] of output or more, by its bit offset
+//!   ([`bz2`], as seek-bzip2 does);
+//! - zstd, lzma: from the stream's start (zstd frames would need the seekable
+//!   format, which initrds don't use).
 //!
 //! One decoder per stream continues where the last read ended, so a sequential
 //! reader never decompresses a byte twice.
@@ -143,6 +145,58 @@ pub enum Point {
         /// Image offset of the block's length.
         input: u64,
     },
+    /// A bzip2 block ([`bz2`]): the image bit offset of its magic, of its
+    /// stream's end-of-stream magic, and the CRC combined over the blocks from
+    /// it to that end.
+    Bzip2Block {
+        /// Image bit offset of the block's magic.
+        bit: u64,
+        /// Image bit offset of the stream's end-of-stream magic.
+        eos: u64,
+        /// CRC combined over the blocks from this one to the stream's end.
+        crc: u32,
+    },
+}
+
+mod bz2;
+
+/// The index pass's bzip2 side: the magics ahead, and the current stream's
+/// blocks (their CRCs) and points waiting for its end.
+struct BzPass {
+    scan: bz2::Scan,
+    blocks: Vec<(u64, u32)>,
+    pending: Vec<(u64, usize)>,
+    last: u64,
+}
+
+impl BzPass {
+    /// The decoder has drained everything before magic `m`, `out` bytes.
+    fn boundary(&mut self, out: u64, m: bz2::Magic, c: &Mutex<Collected>) -> io::Result<()> {
+        if !m.eos {
+            let crc = m.crc.ok_or_else(|| bad("a bzip2 block header cut short"))?;
+            self.blocks.push((m.bit, crc));
+            let spacing = c.lock().spacing;
+            if out > 0 && out - self.last >= spacing {
+                self.pending.push((out, self.blocks.len() - 1));
+                self.last = out;
+            }
+            return Ok(());
+        }
+        let mut c = c.lock();
+        for (at, j) in self.pending.drain(..) {
+            let crc = bz2::combine(self.blocks[j..].iter().map(|b| b.1));
+            c.push(
+                at,
+                Point::Bzip2Block {
+                    bit: self.blocks[j].0,
+                    eos: m.bit,
+                    crc,
+                },
+            );
+        }
+        self.blocks.clear();
+        Ok(())
+    }
 }
 
 /// Reads the image's bytes from an offset up to a limit, as `Read` for the
@@ -282,7 +336,11 @@ impl Collected {
 /// A decoder at a known uncompressed position, reading compressed input from
 /// the image.
 struct Decoder {
-    src: ImageReader,
+    src: Box<dyn Read + Send>,
+    /// The source has no more bytes.
+    eof: bool,
+    /// The bzip2 index pass's state.
+    bz: Option<Box<BzPass>>,
     buf: Vec<u8>,
     pos: usize,
     /// Image offset of `buf[pos]`.
@@ -350,11 +408,33 @@ impl Decoder {
             }
             Point::XzBlock { input, header } => (*input, fresh(Codec::Xz)?, Some(header.to_vec())),
             Point::Lz4Block { input } => (*input, fresh(codec)?, Some(Vec::new())),
+            Point::Bzip2Block { bit, eos, crc } => {
+                let d = Decoder {
+                    src: Box::new(bz2::Synthetic::new(src, *bit, *eos, *crc)),
+                    eof: false,
+                    bz: None,
+                    buf: Vec::new(),
+                    pos: 0,
+                    // Not an image offset: nothing reads it from a point.
+                    input: 0,
+                    state: fresh(Codec::Bzip2)?,
+                    codec,
+                    multi,
+                    out: at,
+                    done: false,
+                    error: None,
+                    collect: None,
+                    check: None,
+                };
+                return Ok(d);
+            }
         };
         let mut src = src;
         src.at = input;
         let mut d = Decoder {
-            src,
+            src: Box::new(src),
+            eof: false,
+            bz: None,
             buf: Vec::new(),
             pos: 0,
             input,
@@ -387,7 +467,26 @@ impl Decoder {
         let n = self.src.read(&mut self.buf)?;
         self.buf.truncate(n);
         self.pos = 0;
+        self.eof = n == 0;
+        if let Some(bz) = &mut self.bz {
+            bz.scan.feed(&self.buf);
+        }
         Ok(n > 0)
+    }
+
+    /// Keeps `buf[pos..]` and reads more after it (the bzip2 pass's look-ahead).
+    fn top_up(&mut self) -> io::Result<()> {
+        let mut more = vec![0; READ_PIECE];
+        let n = self.src.read(&mut more)?;
+        more.truncate(n);
+        self.eof = n == 0;
+        if let Some(bz) = &mut self.bz {
+            bz.scan.feed(&more);
+        }
+        self.buf.drain(..self.pos);
+        self.buf.extend_from_slice(&more);
+        self.pos = 0;
+        Ok(())
     }
 
     fn byte(&mut self) -> io::Result<u8> {
@@ -697,7 +796,33 @@ impl Decoder {
                 return Ok(0);
             }
             let more = self.fill()?;
-            let input = &self.buf[self.pos..];
+            let mut end = self.buf.len();
+            let mut boundary = None;
+            if let Some(bz) = &self.bz {
+                // The pass feeds libbz2 only up to the byte holding the next
+                // magic's first bit: there, once it has nothing more to give,
+                // everything before that block is out. Magics are found ahead
+                // of what is fed (12 bytes: a magic and its block's CRC).
+                let base = self.input - self.pos as u64;
+                if !self.eof {
+                    let held = self.buf.len().saturating_sub(12);
+                    if self.pos >= held {
+                        self.top_up()?;
+                        continue;
+                    }
+                    end = held;
+                }
+                if let Some(m) = bz.scan.found.front() {
+                    let lim = m.limit();
+                    if lim <= self.input {
+                        boundary = Some(*m);
+                        end = self.pos;
+                    } else if lim < base + end as u64 {
+                        end = (lim - base) as usize;
+                    }
+                }
+            }
+            let input = &self.buf[self.pos..end];
             let (cin, cout, end) = match &mut self.state {
                 State::Xz(s) => {
                     let (i0, o0) = (s.total_in(), s.total_out());
@@ -740,6 +865,11 @@ impl Decoder {
             }
             if cout > 0 {
                 return Ok(cout);
+            }
+            if let (Some(m), Some(bz), Some(c)) = (boundary, &mut self.bz, &self.collect) {
+                bz.boundary(self.out, m, c)?;
+                bz.scan.found.pop_front();
+                continue;
             }
             if !more && !end {
                 return Err(cut(self.codec.name()));
@@ -902,6 +1032,14 @@ impl Stream {
             ..Default::default()
         }));
         d.collect = Some(c.clone());
+        if self.codec == Codec::Bzip2 {
+            d.bz = Some(Box::new(BzPass {
+                scan: bz2::Scan::new(self.start),
+                blocks: Vec::new(),
+                pending: Vec::new(),
+                last: 0,
+            }));
+        }
         Ok(Indexer {
             read: Box::new(d),
             collected: Some(c),
@@ -909,7 +1047,14 @@ impl Stream {
     }
 
     /// Takes the index pass's points and end.
-    pub fn finish_index(&mut self, indexer: Indexer) {
+    pub fn finish_index(&mut self, mut indexer: Indexer) {
+        // A format reader stops at its own end (tar's zero blocks); bzip2's
+        // points are only complete at the stream's end, and the rest is a few
+        // KiB of padding. Damage there is not the format's business.
+        if self.multi && indexer.collected.is_some() {
+            let _ = io::copy(&mut indexer.read, &mut io::sink());
+            self.failed.lock().take();
+        }
         drop(indexer.read);
         let Some(c) = indexer.collected else {
             return;
@@ -1140,10 +1285,10 @@ impl Bytes for FileBytes {
 ///
 /// - a multi-block xz stream by its blocks, from its own index: nothing is
 ///   decompressed up front;
-/// - gzip through seek points, found by one pass over the stream (kept in
-///   `--cache-dir` like a tarball's);
-/// - anything else (single-block xz, MAAS's usual root-dd.xz; bzip2, zstd, lzma,
-///   lz4) decompressed once into `--cache-dir/inside/SHA256.raw`, or into memory
+/// - gzip and bzip2 through seek points, found by one pass over the stream
+///   (kept in `--cache-dir` like a tarball's);
+/// - anything else (single-block xz, MAAS's usual root-dd.xz; zstd, lzma, lz4)
+///   decompressed once into `--cache-dir/inside/SHA256.raw`, or into memory
 ///   up to [`MAX_IN_MEMORY`] without `--cache-dir`; larger is refused as
 ///   unsupported, with a message saying so.
 pub fn random_access(
@@ -1163,8 +1308,8 @@ pub fn random_access(
         stream.points.extend(points);
         return Ok(Arc::new(StreamBytes { stream, size }));
     }
-    if codec == Codec::Gzip {
-        const FORMAT: &str = "gzip-stream";
+    if matches!(codec, Codec::Gzip | Codec::Bzip2) {
+        const FORMAT: &str = "stream";
         if let Some(p) = &persist
             && let Some(ix) = p.dir.load(p.sha256, FORMAT, &name)
             && let [s] = &ix.streams[..]

@@ -70,7 +70,7 @@ fn each_codec_reads_back_at_any_offset_and_finds_its_end() {
         ("xz -0", Codec::Xz, 1),
         ("zstd -q -1", Codec::Zstd, 1),
         ("lz4 -q -l", Codec::Lz4Legacy, 2),
-        ("bzip2 -1", Codec::Bzip2, 1),
+        ("bzip2 -1", Codec::Bzip2, 3),
     ] {
         let z = compress(cmd, &want);
         // Alone, to the image's end.
@@ -185,24 +185,26 @@ fn whole_compressed_images_read_at_random_with_and_without_a_cache_dir() {
     let b = random_access(img.clone(), Codec::Xz, None).unwrap();
     assert!(img.read() < 4096, "opening read {}", img.read());
     check(&*b, "xz blocks");
-    // gzip: one pass, then the index file; the second open reads nothing.
-    let z = compress("gzip -1", &want);
-    let sha = "cd".repeat(32);
-    for round in 0..2 {
-        let img = Counting::new("/dd.gz", z.clone());
-        let persist = Persist {
-            dir: &dir,
-            sha256: &sha,
-        };
-        let b = random_access(img.clone(), Codec::Gzip, Some(persist)).unwrap();
-        if round == 1 {
-            assert_eq!(img.read(), 0, "the index file was not used");
+    // gzip, bzip2: one pass, then the index file; the second open reads nothing.
+    for (cmd, codec) in [("gzip -1", Codec::Gzip), ("bzip2 -1", Codec::Bzip2)] {
+        let z = compress(cmd, &want);
+        let sha = format!("{:064x}", 16 + codec.id());
+        for round in 0..2 {
+            let img = Counting::new("/dd.gz", z.clone());
+            let persist = Persist {
+                dir: &dir,
+                sha256: &sha,
+            };
+            let b = random_access(img.clone(), codec, Some(persist)).unwrap();
+            if round == 1 {
+                assert_eq!(img.read(), 0, "{cmd}: the index file was not used");
+            }
+            check(&*b, cmd);
         }
-        check(&*b, "gzip");
     }
-    // Single-block xz and bzip2: into memory up to the bound, else refused
+    // Single-block xz and zstd: into memory up to the bound, else refused
     // without --cache-dir; with it, decompressed once into a file.
-    for (cmd, codec) in [("xz -0", Codec::Xz), ("bzip2 -1", Codec::Bzip2)] {
+    for (cmd, codec) in [("xz -0", Codec::Xz), ("zstd -q", Codec::Zstd)] {
         let z = compress(cmd, &want);
         let b = random_access(
             Arc::new(MemBytes {
@@ -250,4 +252,51 @@ fn whole_compressed_images_read_at_random_with_and_without_a_cache_dir() {
         .unwrap();
     assert!(matches!(e.reason, crate::inside::Reason::Corrupt(_)), "{e}");
     assert!(!tmp.path().join(format!("inside/{sha}.raw")).exists());
+}
+
+#[test]
+fn bzip2_points_start_at_blocks_and_cross_into_the_next_stream() {
+    // Two streams (as pbzip2 or `cat a.bz2 b.bz2` make), 100k blocks.
+    let a = text(7, 9 << 20);
+    let b = text(8, 7 << 20);
+    let mut z = compress("bzip2 -1", &a);
+    z.extend_from_slice(&compress("bzip2 -1", &b));
+    let want = [a, b].concat();
+    let s = check(&z, 0, Codec::Bzip2, true, &want);
+    assert!(s.points().len() >= 4, "{}", s.points().len());
+    assert!(
+        s.points()
+            .iter()
+            .all(|(_, p)| matches!(p, Point::Start | Point::Bzip2Block { .. }))
+    );
+    // Across the streams' boundary, from a point in the first.
+    let mut buf = vec![0; 300_000];
+    let at = (9 << 20) - 150_000;
+    assert_eq!(s.read_at(at as u64, &mut buf).unwrap(), 300_000);
+    assert!(buf == want[at..at + 300_000]);
+    // Through an index file.
+    let ix = crate::inside::index::Index {
+        nodes: vec![crate::inside::index::Node::implicit_dir(0)],
+        streams: vec![crate::inside::index::StreamIndex {
+            codec: Codec::Bzip2,
+            start: 0,
+            end: s.end(),
+            out: None,
+            points: s.points().to_vec(),
+        }],
+    };
+    let back = crate::inside::index::Index::decode(&ix.encode("tar"), "tar").unwrap();
+    assert_eq!(back, ix);
+    // A damaged block behind a point: an error, not other bytes.
+    let (at, Point::Bzip2Block { bit, .. }) = s.points()[2].clone() else {
+        panic!("not a block point");
+    };
+    let mut bad = z.clone();
+    bad[(bit / 8) as usize + 5000] ^= 0x20;
+    let s2 = Stream::new(mem(bad), 0, Codec::Bzip2, true)
+        .with_points(s.points().to_vec(), s.end())
+        .unwrap();
+    let mut buf = vec![0; 200_000];
+    let r = (0..20).try_for_each(|i| s2.read_at(at + i * 200_000, &mut buf).map(|_| ()));
+    assert!(r.is_err(), "a damaged block read without an error");
 }
