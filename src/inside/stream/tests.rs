@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::inside::MemBytes;
+use crate::inside::index::Persist;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
