@@ -711,7 +711,7 @@ fn a_tarball_index_in_the_cache_dir_is_reused_after_a_restart() {
     let mnt = Mount::start(&db, &args);
     look(&mnt);
     let first = lo_blocks(&mut c) - before;
-    let index = cache.join("inside").join(format!("{sha}.idx"));
+    let index = cache.join("inside").join(format!("{sha}.tar.idx"));
     assert!(index.is_file(), "no index file at {}", index.display());
     assert!(mnt.log().contains("index written"), "{}", mnt.log());
     drop(mnt);

@@ -4,7 +4,8 @@
 //! file that keeps both in `--cache-dir` so the pass happens once per image, not
 //! once per process.
 //!
-//! Index files are `DIR/inside/SHA256.idx`: the image is named by its sha256, so
+//! Index files are `DIR/inside/SHA256.FORMAT.idx` (`tar`, `initrd`, `stream`):
+//! the image is named by its sha256, so
 //! an index is valid forever. Each holds a magic, [`VERSION`], the format it
 //! indexes, the body, and the sha256 of all that; one that is damaged, of another
 //! version or of another format is ignored (one log line) and rebuilt. Written
@@ -609,8 +610,9 @@ impl IndexDir {
         IndexDir { dir }
     }
 
-    fn path(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!("{sha256}.idx"))
+    /// By format too: the same bytes may be imported under two file types.
+    fn path(&self, sha256: &str, format: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.{format}.idx"))
     }
 
     fn part(&self) -> PathBuf {
@@ -655,7 +657,7 @@ impl IndexDir {
     /// The index of `sha256` for `format`, if a good one is there. A bad one is
     /// logged once and removed, so it is rebuilt.
     pub fn load(&self, sha256: &str, format: &str, image: &str) -> Option<Index> {
-        let path = self.path(sha256);
+        let path = self.path(sha256, format);
         let data = match fs::read(&path) {
             Ok(d) => d,
             Err(e) => {
@@ -686,7 +688,7 @@ impl IndexDir {
     pub fn store(&self, sha256: &str, format: &str, index: &Index, image: &str) {
         let data = index.encode(format);
         let tmp = self.part();
-        let path = self.path(sha256);
+        let path = self.path(sha256, format);
         let r = fs::create_dir_all(&self.dir)
             .and_then(|_| {
                 let mut f = fs::File::create(&tmp)?;

@@ -212,7 +212,11 @@ fn an_index_file_spares_the_second_open_its_pass() {
     };
     let (a, first) = open();
     assert!(first.read.load(std::sync::atomic::Ordering::Relaxed) >= image.len() as u64);
-    assert!(tmp.path().join(format!("inside/{sha}.idx")).is_file());
+    assert!(
+        tmp.path()
+            .join(format!("inside/{sha}.initrd.idx"))
+            .is_file()
+    );
     let (b, second) = open();
     assert_eq!(second.read.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!(a.nodes, b.nodes);
