@@ -212,7 +212,7 @@ struct MountArgs {
     /// Let users other than the mounting one read the tree.
     #[arg(long)]
     allow_other: bool,
-    /// Show the contents of each browsable image (squashfs, tarballs) at
+    /// Show the contents of each browsable image (squashfs, tarballs, initrds, disk images) at
     /// /.inside/OS/ARCH/SUBARCH/SERIES/VERSION/FILENAME/, read on demand.
     #[arg(long)]
     inside: bool,
@@ -240,7 +240,7 @@ struct ServeArgs {
     refresh: u64,
     #[command(flatten)]
     pool: PoolArgs,
-    /// Serve the contents of each browsable image (squashfs, tarballs) at
+    /// Serve the contents of each browsable image (squashfs, tarballs, initrds, disk images) at
     /// /.inside/OS/ARCH/SUBARCH/SERIES/VERSION/FILENAME/.
     #[arg(long)]
     inside: bool,

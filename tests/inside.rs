@@ -647,3 +647,353 @@ fn serve_inside_serves_files_and_listings_and_refuses_private_files_and_symlinks
         (200, &b"root:*:19000:0:99999:7:::\n"[..])
     );
 }
+
+#[test]
+fn a_tarball_index_in_the_cache_dir_is_reused_after_a_restart() {
+    if !fuse_or_skip("a_tarball_index_in_the_cache_dir_is_reused") {
+        return;
+    }
+    let work = temp_dir("pgbt-inside-");
+    let tree = work.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    // Incompressible, so the image is as large as its contents: 40 MiB, ten
+    // seek points apart.
+    let big = bytes(41, 40 << 20);
+    fs::write(tree.join("big"), &big).unwrap();
+    fs::write(tree.join("etc/hostname"), b"maas-node\n").unwrap();
+    fs::write(tree.join("zz-late"), b"last in the tarball\n").unwrap();
+    let src = SrcTree::new();
+    let tgz = src.path().join(format!("{NOBLE}/1/root-tgz"));
+    fs::create_dir_all(tgz.parent().unwrap()).unwrap();
+    sh(&format!(
+        "tar -C '{}' -czf '{}' big etc zz-late",
+        tree.display(),
+        tgz.display()
+    ));
+    let image = fs::read(&tgz).unwrap();
+    let sha = sha256_hex(&image);
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+    let mut c = pg.client("postgres");
+    let cache = work.path().join("cache");
+    // --cache-size 1 (MiB): the image itself is never cached on disk, so every
+    // byte the daemons need comes from the database and is counted.
+    let args = [
+        "--inside",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--cache-size",
+        "1",
+    ];
+    let root = format!(".inside/{NOBLE}/1/root-tgz");
+    // What a daemon reads from pg_largeobject to list the root, read the last
+    // entry and 64 KiB from the middle of the big one.
+    let look = |mnt: &Mount| {
+        let names: Vec<_> = fs::read_dir(mnt.path(&root))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["big", "etc", "zz-late"]);
+        assert_eq!(
+            fs::read(mnt.path(&format!("{root}/zz-late"))).unwrap(),
+            b"last in the tarball\n"
+        );
+        let f = fs::File::open(mnt.path(&format!("{root}/big"))).unwrap();
+        let mut buf = vec![0; 65536];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 21 << 20).unwrap();
+        assert!(buf == big[21 << 20..(21 << 20) + 65536], "big at 21 MiB");
+    };
+
+    let before = lo_blocks(&mut c);
+    let mnt = Mount::start(&db, &args);
+    look(&mnt);
+    let first = lo_blocks(&mut c) - before;
+    let index = cache.join("inside").join(format!("{sha}.tar.idx"));
+    assert!(index.is_file(), "no index file at {}", index.display());
+    assert!(mnt.log().contains("index written"), "{}", mnt.log());
+    drop(mnt);
+    // The first daemon read the whole image: 2 KiB per large-object page, at
+    // most four pages per 8 KiB heap block.
+    let image_blocks = (image.len() / 8192) as i64;
+    assert!(first >= image_blocks, "first daemon: {first} blocks");
+
+    let before = lo_blocks(&mut c);
+    let mnt = Mount::start(&db, &args);
+    look(&mnt);
+    let second = lo_blocks(&mut c) - before;
+    assert!(!mnt.log().contains("index written"), "{}", mnt.log());
+    drop(mnt);
+    // From two seek points: at most about two spacings (4 MiB each) of the
+    // image's 40 MiB, where the first daemon read all of it.
+    eprintln!("pg_largeobject blocks: first daemon {first}, after the restart {second}");
+    assert!(
+        second * 4 < first,
+        "second daemon read {second} blocks, the first {first}"
+    );
+
+    // A damaged index file: one line, ignored, rebuilt; the contents unchanged.
+    let mut bad = fs::read(&index).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    fs::write(&index, &bad).unwrap();
+    let mnt = Mount::start(&db, &args);
+    look(&mnt);
+    let log = mnt.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("ignored and rebuilt") && l.contains(&sha))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(log.contains("index written"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// cpio and the compressors an initrd test needs; false (a skip) only outside CI.
+fn have_initrd_tools() -> bool {
+    let ok = ["cpio", "zstd", "xz", "lz4", "gzip"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok()
+    });
+    assert!(
+        ok || std::env::var("CI").as_deref() != Ok("true"),
+        "cpio, zstd, xz-utils or lz4 missing but CI=true (scripts/test installs them)"
+    );
+    if !ok {
+        eprintln!("\n*** SKIPPING: cpio, zstd, xz or lz4 missing ***\n");
+    }
+    ok
+}
+
+/// A listing as the mount promises it from what `cpio -idm` made: setuid and
+/// setgid dropped, fifos as empty files, directories' sizes left out (a file
+/// system's own, not the archive's).
+fn as_shown(mut l: Listing) -> Listing {
+    for (mode, _, size, _, _) in l.values_mut() {
+        let mut m: Vec<char> = mode.chars().collect();
+        if m[0] == 'p' {
+            m[0] = '-';
+            *size = "0".into();
+        }
+        if m[0] == 'd' {
+            *size = "-".into();
+        }
+        for i in [3, 6] {
+            m[i] = match m[i] {
+                's' => 'x',
+                'S' => '-',
+                c => c,
+            };
+        }
+        *mode = m.into_iter().collect();
+    }
+    l
+}
+
+#[test]
+fn initrds_of_each_compression_match_what_cpio_extracts() {
+    use crate::common::http::Server;
+    if !fuse_or_skip("initrds_of_each_compression_match_what_cpio_extracts") || !have_initrd_tools()
+    {
+        return;
+    }
+    let work = temp_dir("pgbt-inside-");
+    let w = work.path();
+    // The early archive, as Ubuntu's initramfs-tools makes it: microcode,
+    // uncompressed; here also an etc/hostname the main archive replaces.
+    let early = w.join("early");
+    fs::create_dir_all(early.join("kernel/x86/microcode")).unwrap();
+    fs::create_dir_all(early.join("etc")).unwrap();
+    fs::write(
+        early.join("kernel/x86/microcode/AuthenticAMD.bin"),
+        bytes(51, 30_000),
+    )
+    .unwrap();
+    fs::write(
+        early.join("kernel/x86/microcode/GenuineIntel.bin"),
+        bytes(52, 90_001),
+    )
+    .unwrap();
+    fs::write(early.join("etc/hostname"), b"early\n").unwrap();
+    let tree = w.join("tree");
+    make_tree(&tree);
+    // 9 MiB: past a gzip seek point and an lz4 block.
+    fs::create_dir_all(tree.join("usr/lib/firmware")).unwrap();
+    let blob = bytes(53, 9 << 20);
+    fs::write(tree.join("usr/lib/firmware/blob"), &blob).unwrap();
+    let early_cpio = w.join("early.cpio");
+    let main_cpio = w.join("main.cpio");
+    for (dir, out) in [(&early, &early_cpio), (&tree, &main_cpio)] {
+        sh(&format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+            dir.display(),
+            out.display()
+        ));
+    }
+    // What the kernel would unpack: both archives extracted in order.
+    let want_dir = w.join("extracted");
+    fs::create_dir_all(&want_dir).unwrap();
+    for a in [&early_cpio, &main_cpio] {
+        sh(&format!(
+            "cd '{}' && cpio -idmu --quiet --no-absolute-filenames < '{}'",
+            want_dir.display(),
+            a.display()
+        ));
+    }
+    let want = as_shown(find_listing(&want_dir));
+    let mut want_sums = source_sums(&want_dir);
+    want_sums.insert("etc/initctl".into(), sha256_hex(b""));
+    assert_eq!(want_sums["etc/hostname"], sha256_hex(b"maas-node\n"));
+
+    let src = SrcTree::new();
+    let early_bytes = fs::read(&early_cpio).unwrap();
+    let compressors = ["gzip -9", "zstd -q -19", "xz --check=crc32", "lz4 -q -l -9"];
+    let mut whole = Vec::new();
+    for (i, comp) in compressors.iter().enumerate() {
+        let z = w.join("main.cpio.z");
+        sh(&format!(
+            "{comp} < '{}' > '{}'",
+            main_cpio.display(),
+            z.display()
+        ));
+        let mut image = early_bytes.clone();
+        image.extend_from_slice(&fs::read(&z).unwrap());
+        src.add(&format!("{NOBLE}/{}/boot-initrd", i + 1), &image);
+        if i == 0 {
+            whole = image;
+        }
+    }
+    // Cut inside its compressed segment.
+    src.add(
+        &format!("{NOBLE}/9/boot-initrd"),
+        &whole[..whole.len() - 300_000],
+    );
+    let pg = Cluster::start();
+    let db = pg.conninfo("postgres");
+    pgbootfs_ok(&db, &["import", src.path().to_str().unwrap()]);
+
+    let mnt = Mount::start(&db, &["--inside"]);
+    for (i, comp) in compressors.iter().enumerate() {
+        let root = mnt.path(&format!(".inside/{NOBLE}/{}/boot-initrd", i + 1));
+        let got = as_shown(find_listing(&root));
+        assert_eq!(got.len(), want.len(), "{comp}: entry count");
+        for (path, w) in &want {
+            assert_eq!(got.get(path), Some(w), "{comp}: {path}");
+        }
+        let got_sums = source_sums(&root);
+        assert_eq!(got_sums, want_sums, "{comp}: sha256 of every file");
+        let a = fs::metadata(root.join("etc/hostname")).unwrap();
+        let b = fs::metadata(root.join("etc/hostname.bak")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{comp}: hard link");
+        assert_eq!(
+            fs::read_link(root.join("etc/dangling")).unwrap(),
+            Path::new("../nowhere")
+        );
+        // Random reads, backwards, across seek points.
+        let f = fs::File::open(root.join("usr/lib/firmware/blob")).unwrap();
+        for at in [8_500_000usize, 4_200_000, 77] {
+            let mut buf = vec![0; 100_000];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at as u64).unwrap();
+            assert!(buf == blob[at..at + 100_000], "{comp} at {at}");
+        }
+    }
+    let cut = mnt.path(&format!(".inside/{NOBLE}/9/boot-initrd"));
+    let e = fs::read_dir(&cut)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let image = format!("/{NOBLE}/9/boot-initrd");
+    let lines: Vec<_> = mnt
+        .log()
+        .lines()
+        .filter(|l| l.contains(&image) && l.contains("corrupt or truncated"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", mnt.log());
+    assert!(!mnt.log().contains("panicked"), "{}", mnt.log());
+    // The others still answer.
+    let root = mnt.path(&format!(".inside/{NOBLE}/1/boot-initrd"));
+    assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"maas-node\n");
+    drop(mnt);
+
+    // Over HTTP, every file and every directory's listing (private files too).
+    let s = Server::start(&db, &["--inside", "--inside-private"]);
+    let mut dirs: Vec<String> = want
+        .iter()
+        .filter(|(_, w)| w.0.starts_with('d'))
+        .map(|(p, _)| format!("{p}/"))
+        .collect();
+    dirs.push(String::new());
+    for i in 1..=compressors.len() {
+        let at = format!("/.inside/{NOBLE}/{i}/boot-initrd");
+        for (path, sum) in &want_sums {
+            if path == "etc/initctl" {
+                continue;
+            }
+            let r = s.get(&format!("{at}/{path}"), &[]);
+            assert_eq!(r.status, 200, "{at}/{path}");
+            assert_eq!(&sha256_hex(&r.body), sum, "{at}/{path}");
+        }
+        for dir in &dirs {
+            let r = s.get(&format!("{at}/{dir}"), &["Accept: application/json"]);
+            assert_eq!(r.status, 200, "{at}/{dir}");
+            let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let mut got: Vec<String> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect();
+            got.sort();
+            let mut names: Vec<String> = fs::read_dir(want_dir.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(got, names, "{at}/{dir}");
+        }
+        let sum = sh(&format!(
+            "curl -sf '{}' | sha256sum",
+            s.url(&format!("{at}/usr/lib/firmware/blob"))
+        ));
+        assert_eq!(
+            sum.split_whitespace().next(),
+            Some(sha256_hex(&blob).as_str())
+        );
+        let part = sh(&format!(
+            "curl -sf -r 8500000-8599999 '{}' | sha256sum",
+            s.url(&format!("{at}/usr/lib/firmware/blob"))
+        ));
+        assert_eq!(
+            part.split_whitespace().next(),
+            Some(sha256_hex(&blob[8_500_000..8_600_000]).as_str())
+        );
+        let r = s.get(
+            &format!("{at}/kernel/x86/microcode/"),
+            &["Accept: application/json"],
+        );
+        assert_eq!(r.status, 200);
+        let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let names: Vec<_> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["AuthenticAMD.bin", "GenuineIntel.bin"]);
+        let r = s.get(&format!("{at}/kernel/x86/microcode/GenuineIntel.bin"), &[]);
+        assert_eq!((r.status, r.body.len()), (200, 90_001));
+    }
+    assert_eq!(
+        s.get(&format!("/.inside/{NOBLE}/9/boot-initrd/"), &[])
+            .status,
+        422
+    );
+    assert!(s.log().contains(&image), "{}", s.log());
+}

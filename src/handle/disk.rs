@@ -136,6 +136,11 @@ impl DiskCache {
         Ok(cache)
     }
 
+    /// The cache's directory (the inside view keeps its index files below it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Re-hashes every file found at start; deletes those that do not match.
     fn verify_all(&self) {
         let names: Vec<String> = self

@@ -1,5 +1,5 @@
-//! Looking inside images: the contents of a squashfs (and, next, tarballs, disk
-//! images and initrds) as a tree of entries, read on demand from the image's
+//! Looking inside images: the contents of a squashfs, a tarball or an initrd
+//! (and, next, disk images) as a tree of entries, read on demand from the image's
 //! bytes through a [`Handle`](crate::handle::Handle), so through the memory
 //! cache, the disk cache or the large object like every other reader.
 //!
@@ -12,14 +12,20 @@
 //!   any offset.
 //! - [`bytes`]: random access to the image's bytes ([`Bytes`]).
 //! - [`squashfs`]: the lazy squashfs reader, [`decompress`] its codecs.
+//! - [`tar`] and [`cpio`] (initrds): one pass over a compressed stream
+//!   ([`stream`]) builds an entry table and seek points ([`index`]), kept in
+//!   `--cache-dir` when there is one.
 //! - [`Images`]: the images a front end has looked into, each opened once and
 //!   kept while used (at most [`MAX_OPEN`]), with a stable slot per image.
 
 pub mod bytes;
+pub mod cpio;
 pub mod decompress;
 pub mod disk;
 pub mod error;
+pub mod index;
 pub mod squashfs;
+pub mod stream;
 pub mod tar;
 #[cfg(test)]
 mod testing;
@@ -36,8 +42,10 @@ use crate::handle::HandlePool;
 pub use bytes::{Bytes, MemBytes};
 pub use error::{InsideError, Reason};
 
-/// Images kept open (with their decompressed-block caches, at most about 12 MiB
-/// each: 2 MiB of metadata, 8 blocks of at most 1 MiB and parsed listings).
+/// Images kept open (squashfs: their decompressed-block caches, at most about
+/// 12 MiB each: 2 MiB of metadata, 8 blocks of at most 1 MiB and parsed
+/// listings; tarballs and initrds: their entry tables and at most 32 MiB of seek
+/// points each, see [`stream`]).
 pub const MAX_OPEN: usize = 8;
 
 /// What an entry is.
@@ -121,20 +129,27 @@ pub enum Format {
     Squashfs,
     /// A compressed tarball.
     Tar(tar::Compression),
-    /// A raw disk image: its partitions' ext2/3/4 and FAT file systems.
-    Disk,
+    /// A disk image, raw or compressed whole (`root-dd.xz`): its partitions'
+    /// ext2/3/4 and FAT file systems.
+    Disk(stream::Codec),
+    /// An initrd: concatenated cpio archives, some compressed (`boot-initrd`).
+    Initrd,
 }
 
 impl Format {
     /// The format of MAAS file type `filetype`; None for what cannot be browsed
-    /// (kernels, initrds and compressed disk images for now).
+    /// (kernels, and disk images inside tarballs: `root-dd.tar*`).
     pub fn of(filetype: &str) -> Option<Format> {
         match filetype {
             "squashfs" => Some(Format::Squashfs),
             "root-tgz" => Some(Format::Tar(tar::Compression::Gzip)),
             "root-tbz" => Some(Format::Tar(tar::Compression::Bzip2)),
             "root-txz" | "archive.tar.xz" => Some(Format::Tar(tar::Compression::Xz)),
-            "root-dd" | "root-dd.raw" => Some(Format::Disk),
+            "root-dd" | "root-dd.raw" => Some(Format::Disk(stream::Codec::Raw)),
+            "root-dd.gz" => Some(Format::Disk(stream::Codec::Gzip)),
+            "root-dd.bz2" => Some(Format::Disk(stream::Codec::Bzip2)),
+            "root-dd.xz" => Some(Format::Disk(stream::Codec::Xz)),
+            "boot-initrd" => Some(Format::Initrd),
             _ => None,
         }
     }
@@ -145,7 +160,10 @@ pub fn open(format: Format, bytes: Arc<dyn Bytes>) -> Result<Arc<dyn Archive>, I
     match format {
         Format::Squashfs => Ok(Arc::new(squashfs::Squashfs::open(bytes)?)),
         Format::Tar(c) => Ok(Arc::new(tar::Tar::open(bytes, c)?)),
-        Format::Disk => Ok(Arc::new(disk::Disk::open(bytes)?)),
+        Format::Disk(codec) => Ok(Arc::new(disk::Disk::open(stream::random_access(
+            bytes, codec, None,
+        )?)?)),
+        Format::Initrd => Ok(Arc::new(cpio::Initrd::open(bytes)?)),
     }
 }
 
@@ -164,6 +182,9 @@ pub struct Image {
 /// archives by content, the most recently used [`MAX_OPEN`] kept.
 pub struct Images {
     pool: HandlePool,
+    /// Where tarballs' and initrds' indexes are kept (`--cache-dir`/inside),
+    /// when the pool has a disk cache.
+    index_dir: Option<index::IndexDir>,
     state: Mutex<State>,
 }
 
@@ -182,8 +203,10 @@ struct State {
 impl Images {
     /// Images whose bytes are read through `pool`.
     pub fn new(pool: HandlePool) -> Images {
+        let index_dir = pool.disk().map(|d| index::IndexDir::new(d.dir()));
         Images {
             pool,
+            index_dir,
             state: Mutex::new(State {
                 slots: HashMap::new(),
                 images: Vec::new(),
@@ -273,13 +296,49 @@ impl Images {
             }
             // The same for a disk: tables, inodes, directories and FATs on a
             // handle that never streams, files' contents on one that may.
-            Format::Disk => {
+            // A compressed disk: one random-access view of the decompressed image
+            // (xz by its blocks, gzip and bzip2 by seek points kept in the cache
+            // dir, anything else decompressed once into it), under both sides.
+            Format::Disk(codec) if codec != stream::Codec::Raw => {
+                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
+                    dir,
+                    sha256: &image.file.sha256,
+                });
+                let handle = Arc::new(handle);
+                let view = stream::random_access(handle.clone(), codec, persist);
+                handle.set_random();
+                view.and_then(|v| disk::Disk::open_split(v.clone(), v))
+                    .map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            Format::Disk(_) => {
                 let meta = self.pool.open(&image.file, &image.path);
                 meta.set_random();
                 disk::Disk::open_split(Arc::new(meta), Arc::new(handle))
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
-            format => open(format, Arc::new(handle)),
+            Format::Tar(c) => {
+                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
+                    dir,
+                    sha256: &image.file.sha256,
+                });
+                let handle = Arc::new(handle);
+                let opened = tar::Tar::open_with(handle.clone(), c, persist);
+                // The pass streams through the image; what follows are runs of
+                // at most a seek point's spacing, which a read-ahead stream
+                // (up to 32 MiB ahead) would mostly read for nothing.
+                handle.set_random();
+                opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            Format::Initrd => {
+                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
+                    dir,
+                    sha256: &image.file.sha256,
+                });
+                let handle = Arc::new(handle);
+                let opened = cpio::Initrd::open_with(handle.clone(), persist);
+                handle.set_random();
+                opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
         };
         let mut st = self.state.lock();
         match &opened {

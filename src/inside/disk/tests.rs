@@ -645,3 +645,38 @@ fn a_gpt_with_4096_byte_sectors_and_a_damaged_primary_header_reads() {
     .unwrap();
     assert!(e.to_string().contains("GPT header"), "{e}");
 }
+
+/// `root-dd.gz`, `.bz2` and `.xz` (several blocks, as `xz -T` writes): the same
+/// partitions and files through the random-access view of the decompressed
+/// image as from the raw disk.
+#[test]
+fn compressed_disks_read_as_the_raw_one() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("gpt.img");
+    std::fs::write(&raw, &m.gpt).unwrap();
+    for (codec, cmd) in [
+        (crate::inside::stream::Codec::Gzip, "gzip -c"),
+        (crate::inside::stream::Codec::Bzip2, "bzip2 -c"),
+        (
+            crate::inside::stream::Codec::Xz,
+            "xz -T1 --block-size=4MiB -c",
+        ),
+    ] {
+        let out = dir.path().join("packed");
+        run(&format!("{cmd} '{}' > '{}'", raw.display(), out.display()));
+        let bytes = Arc::new(MemBytes {
+            name: "/t/root-dd.packed".into(),
+            data: std::fs::read(&out).unwrap(),
+        });
+        let view = crate::inside::stream::random_access(bytes, codec, None).unwrap();
+        assert_eq!(view.size(), m.gpt.len() as u64, "{codec:?}");
+        let disk = Disk::open(view).unwrap();
+        assert_eq!(names(&disk, disk.root()), ["p1", "p2", "p3"], "{codec:?}");
+        check_ext(&disk, "p1/");
+        check_fat(&disk, "p2/");
+    }
+}
