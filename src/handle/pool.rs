@@ -2,6 +2,7 @@
 //! each connection set up for long reads with its statements prepared once, and
 //! the rule that no connection goes back to the pool inside a transaction.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,24 @@ pub struct HandleConn {
 #[derive(Debug)]
 pub struct HandleManager {
     inner: Manager,
+    /// Connection attempts under way, for [`HandlePool::get_within`].
+    connecting: Arc<AtomicUsize>,
+}
+
+/// Counts one connection attempt while it lasts.
+struct Attempt<'a>(&'a AtomicUsize);
+
+impl<'a> Attempt<'a> {
+    fn start(n: &'a AtomicUsize) -> Attempt<'a> {
+        n.fetch_add(1, Ordering::AcqRel);
+        Attempt(n)
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ManageConnection for HandleManager {
@@ -91,6 +110,7 @@ impl ManageConnection for HandleManager {
     type Error = DbError;
 
     fn connect(&self) -> Result<HandleConn, DbError> {
+        let _attempt = Attempt::start(&self.connecting);
         let client = self.inner.connect()?;
         crate::metrics::pool_connection_opened();
         prepare(client).map_err(|e| DbError::query("setting up a handle connection", e))
@@ -138,6 +158,8 @@ pub(crate) type Conn = PooledConnection<HandleManager>;
 #[derive(Clone)]
 pub struct HandlePool {
     pool: Pool<HandleManager>,
+    /// Connection attempts under way (the manager counts them).
+    connecting: Arc<AtomicUsize>,
     timeout: Duration,
     handle_idle: Duration,
     pub(crate) share_by_sha256: bool,
@@ -185,6 +207,10 @@ const R2D2_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// How often a read waiting for a connection checks whether the server is down.
 const POOL_POLL: Duration = Duration::from_millis(200);
+
+/// How often a read whose connection is being made looks for it (or for one given
+/// back) in the pool.
+const CONNECTING_POLL: Duration = Duration::from_millis(5);
 
 /// How long a failed connection attempt counts as news.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
@@ -234,8 +260,10 @@ impl r2d2::HandleError<DbError> for RecordUnreachable {
 impl HandlePool {
     /// A pool as `opts` says; connects lazily, on the first read that needs it.
     pub fn new(db: &DbConfig, opts: &PoolOptions) -> HandlePool {
+        let connecting = Arc::new(AtomicUsize::new(0));
         let manager = HandleManager {
             inner: db.manager("pgbootfs-handle"),
+            connecting: connecting.clone(),
         };
         let unreachable = Arc::new(Unreachable::default());
         let pool = Pool::builder()
@@ -248,6 +276,7 @@ impl HandlePool {
             .build_unchecked(manager);
         HandlePool {
             pool,
+            connecting,
             timeout: opts.timeout,
             handle_idle: opts.handle_idle,
             share_by_sha256: opts.share_by_sha256,
@@ -357,6 +386,13 @@ impl HandlePool {
         let deadline = asked + wait;
         let waits = self.pool.state().idle_connections == 0
             && self.pool.state().connections >= self.pool.max_size();
+        // Whether this read has asked r2d2 for a connection already. r2d2 starts a
+        // new connection at every `get` that finds none idle (up to the pool's
+        // size), so polling `get` while a slow connection is being made (a loaded
+        // server: seconds) opened one more every poll: 12 for one reader, seen in
+        // tests/cache.rs's storm. While an attempt is under way this read looks
+        // for it with `try_get`, which starts none.
+        let mut has_asked = false;
         loop {
             let state = self.pool.state();
             if state.idle_connections == 0 && state.connections >= self.pool.max_size() {
@@ -365,7 +401,17 @@ impl HandlePool {
                 self.pins.preempt();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match self.pool.get_timeout(left.min(POOL_POLL)) {
+            let got = if has_asked && self.connecting.load(Ordering::Acquire) > 0 {
+                let got = self.pool.try_get();
+                if got.is_none() {
+                    std::thread::sleep(left.min(CONNECTING_POLL));
+                }
+                got.ok_or(None)
+            } else {
+                has_asked = true;
+                self.pool.get_timeout(left.min(POOL_POLL)).map_err(Some)
+            };
+            let err = match got {
                 Ok(conn) => {
                     self.unreachable.clear();
                     crate::metrics::pool_checkout(asked.elapsed(), waits);
@@ -383,7 +429,10 @@ impl HandlePool {
                     crate::metrics::pool_timeout(asked.elapsed());
                     HandleErrorKind::PoolExhausted(wait)
                 }
-                _ => HandleErrorKind::Connect(err.to_string()),
+                _ => HandleErrorKind::Connect(err.map_or_else(
+                    || "no connection was made within the wait".to_string(),
+                    |e| e.to_string(),
+                )),
             };
             return Err(HandleError {
                 path: path.to_string(),
@@ -401,5 +450,56 @@ pub(crate) fn end_txn(conn: &mut HandleConn) {
     match conn.client.batch_execute("ROLLBACK") {
         Ok(()) => conn.in_txn = false,
         Err(e) => debug!("ending a handle transaction failed, discarding the connection: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// A read waiting on a connection that is slow to come asks r2d2 for one, not
+    /// one more every poll: against a server that accepts and never answers, one
+    /// read waiting 1.5 s made 8 connection attempts before (one per 200 ms poll),
+    /// and makes 1 now.
+    #[test]
+    fn a_read_waiting_on_a_slow_connection_asks_for_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let counter = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        // Held open, never answered: the client waits for the
+                        // server's first bytes until its connect_timeout.
+                        Ok((s, _)) => held.push(s),
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                held.len()
+            })
+        };
+        let db = DbConfig::resolve_with(
+            Some(&format!(
+                "host=127.0.0.1 port={port} user=nobody dbname=none connect_timeout=10"
+            )),
+            |_| None,
+        )
+        .unwrap();
+        let pool = HandlePool::new(&db, &PoolOptions::default());
+        let got = pool.get_within("/t/slow", Duration::from_millis(1500));
+        assert!(
+            got.is_err(),
+            "a server that never answers gave a connection"
+        );
+        done.store(true, Ordering::Relaxed);
+        let attempts = counter.join().unwrap();
+        assert_eq!(attempts, 1, "connection attempts by one waiting read");
     }
 }
