@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use super::bytes::Bytes;
 use super::error::InsideError;
-use super::index::{Index, Node, Persist, StreamIndex, Table, split_path};
+use super::index::{self, Index, Node, Persist, StreamIndex, Table, split_path};
 use super::stream::{Codec, Stream};
 use super::{Archive, Dirent, Entry, EntryKind};
 
@@ -443,9 +443,7 @@ impl Initrd {
     }
 
     fn node(&self, id: u64) -> Result<&Node, InsideError> {
-        self.nodes
-            .get(id as usize)
-            .ok_or_else(|| InsideError::corrupt(self.name(), format!("no entry {id}")))
+        index::node(&self.nodes, self.name(), id)
     }
 
     /// Its streams' codecs (tests).
@@ -469,22 +467,11 @@ impl Archive for Initrd {
     }
 
     fn list(&self, dir: u64) -> Result<Arc<Vec<Dirent>>, InsideError> {
-        let n = self.node(dir)?;
-        if n.entry.kind != EntryKind::Dir {
-            return Err(InsideError::corrupt(
-                self.name(),
-                format!("entry {dir} is not a directory"),
-            ));
-        }
-        Ok(Arc::new(n.children.clone()))
+        index::list(&self.nodes, self.name(), dir)
     }
 
     fn lookup(&self, dir: u64, name: &str) -> Result<Option<u64>, InsideError> {
-        let n = self.node(dir)?;
-        Ok(n.children
-            .binary_search_by(|d| d.name.as_str().cmp(name))
-            .ok()
-            .map(|i| n.children[i].id))
+        index::lookup(&self.nodes, self.name(), dir, name)
     }
 
     fn read(&self, file: u64, offset: u64, buf: &mut [u8]) -> Result<usize, InsideError> {

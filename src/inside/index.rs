@@ -25,7 +25,7 @@ use log::{debug, info, warn};
 use sha2::{Digest, Sha256};
 
 use super::stream::{Codec, Point};
-use super::{Dirent, Entry, EntryKind};
+use super::{Dirent, Entry, EntryKind, InsideError};
 
 /// The index file layout's version: a file of any other is rebuilt.
 pub const VERSION: u32 = 1;
@@ -46,22 +46,45 @@ pub struct Node {
     pub children: Vec<Dirent>,
 }
 
+/// Entry `id` of a finished table (`Table::finish`) of image `image`.
+pub fn node<'a>(nodes: &'a [Node], image: &str, id: u64) -> Result<&'a Node, InsideError> {
+    nodes
+        .get(id as usize)
+        .ok_or_else(|| InsideError::corrupt(image, format!("no entry {id}")))
+}
+
+/// Directory `dir`'s names, for [`Archive::list`](super::Archive::list).
+pub fn list(nodes: &[Node], image: &str, dir: u64) -> Result<Arc<Vec<Dirent>>, InsideError> {
+    let n = node(nodes, image, dir)?;
+    if n.entry.kind != EntryKind::Dir {
+        return Err(InsideError::corrupt(
+            image,
+            format!("entry {dir} is not a directory"),
+        ));
+    }
+    Ok(Arc::new(n.children.clone()))
+}
+
+/// The entry `name` of directory `dir` (names are sorted once finished).
+pub fn lookup(
+    nodes: &[Node],
+    image: &str,
+    dir: u64,
+    name: &str,
+) -> Result<Option<u64>, InsideError> {
+    let n = node(nodes, image, dir)?;
+    Ok(n.children
+        .binary_search_by(|d| d.name.as_str().cmp(name))
+        .ok()
+        .map(|i| n.children[i].id))
+}
+
 impl Node {
     /// A directory the image has no entry of its own for (the root, or a parent
     /// named only in its members' paths): 0755, root's, no time.
     pub fn implicit_dir(id: u64) -> Node {
         Node {
-            entry: Entry {
-                id,
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                size: 0,
-                nlink: 2,
-                xattrs: Vec::new(),
-            },
+            entry: Entry::made_dir(id),
             stream: 0,
             data: 0,
             sparse: false,

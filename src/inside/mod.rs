@@ -85,6 +85,25 @@ pub struct Entry {
     pub xattrs: Vec<Xattr>,
 }
 
+impl Entry {
+    /// A directory the image stores nothing for (a tarball's root or a parent
+    /// named only in its members' paths, a FAT root, a disk's root and its
+    /// partitions): 0755, root's, no time.
+    pub fn made_dir(id: u64) -> Entry {
+        Entry {
+            id,
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            nlink: 2,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
 /// An extended attribute: full name and value.
 pub type Xattr = (Vec<u8>, Vec<u8>);
 

@@ -466,17 +466,7 @@ impl Archive for Fat {
 
     fn entry(&self, id: u64) -> Result<Entry, InsideError> {
         if id == 0 {
-            return Ok(Entry {
-                id,
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                size: 0,
-                nlink: 2,
-                xattrs: Vec::new(),
-            });
+            return Ok(Entry::made_dir(id));
         }
         let e = self.dirent(id)?;
         let dir = e[11] & ATTR_DIR != 0;

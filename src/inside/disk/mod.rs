@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 
 use super::bytes::Bytes;
 use super::error::{InsideError, Reason};
-use super::{Archive, Dirent, Entry, EntryKind};
+use super::{Archive, Dirent, Entry};
 use table::Partition;
 
 /// Bits of an id that belong to the partition's file system.
@@ -390,21 +390,6 @@ impl Disk {
         InsideError::corrupt(self.bytes.name(), format!("no entry with id {id:#x}"))
     }
 
-    /// A directory made up here: the disk's root, or a partition not opened.
-    fn made_dir(id: u64) -> Entry {
-        Entry {
-            id,
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            size: 0,
-            nlink: 2,
-            xattrs: Vec::new(),
-        }
-    }
-
     /// Runs `f` on the partition's reader, naming the partition in its errors.
     fn in_fs<T>(
         &self,
@@ -433,7 +418,7 @@ impl Archive for Disk {
     fn entry(&self, id: u64) -> Result<Entry, InsideError> {
         if let Layout::Table(_) = self.layout {
             if id == DISK_ROOT {
-                return Ok(Self::made_dir(id));
+                return Ok(Entry::made_dir(id));
             }
             // A partition's directory is listed whatever its file system: one
             // that cannot be read fails when listed, not when its parent is.
@@ -447,7 +432,7 @@ impl Archive for Disk {
                     e.id = id;
                     return Ok(e);
                 }
-                return Ok(Self::made_dir(id));
+                return Ok(Entry::made_dir(id));
             }
         }
         let (part, fs, inner) = self.route(id)?;

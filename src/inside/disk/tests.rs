@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use super::*;
-use crate::inside::MemBytes;
 use crate::inside::testing::{self, walk};
+use crate::inside::{EntryKind, MemBytes};
 
 fn have_tools() -> bool {
     let ok = ["mkfs.ext4", "mkfs.vfat", "mcopy", "sgdisk", "sfdisk"]
