@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::store::*;
+use crate::common::xattr::{get_xattr, set_xattr};
 use crate::common::*;
 
 const NOBLE: &str = "ubuntu/amd64/ga-24.04/noble";
@@ -61,36 +62,6 @@ fn make_tree(dir: &Path) {
     let fifo = std::ffi::CString::new(dir.join("etc/initctl").to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-}
-
-/// Sets `user.NAME=value` on `path`; false where the file system refuses.
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
-    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let n = std::ffi::CString::new(format!("user.{name}")).unwrap();
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        ) == 0
-    }
-}
-
-/// The value of xattr `name` of `path`, or the errno.
-fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
 }
 
 fn mksquashfs(tree: &Path, out: &Path, comp: &str) {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::store::*;
+use crate::common::xattr::{get_xattr, set_xattr};
 use crate::common::*;
 
 const NOBLE: &str = "ubuntu/amd64/ga-24.04/noble";
@@ -106,36 +107,6 @@ fn fat_tree(dir: &Path) {
     w("A rather long file name.txt", b"long names\n");
     w("lower.txt", b"lower\n");
     w("empty", b"");
-}
-
-/// Sets `user.NAME=value` on `path`; false where the file system refuses.
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
-    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let n = std::ffi::CString::new(format!("user.{name}")).unwrap();
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        ) == 0
-    }
-}
-
-/// The value of xattr `name` of `path`, or the errno.
-fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
 }
 
 /// The images: an ext4 and a FAT32 file system, a GPT disk (p1 ext4, p2 FAT32

@@ -6,6 +6,7 @@
 pub mod http;
 pub mod standby;
 pub mod store;
+pub mod xattr;
 
 use std::fs;
 use std::io::Read;
