@@ -3,6 +3,19 @@
 
 use super::{Archive, Bytes, InsideError, MemBytes};
 
+/// Pseudo-random bytes (xorshift), not compressible.
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// The entry at `path` (`a/b/c`) from the archive's root.
 pub(crate) fn walk(a: &dyn Archive, path: &str) -> u64 {
     let mut at = a.root();

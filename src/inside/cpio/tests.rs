@@ -5,19 +5,7 @@ use super::*;
 use crate::inside::MemBytes;
 use crate::inside::index::IndexDir;
 use crate::inside::stream::tests::compress;
-use crate::inside::testing::{self, Counting, walk};
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::inside::testing::{self, Counting, noise, walk};
 
 /// One newc entry: name, mode (with type), inode, nlink, data.
 struct E<'a>(&'a str, u32, u32, u32, &'a [u8]);

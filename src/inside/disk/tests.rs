@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::*;
-use crate::inside::testing::{self, walk};
+use crate::inside::testing::{self, noise, walk};
 use crate::inside::{EntryKind, MemBytes};
 
 fn have_tools() -> bool {
@@ -41,19 +41,6 @@ fn run(cmd: &str) {
         "{cmd}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Pseudo-random bytes, not compressible.
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 56) as u8
-        })
-        .collect()
 }
 
 /// A tree for ext: small, large and sparse files, a nested directory, a

@@ -2,22 +2,10 @@
 
 use super::*;
 use crate::inside::MemBytes;
-use crate::inside::testing::{self, walk};
+use crate::inside::testing::{self, noise, walk};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Every byte of entry `id` (see [`testing::read_all`]).
 fn read_all(a: &dyn Archive, id: u64) -> Vec<u8> {
