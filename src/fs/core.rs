@@ -195,7 +195,15 @@ enum Body {
 pub struct OpenTable {
     next: AtomicU64,
     files: Mutex<HashMap<u64, OpenFile>>,
-    dirs: Mutex<HashMap<u64, Arc<Tree>>>,
+    dirs: Mutex<HashMap<u64, Pass>>,
+}
+
+/// What one listing pass of an open directory reads: the tree it started from,
+/// and inside an image, the listing it built at offset 0 (the kernel asks again
+/// at each offset, and building it parses every entry's inode).
+struct Pass {
+    tree: Arc<Tree>,
+    inside: Option<Arc<Vec<(String, Attr)>>>,
 }
 
 impl OpenTable {
@@ -411,7 +419,10 @@ impl FsCore {
             }
         }
         let fh = self.open.next_fh();
-        self.open.dirs.lock().insert(fh, tree);
+        self.open
+            .dirs
+            .lock()
+            .insert(fh, Pass { tree, inside: None });
         Ok(fh)
     }
 
@@ -426,7 +437,7 @@ impl FsCore {
     ) -> Result<(), FsError> {
         let tree = self.pass_tree(fh, offset);
         if ino & (MIRROR | INNER) != 0 {
-            let list = self.inside_list(&tree, ino)?;
+            let list = self.pass_listing(fh, &tree, ino, offset)?;
             for (i, (name, attr)) in list.iter().enumerate().skip(offset as usize) {
                 if add(i as u64 + 1, name, attr) {
                     break;
@@ -580,13 +591,43 @@ impl FsCore {
     fn pass_tree(&self, fh: u64, offset: u64) -> Arc<Tree> {
         let mut dirs = self.open.dirs.lock();
         match dirs.get_mut(&fh) {
-            Some(t) if offset > 0 => t.clone(),
-            Some(t) => {
-                *t = self.source.snapshot();
-                t.clone()
+            Some(p) if offset > 0 => p.tree.clone(),
+            Some(p) => {
+                *p = Pass {
+                    tree: self.source.snapshot(),
+                    inside: None,
+                };
+                p.tree.clone()
             }
             None => self.source.snapshot(),
         }
+    }
+
+    /// The inside-view listing a pass reads: built at its offset 0 (or the first
+    /// time it is asked for), then kept for the rest of the pass, so a directory
+    /// of n entries costs n inode parses, not n per batch.
+    fn pass_listing(
+        &self,
+        fh: u64,
+        tree: &Tree,
+        ino: Ino,
+        offset: u64,
+    ) -> Result<Arc<Vec<(String, Attr)>>, FsError> {
+        if offset > 0
+            && let Some(list) = self
+                .open
+                .dirs
+                .lock()
+                .get(&fh)
+                .and_then(|p| p.inside.clone())
+        {
+            return Ok(list);
+        }
+        let list = Arc::new(self.inside_list(tree, ino)?);
+        if let Some(p) = self.open.dirs.lock().get_mut(&fh) {
+            p.inside = Some(list.clone());
+        }
+        Ok(list)
     }
 
     /// Closes a directory.
