@@ -578,10 +578,15 @@ impl FsCore {
         };
         let archive = self.archive(slot)?;
         let list = archive.list(dir).map_err(|e| self.inside_error(e))?;
+        let first = out.len();
         for d in list.iter() {
             let e = archive.entry(d.id).map_err(|e| self.inside_error(e))?;
             out.push((d.name.clone(), Attr::inner(&e, Self::inner_ino(slot, d.id))));
         }
+        // Directories first (readdir promises no order; `ls` sorts): a walker's
+        // names-only first batch then carries them with their attributes, so it
+        // enters each without a LOOKUP (see `fuse::readdirplus`).
+        out[first..].sort_by_key(|(_, a)| a.kind != Kind::Dir);
         Ok(out)
     }
     /// The tree a listing pass reads. A pass starts (offset 0) from the current

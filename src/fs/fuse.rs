@@ -457,7 +457,10 @@ impl Filesystem for BootFs {
         reply: ReplyEmpty,
     ) {
         crate::metrics::fuse_op("flush");
-        reply.ok();
+        // Nothing is ever dirty. ENOSYS makes the kernel stop sending FLUSH for
+        // the mount's life (close() still returns 0): one round trip less per
+        // close, which a `tar` of 50,000 files inside an image notices.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
@@ -578,11 +581,14 @@ impl Filesystem for BootFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         crate::metrics::fuse_op("readdirplus");
-        // For a process that reads names only, the first batch is `.` and `..`
-        // (which make no inode); the kernel asks for the rest with READDIR.
+        // For a process that reads names only, the first batch is `.`, `..` and
+        // the directories listed first (inside images all of them, listed first
+        // there), which such a walker enters anyway: their inodes save it a
+        // LOOKUP each. Files make no inode: the kernel asks for the rest of the
+        // listing with READDIR.
         let names_only = offset == 0 && !self.stat_readers.wants_attrs(req.pid());
         let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
-            if names_only && next > 2 {
+            if names_only && next > 2 && a.kind != Kind::Dir {
                 return true;
             }
             reply.add(

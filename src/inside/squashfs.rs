@@ -30,9 +30,10 @@ const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
 const NO_XATTR: u32 = 0xFFFF_FFFF;
 const NO_TABLE: u64 = u64::MAX;
 
-/// Metadata blocks kept decompressed per image: 2 MiB, enough for the inodes
-/// and directories of a few thousand entries around the current walk.
-const META_CACHE: usize = 256;
+/// Metadata blocks kept decompressed per image: 4 MiB, the whole inode and
+/// directory tables of an image of about 60,000 entries (a second `find`
+/// decompresses nothing again), or those around the current walk.
+const META_CACHE: usize = 512;
 /// Data and fragment blocks kept decompressed per image (at most 1 MiB each):
 /// a sequential reader needs the one it is in; a few serve concurrent readers.
 const BLOCK_CACHE: usize = 8;

@@ -135,10 +135,12 @@ impl Ahead {
         }
     }
 
-    /// How many blocks a sequential reader may have queued ahead of it: half the
-    /// slots, so two readers each get a window.
+    /// How many blocks a sequential reader may have queued ahead of it: two per
+    /// thread keep every thread busy while the reader takes one; more would
+    /// only be wasted when the reader stops or turns (at most half the slots,
+    /// so two readers each get a window).
     pub(super) fn window(&self) -> usize {
-        self.shared.slots / 2
+        (2 * self.shared.max_threads).min(self.shared.slots / 2)
     }
 
     /// Queues the block at `pos` unless it is already held or there is no room
