@@ -18,3 +18,4 @@ mod service;
 mod snapshot;
 mod store;
 mod storm;
+mod walks;

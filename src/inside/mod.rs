@@ -35,8 +35,9 @@ use crate::handle::HandlePool;
 pub use bytes::{Bytes, MemBytes};
 pub use error::{InsideError, Reason};
 
-/// Images kept open (with their decompressed-block caches, at most about 12 MiB
-/// each: 2 MiB of metadata, 8 blocks of at most 1 MiB and parsed listings).
+/// Images kept open (with their decompressed-block caches, at most about 16 MiB
+/// each: 4 MiB of metadata, 8 blocks of at most 1 MiB, 4 MiB decompressed ahead
+/// and parsed listings).
 pub const MAX_OPEN: usize = 8;
 
 /// What an entry is.
