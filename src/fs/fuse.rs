@@ -39,6 +39,10 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
+/// Entries (besides `.` and `..`) of a listing small enough to come whole, with
+/// attributes, to a process that reads names only (see `readdirplus`).
+const SMALL_LISTING: usize = 16;
+
 /// A read waiting for bytes that are not in memory.
 type ReadJob = Box<dyn FnOnce() + Send>;
 
@@ -585,21 +589,39 @@ impl Filesystem for BootFs {
         // the directories listed first (inside images all of them, listed first
         // there), which such a walker enters anyway: their inodes save it a
         // LOOKUP each. Files make no inode: the kernel asks for the rest of the
-        // listing with READDIR.
-        let names_only = offset == 0 && !self.stat_readers.wants_attrs(req.pid());
-        let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
-            if names_only && next > 2 && a.kind != Kind::Dir {
-                return true;
-            }
-            reply.add(
-                INodeNo(a.ino),
-                next,
-                name,
-                &a.ttl,
-                &self.attr(a),
-                Generation(0),
-            )
-        });
+        // listing with READDIR. A small listing comes whole: its few inodes cost
+        // less than that READDIR's round trip.
+        let res = if offset == 0 && !self.stat_readers.wants_attrs(req.pid()) {
+            let mut first: Vec<(u64, String, Attr)> = Vec::new();
+            self.core
+                .readdir(fh.0, ino.0, 0, |next, name, a| {
+                    first.push((next, name.to_string(), a.clone()));
+                    first.len() > SMALL_LISTING + 2
+                })
+                .map(|()| {
+                    let whole = first.len() <= SMALL_LISTING + 2;
+                    for (next, name, a) in &first {
+                        if !whole && *next > 2 && a.kind != Kind::Dir {
+                            break;
+                        }
+                        let attr = self.attr(a);
+                        if reply.add(INodeNo(a.ino), *next, name, &a.ttl, &attr, Generation(0)) {
+                            break;
+                        }
+                    }
+                })
+        } else {
+            self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
+                reply.add(
+                    INodeNo(a.ino),
+                    next,
+                    name,
+                    &a.ttl,
+                    &self.attr(a),
+                    Generation(0),
+                )
+            })
+        };
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

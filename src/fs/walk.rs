@@ -10,7 +10,8 @@
 //! listings; any other gets `.`, `..` and the directories listed first as the
 //! first batch (inside images directories are listed first), which makes no inode
 //! the walker would not make anyway by entering them, and the kernel then asks
-//! for the rest with plain READDIR, names only.
+//! for the rest with plain READDIR, names only. A listing of at most 16 entries
+//! comes whole: a few inodes cost less than that READDIR's round trip.
 //! A walker that starts stat-ing mid-walk pays one LOOKUP per entry of the
 //! directories it read before, then gets attributes from the next directory on.
 
