@@ -199,8 +199,9 @@ pub struct OpenTable {
 }
 
 /// What one listing pass of an open directory reads: the tree it started from,
-/// and inside an image, the listing it built at offset 0 (the kernel asks again
-/// at each offset, and building it parses every entry's inode).
+/// and in the inside view, the listing it built (the kernel asks again at each
+/// offset, and building it parses every entry's inode). A listing inside an
+/// image never changes, so it is kept for later passes of the same open too.
 struct Pass {
     tree: Arc<Tree>,
     inside: Option<Arc<Vec<(String, Attr)>>>,
@@ -598,10 +599,7 @@ impl FsCore {
         match dirs.get_mut(&fh) {
             Some(p) if offset > 0 => p.tree.clone(),
             Some(p) => {
-                *p = Pass {
-                    tree: self.source.snapshot(),
-                    inside: None,
-                };
+                p.tree = self.source.snapshot();
                 p.tree.clone()
             }
             None => self.source.snapshot(),
@@ -610,7 +608,8 @@ impl FsCore {
 
     /// The inside-view listing a pass reads: built at its offset 0 (or the first
     /// time it is asked for), then kept for the rest of the pass, so a directory
-    /// of n entries costs n inode parses, not n per batch.
+    /// of n entries costs n inode parses, not n per batch; inside an image, kept
+    /// for every pass of the open directory.
     fn pass_listing(
         &self,
         fh: u64,
@@ -618,7 +617,7 @@ impl FsCore {
         ino: Ino,
         offset: u64,
     ) -> Result<Arc<Vec<(String, Attr)>>, FsError> {
-        if offset > 0
+        if (offset > 0 || ino & INNER != 0)
             && let Some(list) = self
                 .open
                 .dirs

@@ -591,37 +591,28 @@ impl Filesystem for BootFs {
         // LOOKUP each. Files make no inode: the kernel asks for the rest of the
         // listing with READDIR. A small listing comes whole: its few inodes cost
         // less than that READDIR's round trip.
-        let res = if offset == 0 && !self.stat_readers.wants_attrs(req.pid()) {
-            let mut first: Vec<(u64, String, Attr)> = Vec::new();
-            self.core
-                .readdir(fh.0, ino.0, 0, |next, name, a| {
-                    first.push((next, name.to_string(), a.clone()));
-                    first.len() > SMALL_LISTING + 2
-                })
-                .map(|()| {
-                    let whole = first.len() <= SMALL_LISTING + 2;
-                    for (next, name, a) in &first {
-                        if !whole && *next > 2 && a.kind != Kind::Dir {
-                            break;
-                        }
-                        let attr = self.attr(a);
-                        if reply.add(INodeNo(a.ino), *next, name, &a.ttl, &attr, Generation(0)) {
-                            break;
-                        }
-                    }
-                })
-        } else {
-            self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
-                reply.add(
-                    INodeNo(a.ino),
-                    next,
-                    name,
-                    &a.ttl,
-                    &self.attr(a),
-                    Generation(0),
-                )
-            })
-        };
+        let mut names_only = offset == 0 && !self.stat_readers.wants_attrs(req.pid());
+        if names_only {
+            let mut n = 0;
+            let counted = self.core.readdir(fh.0, ino.0, 0, |_, _, _| {
+                n += 1;
+                n > SMALL_LISTING + 2
+            });
+            names_only = counted.is_err() || n > SMALL_LISTING + 2;
+        }
+        let res = self.core.readdir(fh.0, ino.0, offset, |next, name, a| {
+            if names_only && next > 2 && a.kind != Kind::Dir {
+                return true;
+            }
+            reply.add(
+                INodeNo(a.ino),
+                next,
+                name,
+                &a.ttl,
+                &self.attr(a),
+                Generation(0),
+            )
+        });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
