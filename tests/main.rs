@@ -19,3 +19,4 @@ mod service;
 mod snapshot;
 mod store;
 mod storm;
+mod walks;

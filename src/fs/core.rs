@@ -195,7 +195,16 @@ enum Body {
 pub struct OpenTable {
     next: AtomicU64,
     files: Mutex<HashMap<u64, OpenFile>>,
-    dirs: Mutex<HashMap<u64, Arc<Tree>>>,
+    dirs: Mutex<HashMap<u64, Pass>>,
+}
+
+/// What one listing pass of an open directory reads: the tree it started from,
+/// and in the inside view, the listing it built (the kernel asks again at each
+/// offset, and building it parses every entry's inode). A listing inside an
+/// image never changes, so it is kept for later passes of the same open too.
+struct Pass {
+    tree: Arc<Tree>,
+    inside: Option<Arc<Vec<(String, Attr)>>>,
 }
 
 impl OpenTable {
@@ -411,7 +420,10 @@ impl FsCore {
             }
         }
         let fh = self.open.next_fh();
-        self.open.dirs.lock().insert(fh, tree);
+        self.open
+            .dirs
+            .lock()
+            .insert(fh, Pass { tree, inside: None });
         Ok(fh)
     }
 
@@ -426,7 +438,7 @@ impl FsCore {
     ) -> Result<(), FsError> {
         let tree = self.pass_tree(fh, offset);
         if ino & (MIRROR | INNER) != 0 {
-            let list = self.inside_list(&tree, ino)?;
+            let list = self.pass_listing(fh, &tree, ino, offset)?;
             for (i, (name, attr)) in list.iter().enumerate().skip(offset as usize) {
                 if add(i as u64 + 1, name, attr) {
                     break;
@@ -567,10 +579,15 @@ impl FsCore {
         };
         let archive = self.archive(slot)?;
         let list = archive.list(dir).map_err(|e| self.inside_error(e))?;
+        let first = out.len();
         for d in list.iter() {
             let e = archive.entry(d.id).map_err(|e| self.inside_error(e))?;
             out.push((d.name.clone(), Attr::inner(&e, Self::inner_ino(slot, d.id))));
         }
+        // Directories first (readdir promises no order; `ls` sorts): a walker's
+        // names-only first batch then carries them with their attributes, so it
+        // enters each without a LOOKUP (see `fuse::readdirplus`).
+        out[first..].sort_by_key(|(_, a)| a.kind != Kind::Dir);
         Ok(out)
     }
     /// The tree a listing pass reads. A pass starts (offset 0) from the current
@@ -580,13 +597,41 @@ impl FsCore {
     fn pass_tree(&self, fh: u64, offset: u64) -> Arc<Tree> {
         let mut dirs = self.open.dirs.lock();
         match dirs.get_mut(&fh) {
-            Some(t) if offset > 0 => t.clone(),
-            Some(t) => {
-                *t = self.source.snapshot();
-                t.clone()
+            Some(p) if offset > 0 => p.tree.clone(),
+            Some(p) => {
+                p.tree = self.source.snapshot();
+                p.tree.clone()
             }
             None => self.source.snapshot(),
         }
+    }
+
+    /// The inside-view listing a pass reads: built at its offset 0 (or the first
+    /// time it is asked for), then kept for the rest of the pass, so a directory
+    /// of n entries costs n inode parses, not n per batch; inside an image, kept
+    /// for every pass of the open directory.
+    fn pass_listing(
+        &self,
+        fh: u64,
+        tree: &Tree,
+        ino: Ino,
+        offset: u64,
+    ) -> Result<Arc<Vec<(String, Attr)>>, FsError> {
+        if (offset > 0 || ino & INNER != 0)
+            && let Some(list) = self
+                .open
+                .dirs
+                .lock()
+                .get(&fh)
+                .and_then(|p| p.inside.clone())
+        {
+            return Ok(list);
+        }
+        let list = Arc::new(self.inside_list(tree, ino)?);
+        if let Some(p) = self.open.dirs.lock().get_mut(&fh) {
+            p.inside = Some(list.clone());
+        }
+        Ok(list)
     }
 
     /// Closes a directory.

@@ -7,8 +7,11 @@
 //! every listing, and our directories fit in one batch, so it never helps here.
 //! pgbootfs decides per process instead: a process that has looked up a regular
 //! file lately (it stats what it lists) gets full READDIRPLUS batches and cached
-//! listings; any other gets `.` and `..` as the first batch, which makes no inode,
-//! and the kernel then asks for the rest with plain READDIR, names only.
+//! listings; any other gets `.`, `..` and the directories listed first as the
+//! first batch (inside images directories are listed first), which makes no inode
+//! the walker would not make anyway by entering them, and the kernel then asks
+//! for the rest with plain READDIR, names only. A listing of at most 16 entries
+//! comes whole: a few inodes cost less than that READDIR's round trip.
 //! A walker that starts stat-ing mid-walk pays one LOOKUP per entry of the
 //! directories it read before, then gets attributes from the next directory on.
 

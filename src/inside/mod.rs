@@ -43,9 +43,9 @@ pub use bytes::{Bytes, MemBytes};
 pub use error::{InsideError, Reason};
 
 /// Images kept open (squashfs: their decompressed-block caches, at most about
-/// 12 MiB each: 2 MiB of metadata, 8 blocks of at most 1 MiB and parsed
-/// listings; tarballs and initrds: their entry tables and at most 32 MiB of seek
-/// points each, see [`stream`]).
+/// 16 MiB each: 4 MiB of metadata, 8 blocks of at most 1 MiB, 4 MiB decompressed
+/// ahead and parsed listings; tarballs and initrds: their entry tables and at
+/// most 32 MiB of seek points each, see [`stream`]).
 pub const MAX_OPEN: usize = 8;
 
 /// What an entry is.

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use self::ahead::Ahead;
 use super::bytes::Bytes;
 use super::decompress::Codec;
 use super::error::InsideError;
@@ -28,17 +29,18 @@ const META_MAX: usize = 8192;
 const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
 const NO_XATTR: u32 = 0xFFFF_FFFF;
 const NO_TABLE: u64 = u64::MAX;
-/// Bit 24 of a data block's size word: the block is stored uncompressed.
-const BLOCK_UNCOMPRESSED: u32 = 1 << 24;
 
-/// Metadata blocks kept decompressed per image: 2 MiB, enough for the inodes
-/// and directories of a few thousand entries around the current walk.
-const META_CACHE: usize = 256;
+/// Metadata blocks kept decompressed per image: 4 MiB, the whole inode and
+/// directory tables of an image of about 60,000 entries (a second `find`
+/// decompresses nothing again), or those around the current walk.
+const META_CACHE: usize = 512;
 /// Data and fragment blocks kept decompressed per image (at most 1 MiB each):
 /// a sequential reader needs the one it is in; a few serve concurrent readers.
 const BLOCK_CACHE: usize = 8;
 /// Parsed directory listings and file block lists kept per image.
 const LIST_CACHE: usize = 128;
+/// Files whose last read's end is remembered, to tell sequential readers.
+const READERS: usize = 64;
 
 /// The superblock's fields this reader uses.
 #[derive(Debug, Clone)]
@@ -85,6 +87,12 @@ pub struct Squashfs {
     dirs: Mutex<LruCache<u64, Arc<Vec<Dirent>>>>,
     layouts: Mutex<LruCache<u64, Arc<Layout>>>,
     ids: Mutex<Option<Arc<Vec<u32>>>>,
+    /// Where the last read of each recently read file ended.
+    ends: Mutex<LruCache<u64, u64>>,
+    /// The last fragment fetched (not found in `blocks`).
+    last_fragment: Mutex<Option<u32>>,
+    /// Decompression ahead of sequential readers.
+    ahead: Ahead,
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -191,6 +199,7 @@ impl Squashfs {
             }
         }
         Ok(Squashfs {
+            ahead: Ahead::new(data.clone(), codec, block_size as usize),
             bytes,
             data,
             sb,
@@ -200,6 +209,8 @@ impl Squashfs {
             dirs: cache(LIST_CACHE),
             layouts: cache(LIST_CACHE),
             ids: Mutex::new(None),
+            ends: cache(READERS),
+            last_fragment: Mutex::new(None),
         })
     }
 
@@ -530,7 +541,21 @@ impl Squashfs {
         let cached = self.blocks.lock().get(&pos).cloned();
         let b = match cached {
             Some(b) => b,
-            None => self.fetch_block(pos, word)?,
+            None => {
+                let data = match self.ahead.take(pos) {
+                    Some(data) => data,
+                    None => ahead::load(
+                        &*self.data,
+                        self.codec,
+                        self.sb.block_size as usize,
+                        pos,
+                        word,
+                    )?,
+                };
+                let b = Arc::new(data);
+                self.blocks.lock().put(pos, b.clone());
+                b
+            }
         };
         if b.len() < expect {
             return Err(self.corrupt(format!(
@@ -541,30 +566,58 @@ impl Squashfs {
         Ok(b)
     }
 
-    fn fetch_block(&self, pos: u64, word: u32) -> Result<Arc<Vec<u8>>, InsideError> {
-        let len = (word & 0x00ff_ffff) as usize;
-        if len > self.sb.block_size as usize {
-            return Err(self.corrupt(format!("data block at {pos} claims {len} bytes")));
-        }
-        let raw = self.data.read_vec(pos, len)?;
-        let data = if word & BLOCK_UNCOMPRESSED != 0 {
-            raw
-        } else {
-            self.codec
-                .inflate(&raw, self.sb.block_size as usize)
-                .map_err(|e| self.corrupt(format!("data block at {pos}: {e}")))?
-        };
-        let b = Arc::new(data);
-        self.blocks.lock().put(pos, b.clone());
-        Ok(b)
-    }
-
-    fn fragment(&self, index: u32, need: usize) -> Result<Arc<Vec<u8>>, InsideError> {
+    /// Where fragment `index` is stored, and its size word.
+    fn fragment_at(&self, index: u32) -> Result<(u64, u32), InsideError> {
         if index >= self.sb.frag_count {
             return Err(self.corrupt(format!("fragment {index} of {}", self.sb.frag_count)));
         }
         let e = self.table_entry(self.sb.frag_table, index as u64, 16)?;
-        self.data_block(u64_at(&e, 0), u32_at(&e, 8), need)
+        Ok((u64_at(&e, 0), u32_at(&e, 8)))
+    }
+
+    fn fragment(&self, index: u32, need: usize) -> Result<Arc<Vec<u8>>, InsideError> {
+        let (pos, word) = self.fragment_at(index)?;
+        if !self.blocks.lock().contains(&pos) {
+            // mksquashfs packs small files into fragments in the order it walks
+            // the tree, so a walk reading them fetches fragment after fragment:
+            // queue the next ones.
+            let last = self.last_fragment.lock().replace(index);
+            if last.is_some_and(|l| l < index && index - l <= 2) {
+                let next = index.saturating_add(1);
+                let end = next
+                    .saturating_add(self.ahead.window() as u32)
+                    .min(self.sb.frag_count);
+                for i in next..end {
+                    if let Ok((p, w)) = self.fragment_at(i) {
+                        self.ahead.want(p, w);
+                    }
+                }
+            }
+        }
+        self.data_block(pos, word, need)
+    }
+
+    /// Queues blocks of file `l` for the pool: those after the first that this
+    /// read covers (`first..=last`), and when `sequential`, a window more.
+    fn queue_blocks(&self, l: &Layout, first: usize, last: usize, sequential: bool) {
+        let end = if sequential {
+            last + self.ahead.window()
+        } else {
+            last
+        };
+        let end = end.min(l.words.len().saturating_sub(1));
+        for bi in first + 1..=end {
+            let word = l.words[bi];
+            if word & 0x00ff_ffff != 0 && !self.blocks.lock().contains(&l.starts[bi]) {
+                self.ahead.want(l.starts[bi], word);
+            }
+        }
+    }
+
+    /// What the pool decompressed ahead (tests).
+    #[cfg(test)]
+    fn ahead_stats(&self) -> ahead::Stats {
+        self.ahead.stats()
     }
 }
 
@@ -660,6 +713,15 @@ impl Archive for Squashfs {
     fn read(&self, file: u64, offset: u64, buf: &mut [u8]) -> Result<usize, InsideError> {
         let l = self.layout(file)?;
         let bs = self.sb.block_size as u64;
+        let end = offset.saturating_add(buf.len() as u64).min(l.size);
+        if offset < end {
+            // A read that starts where the last read of this file ended.
+            let sequential = self.ends.lock().put(file, end) == Some(offset);
+            let (first, last) = ((offset / bs) as usize, ((end - 1) / bs) as usize);
+            if last > first || sequential {
+                self.queue_blocks(&l, first, last, sequential);
+            }
+        }
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -691,5 +753,6 @@ impl Archive for Squashfs {
     }
 }
 
+mod ahead;
 #[cfg(test)]
 mod tests;

@@ -255,7 +255,8 @@ fn the_inside_view_shows_image_contents_only_when_asked() {
     assert_eq!(listed(&core, version), ["squashfs"]);
     let root = core.lookup(version, "squashfs").unwrap();
     assert_eq!((root.kind, root.perm), (Kind::Dir, 0o555));
-    assert_eq!(listed(&core, root.ino), ["bin", "etc", "usr"]);
+    // Directories first, then the rest, each in stored order.
+    assert_eq!(listed(&core, root.ino), ["etc", "usr", "bin"]);
     let su = core
         .getattr(ino(&core, ".inside/u/a/g/s/1/squashfs/usr/bin/su"), None)
         .unwrap();

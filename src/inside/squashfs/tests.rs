@@ -162,3 +162,77 @@ fn corrupt_and_truncated_images_fail_without_panicking() {
         }
     }
 }
+
+/// `n` bytes that xz compresses somewhat but not to nothing.
+fn text(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|i| {
+            if i % 7 == 0 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+            }
+            b'a' + (x >> 59) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn sequential_readers_get_blocks_decompressed_ahead_and_random_ones_none() {
+    if !have_mksquashfs() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    std::fs::create_dir_all(dir.join("small")).unwrap();
+    // 64 blocks of 128 KiB, and 200 small files packed into about 30 fragments.
+    let big = text(1, 64 << 17);
+    std::fs::write(dir.join("big"), &big).unwrap();
+    let small: Vec<_> = (0..200).map(|i| text(100 + i, 20_000)).collect();
+    for (i, data) in small.iter().enumerate() {
+        std::fs::write(dir.join(format!("small/{i:03}")), data).unwrap();
+    }
+    let image = squash(&dir, "xz");
+    let open = || {
+        Squashfs::open(Arc::new(MemBytes {
+            name: "/u/a/g/s/1/squashfs".into(),
+            data: image.clone(),
+        }))
+        .unwrap()
+    };
+
+    // A random reader: single-block reads here and there, nothing ahead, no thread.
+    let a = open();
+    let id = walk(&a, "big");
+    let mut buf = vec![0; 4096];
+    for at in [50, 3, 17, 40, 41, 42, 9, 60] {
+        let off = at * (1 << 17) + 1000;
+        assert_eq!(a.read(id, off, &mut buf).unwrap(), 4096);
+        assert_eq!(buf, big[off as usize..off as usize + 4096]);
+    }
+    let s = a.ahead_stats();
+    assert_eq!((s.decompressed, s.threads), (0, 0), "{s:?}");
+
+    // A sequential reader: the pool decompresses ahead of it, on a bounded
+    // number of threads, and what it took is what was stored.
+    let a = open();
+    let id = walk(&a, "big");
+    assert_eq!(testing::read_all(&a, id, 1 << 16), big);
+    let s = a.ahead_stats();
+    assert!(s.taken > 0 && s.decompressed >= s.taken, "{s:?}");
+    assert!((1..=ahead::MAX_THREADS).contains(&s.threads), "{s:?}");
+    // Dropping the image stops and joins every thread.
+    let live = a.ahead.live();
+    drop(a);
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A walk reading small files in order gets the next fragments ahead.
+    let a = open();
+    let list = a.list(walk(&a, "small")).unwrap();
+    for (d, data) in list.iter().zip(&small) {
+        assert_eq!(&read_all(&a, d.id), data, "{}", d.name);
+    }
+    let s = a.ahead_stats();
+    assert!(s.taken > 0, "{s:?}");
+}
