@@ -35,7 +35,7 @@ use super::bytes::Bytes;
 use super::error::InsideError;
 
 /// Output between two gzip seek points, at least.
-pub const SPACING: u64 = 4 << 20;
+pub const SPACING: u64 = 1 << 20;
 /// Most gzip seek points kept per stream.
 pub const MAX_POINTS: usize = 1024;
 /// Compressed bytes read from the image at a time.

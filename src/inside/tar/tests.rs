@@ -29,7 +29,7 @@ fn every_compression_reads_back_with_seek_points() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tree");
     std::fs::create_dir_all(dir.join("usr/lib")).unwrap();
-    // 10 MiB between two small files: gzip seek points every 4 MiB.
+    // 10 MiB between two small files: several gzip seek points between them.
     let files = [
         ("a", noise(1, 100)),
         ("usr/lib/big", noise(2, 10 << 20)),
