@@ -92,3 +92,44 @@ impl Bytes for MemBytes {
         }
     }
 }
+
+/// `Read + Seek` over [`Bytes`], for crates that parse through those traits (the
+/// tar crate finding the disk image inside a `root-dd.tar`).
+pub struct Reader {
+    bytes: std::sync::Arc<dyn Bytes>,
+    at: u64,
+}
+
+impl Reader {
+    /// A reader at the start of `bytes`.
+    pub fn new(bytes: std::sync::Arc<dyn Bytes>) -> Reader {
+        Reader { bytes, at: 0 }
+    }
+}
+
+impl std::io::Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.bytes.size().saturating_sub(self.at);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.bytes
+            .read_exact_at(self.at, &mut buf[..n])
+            .map_err(std::io::Error::other)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Reader {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        let to = match pos {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.bytes.size().checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.at.checked_add_signed(d),
+        };
+        self.at = to.ok_or_else(|| std::io::Error::other("seek before the start"))?;
+        Ok(self.at)
+    }
+}

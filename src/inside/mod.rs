@@ -151,13 +151,16 @@ pub enum Format {
     /// A disk image, raw or compressed whole (`root-dd.xz`): its partitions'
     /// ext2/3/4 and FAT file systems.
     Disk(stream::Codec),
+    /// A disk image inside a tarball, the tarball raw or compressed whole
+    /// (`root-dd.tar`, `root-dd.tar.xz`, `root-dd.tar.bz2`).
+    DiskTar(stream::Codec),
     /// An initrd: concatenated cpio archives, some compressed (`boot-initrd`).
     Initrd,
 }
 
 impl Format {
     /// The format of MAAS file type `filetype`; None for what cannot be browsed
-    /// (kernels, and disk images inside tarballs: `root-dd.tar*`).
+    /// (kernels).
     pub fn of(filetype: &str) -> Option<Format> {
         match filetype {
             "squashfs" => Some(Format::Squashfs),
@@ -168,6 +171,9 @@ impl Format {
             "root-dd.gz" => Some(Format::Disk(stream::Codec::Gzip)),
             "root-dd.bz2" => Some(Format::Disk(stream::Codec::Bzip2)),
             "root-dd.xz" => Some(Format::Disk(stream::Codec::Xz)),
+            "root-dd.tar" => Some(Format::DiskTar(stream::Codec::Raw)),
+            "root-dd.tar.xz" => Some(Format::DiskTar(stream::Codec::Xz)),
+            "root-dd.tar.bz2" => Some(Format::DiskTar(stream::Codec::Bzip2)),
             "boot-initrd" => Some(Format::Initrd),
             _ => None,
         }
@@ -182,6 +188,10 @@ pub fn open(format: Format, bytes: Arc<dyn Bytes>) -> Result<Arc<dyn Archive>, I
         Format::Disk(codec) => Ok(Arc::new(disk::Disk::open(stream::random_access(
             bytes, codec, None,
         )?)?)),
+        Format::DiskTar(codec) => {
+            let tar = stream::random_access(bytes, codec, None)?;
+            Ok(Arc::new(disk::Disk::open(Arc::new(disk::in_tar(tar)?))?))
+        }
         Format::Initrd => Ok(Arc::new(cpio::Initrd::open(bytes)?)),
     }
 }
@@ -327,6 +337,32 @@ impl Images {
                 let view = stream::random_access(handle.clone(), codec, persist);
                 handle.set_random();
                 view.and_then(|v| disk::Disk::open_split(v.clone(), v))
+                    .map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            // A disk in a tarball: its one file, found by the tarball's headers,
+            // under the disk reader; a compressed tarball through one view of
+            // its decompressed bytes, as above.
+            Format::DiskTar(stream::Codec::Raw) => {
+                let meta = self.pool.open(&image.file, &image.path);
+                meta.set_random();
+                disk::in_tar(Arc::new(meta))
+                    .and_then(|m| Ok((m, disk::in_tar(Arc::new(handle))?)))
+                    .and_then(|(m, d)| disk::Disk::open_split(Arc::new(m), Arc::new(d)))
+                    .map(|a| Arc::new(a) as Arc<dyn Archive>)
+            }
+            Format::DiskTar(codec) => {
+                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
+                    dir,
+                    sha256: &image.file.sha256,
+                });
+                let handle = Arc::new(handle);
+                let view = stream::random_access(handle.clone(), codec, persist);
+                handle.set_random();
+                view.and_then(disk::in_tar)
+                    .and_then(|s| {
+                        let s: Arc<dyn Bytes> = Arc::new(s);
+                        disk::Disk::open_split(s.clone(), s)
+                    })
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             Format::Disk(_) => {

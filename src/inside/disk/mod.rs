@@ -58,6 +58,29 @@ impl Slice {
     }
 }
 
+/// The disk image inside a tarball (`root-dd.tar`, `.tar.xz`, `.tar.bz2`): the
+/// tarball's first regular file, as a window of `tar` (the tarball's bytes,
+/// decompressed). MAAS writes such a tarball with the one image in it.
+pub fn in_tar(tar: Arc<dyn Bytes>) -> Result<Slice, InsideError> {
+    let name = tar.name().to_string();
+    let bad = |why: String| InsideError::corrupt(&name, format!("as a tarball: {why}"));
+    let mut archive = ::tar::Archive::new(super::bytes::Reader::new(tar.clone()));
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| bad(e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| bad(e.to_string()))?;
+        if entry.header().entry_type().is_file() {
+            let (start, len) = (entry.raw_file_position(), entry.size());
+            return Ok(Slice::new(tar, start, len));
+        }
+    }
+    Err(InsideError::unsupported(
+        &name,
+        "a root-dd tarball with no file in it".to_string(),
+    ))
+}
+
 impl Bytes for Slice {
     fn size(&self) -> u64 {
         self.len

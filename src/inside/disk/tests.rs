@@ -667,3 +667,57 @@ fn compressed_disks_read_as_the_raw_one() {
         check_fat(&disk, "p2/");
     }
 }
+
+/// `root-dd.tar`, `.tar.xz` and `.tar.bz2`: the tarball's one file is the disk.
+#[test]
+fn disks_in_tarballs_read_as_the_raw_one() {
+    if !have_tools() {
+        return;
+    }
+    let m = make();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.img"), &m.gpt).unwrap();
+    let tarball = dir.path().join("root-dd.tar");
+    run(&format!(
+        "tar cf '{}' -C '{}' root.img",
+        tarball.display(),
+        dir.path().display()
+    ));
+    for (filetype, cmd) in [
+        ("root-dd.tar", "cat"),
+        ("root-dd.tar.xz", "xz -T1 --block-size=4MiB -c"),
+        ("root-dd.tar.bz2", "bzip2 -c"),
+    ] {
+        let out = dir.path().join("packed");
+        run(&format!(
+            "{cmd} '{}' > '{}'",
+            tarball.display(),
+            out.display()
+        ));
+        let bytes = Arc::new(MemBytes {
+            name: format!("/t/{filetype}"),
+            data: std::fs::read(&out).unwrap(),
+        });
+        let format = crate::inside::Format::of(filetype).unwrap();
+        let disk = crate::inside::open(format, bytes).unwrap();
+        assert_eq!(names(&*disk, disk.root()), ["p1", "p2", "p3"], "{filetype}");
+        check_fat(&*disk, "p2/");
+    }
+    // A tarball with no file in it says so.
+    run(&format!(
+        "tar cf '{}' -C '{}' --no-recursion .",
+        tarball.display(),
+        dir.path().display()
+    ));
+    let bytes = Arc::new(MemBytes {
+        name: "/t/root-dd.tar".into(),
+        data: std::fs::read(&tarball).unwrap(),
+    });
+    let e = crate::inside::open(
+        crate::inside::Format::DiskTar(crate::inside::stream::Codec::Raw),
+        bytes,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("no file in it"), "{e}");
+}
