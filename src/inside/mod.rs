@@ -314,6 +314,11 @@ impl Images {
             }
         }
         let handle = self.pool.open(&image.file, &image.path);
+        // Where a stream format's index file is kept (`--cache-dir`), if anywhere.
+        let persist = self.index_dir.as_ref().map(|dir| index::Persist {
+            dir,
+            sha256: &image.file.sha256,
+        });
         let opened = match image.format {
             // Metadata on a handle of its own that never streams ahead: a first
             // `ls` then reads the chunks it needs, not megabytes past each.
@@ -329,10 +334,6 @@ impl Images {
             // (xz by its blocks, gzip and bzip2 by seek points kept in the cache
             // dir, anything else decompressed once into it), under both sides.
             Format::Disk(codec) if codec != stream::Codec::Raw => {
-                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
-                    dir,
-                    sha256: &image.file.sha256,
-                });
                 let handle = Arc::new(handle);
                 let view = stream::random_access(handle.clone(), codec, persist);
                 handle.set_random();
@@ -351,10 +352,6 @@ impl Images {
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             Format::DiskTar(codec) => {
-                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
-                    dir,
-                    sha256: &image.file.sha256,
-                });
                 let handle = Arc::new(handle);
                 let view = stream::random_access(handle.clone(), codec, persist);
                 handle.set_random();
@@ -372,10 +369,6 @@ impl Images {
                     .map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             Format::Tar(c) => {
-                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
-                    dir,
-                    sha256: &image.file.sha256,
-                });
                 let handle = Arc::new(handle);
                 let opened = tar::Tar::open_with(handle.clone(), c, persist);
                 // The pass streams through the image; what follows are runs of
@@ -385,10 +378,6 @@ impl Images {
                 opened.map(|a| Arc::new(a) as Arc<dyn Archive>)
             }
             Format::Initrd => {
-                let persist = self.index_dir.as_ref().map(|dir| index::Persist {
-                    dir,
-                    sha256: &image.file.sha256,
-                });
                 let handle = Arc::new(handle);
                 let opened = cpio::Initrd::open_with(handle.clone(), persist);
                 handle.set_random();
