@@ -316,22 +316,13 @@ fn a_corrupt_image_fails_with_eio_and_one_log_line_and_the_rest_works() {
 
     for v in ["2", "3", "4"] {
         let root = mnt.path(&format!(".inside/{NOBLE}/{v}/squashfs"));
-        let e = fs::read_dir(&root)
-            .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-            .unwrap_err();
+        let e = listing_error(&root);
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "version {v}: {e}");
         // Asked again: the same answer, and no second log line.
-        let e = fs::read_dir(&root)
-            .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-            .unwrap_err();
+        let e = listing_error(&root);
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
         let image = format!("/{NOBLE}/{v}/squashfs");
-        let lines: Vec<_> = mnt
-            .log()
-            .lines()
-            .filter(|l| l.contains(&image) && l.contains("corrupt or truncated"))
-            .map(str::to_string)
-            .collect();
+        let lines = log_lines(&mnt.log(), &[&image, "corrupt or truncated"]);
         assert_eq!(lines.len(), 1, "version {v}: {lines:?}\n{}", mnt.log());
     }
     assert!(!mnt.log().contains("panicked"), "{}", mnt.log());
@@ -458,16 +449,10 @@ fn tarballs_of_each_compression_match_tar_tv() {
         assert_browsed(&root, &tar_listing(tarball), &want_sums, filetype);
     }
     let cut = mnt.path(&format!(".inside/{NOBLE}/4/root-tgz"));
-    let e = fs::read_dir(&cut)
-        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-        .unwrap_err();
+    let e = listing_error(&cut);
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let image = format!("/{NOBLE}/4/root-tgz");
-    let lines = mnt
-        .log()
-        .lines()
-        .filter(|l| l.contains(&image) && l.contains("corrupt or truncated"))
-        .count();
+    let lines = log_lines(&mnt.log(), &[&image, "corrupt or truncated"]).len();
     assert_eq!(lines, 1, "{}", mnt.log());
     let root = mnt.path(&format!(".inside/{NOBLE}/1/root-tgz"));
     assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"maas-node\n");
@@ -875,17 +860,10 @@ fn initrds_of_each_compression_match_what_cpio_extracts() {
         }
     }
     let cut = mnt.path(&format!(".inside/{NOBLE}/9/boot-initrd"));
-    let e = fs::read_dir(&cut)
-        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-        .unwrap_err();
+    let e = listing_error(&cut);
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let image = format!("/{NOBLE}/9/boot-initrd");
-    let lines: Vec<_> = mnt
-        .log()
-        .lines()
-        .filter(|l| l.contains(&image) && l.contains("corrupt or truncated"))
-        .map(str::to_string)
-        .collect();
+    let lines = log_lines(&mnt.log(), &[&image, "corrupt or truncated"]);
     assert_eq!(lines.len(), 1, "{}", mnt.log());
     assert!(!mnt.log().contains("panicked"), "{}", mnt.log());
     // The others still answer.

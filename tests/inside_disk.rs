@@ -487,9 +487,7 @@ fn disk_images_through_the_mount_match_debugfs_and_mtools() {
     // A partition with no file system is listed; listing it fails, once logged.
     let p3 = disk("1").join("p3");
     assert!(fs::metadata(&p3).unwrap().is_dir());
-    let e = fs::read_dir(&p3)
-        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-        .unwrap_err();
+    let e = listing_error(&p3);
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     // The cut disk: p1 reads, p2 fails with EIO and one line naming it.
     let cut = disk("5");
@@ -498,22 +496,13 @@ fn disk_images_through_the_mount_match_debugfs_and_mtools() {
         b"maas-node\n"
     );
     for _ in 0..2 {
-        let e = fs::read_dir(cut.join("p2"))
-            .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-            .unwrap_err();
+        let e = listing_error(&cut.join("p2"));
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     }
     let image = format!("/{NOBLE}/5/root-dd");
-    let lines: Vec<_> = mnt
-        .log()
-        .lines()
-        .filter(|l| l.contains(&image) && l.contains("p2: ") && l.contains("corrupt or truncated"))
-        .map(str::to_string)
-        .collect();
+    let lines = log_lines(&mnt.log(), &[&image, "p2: ", "corrupt or truncated"]);
     assert_eq!(lines.len(), 1, "{lines:?}\n{}", mnt.log());
-    let e = fs::read_dir(disk("6"))
-        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-        .unwrap_err();
+    let e = listing_error(&disk("6"));
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     assert!(
         mnt.log().contains(&format!(

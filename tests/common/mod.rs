@@ -797,3 +797,19 @@ pub fn handles_in_txn(pg: &Cluster) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// The error of listing `dir` whole (the read_dir and every entry), which the
+/// caller expects to fail.
+pub fn listing_error(dir: &Path) -> std::io::Error {
+    fs::read_dir(dir)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .expect_err("the listing was expected to fail")
+}
+
+/// The lines of `log` that contain every one of `words`.
+pub fn log_lines(log: &str, words: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .map(str::to_string)
+        .collect()
+}
